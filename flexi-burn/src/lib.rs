@@ -1,0 +1,31 @@
+//! # flexi-burn
+//!
+//! Flexi-LoRA for [Burn](https://burn.dev): LoRA whose rank is chosen per input by a small
+//! router, identically in training and inference.
+//!
+//! - [`lora`]: [`FlexiLinear`], a frozen base linear plus nested LoRA factors; its forward takes
+//!   the batch's per-sample ranks ([`SampleRanks`]), rank 0 meaning "base only".
+//! - [`schedule`]: rank schedules of the paper's methods (LoRA-r, DyLoRA, DyLoRA+, routed),
+//!   seeded.
+//! - [`router`]: the difficulty router and the class -> rank map.
+//! - [`params`]: trainable and average activated LoRA parameter counts.
+//! - [`backend`]: `--backend` name -> Burn backend type, for workflows written once.
+//!
+//! Every module is generic over `B: Backend` and runs unchanged on a plain backend and on
+//! `Autodiff<B>`.
+
+pub mod backend;
+pub mod error;
+pub mod lora;
+pub mod params;
+pub mod router;
+pub mod schedule;
+
+pub use backend::{BackendJob, BackendKind};
+pub use error::{FlexiError, Result};
+pub use lora::{FlexiLinear, FlexiLinearConfig, SampleRanks, ScalePolicy};
+pub use params::{
+    AdaptedLinear, LlamaShape, ParamCount, average_activated_params, params_per_rank,
+};
+pub use router::{ClassRankMap, Router, RouterConfig, masked_mean_pool};
+pub use schedule::{Phase, RankSampler, RankSchedule};
