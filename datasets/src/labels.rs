@@ -1,0 +1,230 @@
+//! Difficulty labels for the router (SPEC 2.2): per-sample scores of a reference model are
+//! thresholded into easy / hard, and a class-balanced, shuffled training split is drawn.
+//! Labels are stored as JSONL lines `{"id": ..., "score": ..., "label": "easy"|"hard"}`.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::batch::shuffle;
+use crate::{DataError, Result, Task};
+
+/// Difficulty class; `class()` is the router's class index (easy 0, hard 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Difficulty {
+    /// Solved well by the reference model.
+    Easy,
+    /// Not solved well.
+    Hard,
+}
+
+impl Difficulty {
+    /// Class index (easy 0, hard 1).
+    pub fn class(self) -> usize {
+        match self {
+            Difficulty::Easy => 0,
+            Difficulty::Hard => 1,
+        }
+    }
+}
+
+/// How a score becomes a label.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LabelRule {
+    /// Easy when `score >= t` (QA F1, math accuracy).
+    AtLeast(f64),
+    /// Easy when `score <= t` (speech WER).
+    AtMost(f64),
+}
+
+impl LabelRule {
+    /// Default QA threshold: F1 >= 0.5 is easy (SPEC 2.2's example).
+    pub const QA_F1: f64 = 0.5;
+    /// Default speech threshold: WER <= 0.1 is easy **(ours)**.
+    pub const SPEECH_WER: f64 = 0.1;
+
+    /// The rule of a task: QA F1 >= t (default 0.5); math correct (accuracy 1) is easy;
+    /// speech WER <= t (default 0.1).
+    pub fn for_task(task: Task, threshold: Option<f64>) -> Self {
+        match task {
+            Task::Qa => LabelRule::AtLeast(threshold.unwrap_or(Self::QA_F1)),
+            Task::Math => LabelRule::AtLeast(threshold.unwrap_or(1.0)),
+            Task::Speech => LabelRule::AtMost(threshold.unwrap_or(Self::SPEECH_WER)),
+        }
+    }
+
+    /// The label of a score.
+    pub fn label(&self, score: f64) -> Difficulty {
+        let easy = match *self {
+            LabelRule::AtLeast(t) => score >= t,
+            LabelRule::AtMost(t) => score <= t,
+        };
+        if easy {
+            Difficulty::Easy
+        } else {
+            Difficulty::Hard
+        }
+    }
+}
+
+/// One labelled sample (a JSONL line).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabeledSample {
+    /// Example id.
+    pub id: String,
+    /// The reference model's score.
+    pub score: f64,
+    /// Its class.
+    pub label: Difficulty,
+}
+
+/// Labels `(id, score)` pairs. Errors on a non-finite score or a repeated id.
+pub fn label_scores<I, S>(scores: I, rule: LabelRule) -> Result<Vec<LabeledSample>>
+where
+    I: IntoIterator<Item = (S, f64)>,
+    S: Into<String>,
+{
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (id, score) in scores {
+        let id = id.into();
+        if !score.is_finite() {
+            return Err(DataError::InvalidArgument(format!(
+                "sample {id}: score {score} is not finite"
+            )));
+        }
+        if !seen.insert(id.clone()) {
+            return Err(DataError::InvalidArgument(format!(
+                "sample {id} is scored twice"
+            )));
+        }
+        out.push(LabeledSample {
+            id,
+            score,
+            label: rule.label(score),
+        });
+    }
+    Ok(out)
+}
+
+/// Counts per class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct LabelCounts {
+    /// Easy samples.
+    pub easy: usize,
+    /// Hard samples.
+    pub hard: usize,
+}
+
+/// Counts easy and hard samples.
+pub fn count(samples: &[LabeledSample]) -> LabelCounts {
+    samples.iter().fold(LabelCounts::default(), |mut c, s| {
+        match s.label {
+            Difficulty::Easy => c.easy += 1,
+            Difficulty::Hard => c.hard += 1,
+        }
+        c
+    })
+}
+
+/// A class-balanced split: the larger class is down-sampled (seeded) to the size of the
+/// smaller, and the result is shuffled (seeded). Errors when a class is empty.
+pub fn balanced_split(samples: &[LabeledSample], seed: u64) -> Result<Vec<LabeledSample>> {
+    let mut easy: Vec<LabeledSample> = samples
+        .iter()
+        .filter(|s| s.label == Difficulty::Easy)
+        .cloned()
+        .collect();
+    let mut hard: Vec<LabeledSample> = samples
+        .iter()
+        .filter(|s| s.label == Difficulty::Hard)
+        .cloned()
+        .collect();
+    let k = easy.len().min(hard.len());
+    if k == 0 {
+        return Err(DataError::InvalidArgument(format!(
+            "cannot balance: {} easy and {} hard samples (adjust the threshold)",
+            easy.len(),
+            hard.len()
+        )));
+    }
+    shuffle(&mut easy, seed);
+    shuffle(&mut hard, seed.wrapping_add(1));
+    easy.truncate(k);
+    hard.truncate(k);
+    let mut out = easy;
+    out.extend(hard);
+    shuffle(&mut out, seed.wrapping_add(2));
+    Ok(out)
+}
+
+/// Writes samples as JSONL.
+pub fn write_jsonl(path: impl AsRef<Path>, samples: &[LabeledSample]) -> Result<()> {
+    let path = path.as_ref();
+    let werr = |source| DataError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut w = BufWriter::new(File::create(path).map_err(werr)?);
+    for s in samples {
+        let line = serde_json::to_string(s).map_err(|e| werr(std::io::Error::other(e)))?;
+        writeln!(w, "{line}").map_err(werr)?;
+    }
+    w.flush().map_err(werr)
+}
+
+/// Reads labelled samples from JSONL (errors name the line).
+pub fn read_jsonl(path: impl AsRef<Path>) -> Result<Vec<LabeledSample>> {
+    read_lines(path.as_ref(), |line| {
+        serde_json::from_str::<LabeledSample>(line)
+    })
+}
+
+/// Reads per-sample scores `{id, score}` from JSONL (other fields are ignored), e.g. the
+/// output of an evaluation run, as `(id, score)` pairs.
+pub fn read_scores_jsonl(path: impl AsRef<Path>) -> Result<Vec<(String, f64)>> {
+    #[derive(Deserialize)]
+    struct Row {
+        id: serde_json::Value,
+        score: f64,
+    }
+    read_lines(path.as_ref(), |line| {
+        serde_json::from_str::<Row>(line).map(|r| {
+            let id = match r.id {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            (id, r.score)
+        })
+    })
+}
+
+fn read_lines<T>(path: &Path, parse: impl Fn(&str) -> serde_json::Result<T>) -> Result<Vec<T>> {
+    let io = |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let reader = BufReader::new(File::open(path).map_err(io)?);
+    let mut out = Vec::new();
+    for (i, line) in reader.lines().enumerate() {
+        let line = line.map_err(io)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.push(parse(&line).map_err(|e| DataError::Malformed {
+            path: path.to_path_buf(),
+            line: i + 1,
+            message: e.to_string(),
+        })?);
+    }
+    if out.is_empty() {
+        return Err(DataError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(out)
+}
