@@ -215,15 +215,15 @@ pub fn encode_all(
             Err(e) => return Err(e),
         }
     }
-    if too_long == TooLong::Error {
-        if let Some(first_id) = report.dropped.first() {
-            return Err(DataError::AnswersTooLong {
-                count: report.dropped.len(),
-                total: items.len(),
-                max_len: opts.max_len,
-                first_id: first_id.clone(),
-            });
-        }
+    if too_long == TooLong::Error
+        && let Some(first_id) = report.dropped.first()
+    {
+        return Err(DataError::AnswersTooLong {
+            count: report.dropped.len(),
+            total: items.len(),
+            max_len: opts.max_len,
+            first_id: first_id.clone(),
+        });
     }
     Ok(report)
 }

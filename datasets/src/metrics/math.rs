@@ -116,11 +116,11 @@ pub fn find_numbers(text: &str) -> Vec<(Range<usize>, f64)> {
             if k + 1 < n && b[k] == b'/' && b[k + 1].is_ascii_digit() {
                 let den_end = digits_from(k + 1);
                 let den = text[k + 1..den_end].parse::<f64>().ok();
-                if let (Some(num), Some(den)) = (value, den) {
-                    if den != 0.0 {
-                        value = Some(num / den);
-                        k = den_end;
-                    }
+                if let (Some(num), Some(den)) = (value, den)
+                    && den != 0.0
+                {
+                    value = Some(num / den);
+                    k = den_end;
                 }
             }
         }

@@ -65,11 +65,11 @@ pub fn f1(prediction: &str, gold: &str) -> f64 {
     }
     let mut same = 0usize;
     for t in &p {
-        if let Some(c) = counts.get_mut(t) {
-            if *c > 0 {
-                *c -= 1;
-                same += 1;
-            }
+        if let Some(c) = counts.get_mut(t)
+            && *c > 0
+        {
+            *c -= 1;
+            same += 1;
         }
     }
     if same == 0 {

@@ -63,11 +63,11 @@ pub fn align<T: PartialEq>(reference: &[T], hypothesis: &[T]) -> EditCounts {
     let (n, m) = (reference.len(), hypothesis.len());
     let w = m + 1;
     let mut d = vec![0usize; (n + 1) * w];
-    for i in 0..=n {
-        d[i * w] = i;
+    for (i, row_start) in d.iter_mut().step_by(w).enumerate() {
+        *row_start = i;
     }
-    for j in 0..=m {
-        d[j] = j;
+    for (j, cell) in d.iter_mut().take(w).enumerate() {
+        *cell = j;
     }
     for i in 1..=n {
         for j in 1..=m {
@@ -171,14 +171,13 @@ fn remove_bracketed(s: &str) -> String {
             '(' => &[')'],
             _ => &[],
         };
-        if !close.is_empty() {
-            if let Some(k) = chars[i + 1..].iter().position(|x| close.contains(x)) {
-                // `(...)` must not be empty: `\(([^)]+?)\)`.
-                if c != '(' || k > 0 {
-                    i += k + 2;
-                    continue;
-                }
-            }
+        // `(...)` must not be empty: `\(([^)]+?)\)`.
+        if !close.is_empty()
+            && let Some(k) = chars[i + 1..].iter().position(|x| close.contains(x))
+            && (c != '(' || k > 0)
+        {
+            i += k + 2;
+            continue;
         }
         out.push(c);
         i += 1;

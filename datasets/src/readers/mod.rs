@@ -116,13 +116,13 @@ impl ExampleReader {
     }
 
     fn convert(&mut self, rec: RawRecord) -> Result<Option<Vec<Example>>> {
-        if self.format == Format::Mrqa {
-            if let Some(name) = mrqa::header_dataset(&rec.value) {
-                if let Some(name) = name.filter(|_| !self.explicit_source()) {
-                    self.source = name;
-                }
-                return Ok(None);
+        if self.format == Format::Mrqa
+            && let Some(name) = mrqa::header_dataset(&rec.value)
+        {
+            if let Some(name) = name.filter(|_| !self.source_is_explicit) {
+                self.source = name;
             }
+            return Ok(None);
         }
         let ctx = RecordCtx {
             path: &self.path,
@@ -148,10 +148,6 @@ impl ExampleReader {
             }
         };
         Ok(Some(out))
-    }
-
-    fn explicit_source(&self) -> bool {
-        self.source_is_explicit
     }
 }
 

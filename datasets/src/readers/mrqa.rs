@@ -72,13 +72,14 @@ pub(crate) fn context_line(ctx: &RecordCtx<'_>, value: &Value) -> Result<Vec<Exa
             }
         }
         // Files without `answers` still carry the spans found in the context.
-        if let Some(Value::Array(detected)) = qa.get("detected_answers") {
-            if answers.is_empty() {
-                for d in detected {
-                    if let Some(t) = d.get("text").and_then(Value::as_str) {
-                        push(&mut answers, t);
-                    }
-                }
+        if answers.is_empty()
+            && let Some(Value::Array(detected)) = qa.get("detected_answers")
+        {
+            for t in detected
+                .iter()
+                .filter_map(|d| d.get("text").and_then(Value::as_str))
+            {
+                push(&mut answers, t);
             }
         }
         let Some(target) = answers.first().cloned() else {
