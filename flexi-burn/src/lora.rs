@@ -453,7 +453,7 @@ impl<B: Backend> FlexiLinear<B> {
         match &self.rank_scale {
             None => self.scale.scale(self.alpha, rank),
             Some(s) => {
-                let v = s.val().slice([rank - 1..rank]).into_scalar();
+                let v = s.val().slice(rank - 1..rank).into_scalar();
                 burn::tensor::ElementConversion::elem::<f64>(v)
             }
         }

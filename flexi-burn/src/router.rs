@@ -175,6 +175,20 @@ impl<B: Backend> Router<B> {
     }
 }
 
+impl<B: Backend> Router<B> {
+    /// Per-sample LoRA ranks: the predicted class of each pooled prompt through `map`.
+    pub fn route(&self, pooled: Tensor<B, 2>, map: &ClassRankMap) -> crate::Result<Vec<usize>> {
+        if map.num_classes() != self.num_classes() {
+            return Err(FlexiError::InvalidConfig {
+                field: "class_ranks",
+                value: map.to_string(),
+                expected: "one rank per router class",
+            });
+        }
+        map.ranks(&self.predict(pooled))
+    }
+}
+
 /// A draw from N(0, 1) (Box–Muller), so noise is reproducible from the caller's generator on
 /// every backend.
 fn standard_normal(rng: &mut impl Rng) -> f64 {

@@ -25,6 +25,7 @@ pub enum RankSchedule {
         /// The rank.
         rank: usize,
     },
+    #[serde(rename = "dylora")]
     /// DyLoRA: one rank `b ~ U{1..r_max}` per training step for the whole model; a fixed
     /// `eval_rank` at inference. `frozen` detaches components `1..b-1` (only the b-th learns).
     DyLoRA {
@@ -35,6 +36,7 @@ pub enum RankSchedule {
         /// Rank used at inference.
         eval_rank: usize,
     },
+    #[serde(rename = "dylora_plus")]
     /// DyLoRA+: a random rank per batch both in training and at inference.
     DyLoRAPlus {
         /// Largest rank drawn.

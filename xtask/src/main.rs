@@ -1,1 +1,26 @@
-fn main() {}
+//! `cargo xtask ...`: the project's workflows (data, label, router, train, eval, report, bench).
+//!
+//! Each subcommand lives in its own module with a clap `Args` struct and a `run` function.
+
+mod bench;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "flexi-burn workflows", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Benchmarks (speed and memory live here, not in tests).
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Bench(args) => bench::run(args),
+    }
+}
