@@ -104,6 +104,20 @@ pub(crate) fn open_records(path: &Path, container: Container) -> Result<RecordSt
     })
 }
 
+/// A serde_json error without its record-relative "at line L column C" suffix (the caller
+/// reports the file line), keeping the column.
+fn json_message(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let text = text
+        .rfind(" at line ")
+        .map_or(text.as_str(), |i| &text[..i]);
+    if e.column() > 0 {
+        format!("invalid JSON: {text} (column {})", e.column())
+    } else {
+        format!("invalid JSON: {text}")
+    }
+}
+
 fn strip_bom(bytes: &[u8]) -> &[u8] {
     bytes.strip_prefix(&[0xEF, 0xBB, 0xBF]).unwrap_or(bytes)
 }
@@ -151,7 +165,7 @@ impl Iterator for JsonLines {
                         serde_json::from_slice::<Value>(bytes).map_err(|e| DataError::Malformed {
                             path: self.path.clone(),
                             line: self.line,
-                            message: format!("invalid JSON: {e}"),
+                            message: json_message(&e),
                         });
                     return Some(parsed.map(|value| RawRecord {
                         line: self.line,
@@ -235,7 +249,7 @@ impl JsonArray {
             .map_err(|e| DataError::Malformed {
                 path: self.path.clone(),
                 line: line + e.line().saturating_sub(1),
-                message: format!("invalid JSON: {e}"),
+                message: json_message(&e),
             })
     }
 }
