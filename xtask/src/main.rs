@@ -3,6 +3,7 @@
 //! Each subcommand lives in its own module with a clap `Args` struct and a `run` function.
 
 mod bench;
+mod data;
 
 use clap::{Parser, Subcommand};
 
@@ -17,10 +18,13 @@ struct Cli {
 enum Command {
     /// Benchmarks (speed and memory live here, not in tests).
     Bench(bench::BenchArgs),
+    /// Data files: inspect a file as the model sees it; synthesize a speech set.
+    Data(data::DataArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Bench(args) => bench::run(args),
+        Command::Data(args) => data::run(args),
     }
 }
