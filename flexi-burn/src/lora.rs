@@ -161,6 +161,11 @@ pub struct FlexiLinearConfig {
     /// Dropout on the adapter's input (PEFT's `lora_dropout`), active only in training.
     #[config(default = 0.0)]
     pub dropout: f64,
+    /// AdaLoRA's SVD form: `ΔW = B diag(E) A` with a trainable singular-value vector
+    /// `E [r_max]` (init 0) and `A, B ~ N(0, 0.02)` (PEFT's AdaLoRA init). Pruning a component
+    /// sets its `E` entry to zero.
+    #[config(default = false)]
+    pub svd_form: bool,
 }
 
 impl FlexiLinearConfig {
@@ -229,18 +234,35 @@ impl FlexiLinearConfig {
             });
         }
         let device = base.weight.device();
-        // PEFT: kaiming_uniform_(A, a=sqrt(5)) -> U(-1/sqrt(d_in), 1/sqrt(d_in)).
-        let lora_a = Initializer::KaimingUniform {
-            gain: 1.0 / 3.0f64.sqrt(),
-            fan_out_only: false,
-        }
-        .init_with(
-            [self.r_max, self.d_input],
-            Some(self.d_input),
-            None,
-            &device,
-        );
-        let lora_b = Initializer::Zeros.init([self.d_output, self.r_max], &device);
+        let (lora_a, lora_b, lora_e) = if self.svd_form {
+            // PEFT AdaLoRA: A, B ~ N(0, 0.02), E = 0.
+            let normal = Initializer::Normal {
+                mean: 0.0,
+                std: 0.02,
+            };
+            (
+                normal.init([self.r_max, self.d_input], &device),
+                normal.init([self.d_output, self.r_max], &device),
+                Some(Initializer::Zeros.init([self.r_max], &device)),
+            )
+        } else {
+            // PEFT LoRA: kaiming_uniform_(A, a=sqrt(5)) -> U(-1/sqrt(d_in), 1/sqrt(d_in)), B = 0.
+            let a = Initializer::KaimingUniform {
+                gain: 1.0 / 3.0f64.sqrt(),
+                fan_out_only: false,
+            }
+            .init_with(
+                [self.r_max, self.d_input],
+                Some(self.d_input),
+                None,
+                &device,
+            );
+            (
+                a,
+                Initializer::Zeros.init([self.d_output, self.r_max], &device),
+                None,
+            )
+        };
         let rank_scale = (self.scale == ScalePolicy::Learned).then(|| {
             let values: Vec<f32> = (1..=self.r_max)
                 .map(|r| self.scale.scale(self.alpha, r) as f32)
@@ -255,6 +277,7 @@ impl FlexiLinearConfig {
             lora_a,
             lora_b,
             rank_scale,
+            lora_e,
             dropout: DropoutConfig::new(self.dropout).init(),
             alpha: self.alpha,
             scale: self.scale,
@@ -275,6 +298,8 @@ pub struct FlexiLinear<B: Backend> {
     /// Learned per-rank scale `[r_max]` (entry `r-1` is `s(r)`), only with
     /// [`ScalePolicy::Learned`].
     pub rank_scale: Option<Param<Tensor<B, 1>>>,
+    /// AdaLoRA singular values `E [r_max]` (only in the SVD form).
+    pub lora_e: Option<Param<Tensor<B, 1>>>,
     /// Dropout on the adapter input.
     pub dropout: Dropout,
     /// LoRA alpha.
@@ -355,7 +380,12 @@ impl<B: Backend> FlexiLinear<B> {
         let (a, b) = self.factors(r_hi, ranks.frozen_prefix());
         let uniform = ranks.as_slice().iter().all(|r| *r == r_hi);
 
-        let h = linear(self.dropout.forward(x), a.transpose(), None); // [batch, ..., r_hi]
+        let mut h = linear(self.dropout.forward(x), a.transpose(), None); // [batch, ..., r_hi]
+        if let Some(e) = &self.lora_e {
+            let mut shape = [1usize; D];
+            shape[D - 1] = r_hi;
+            h = h.mul(e.val().slice(0..r_hi).reshape(shape));
+        }
         let delta = if uniform {
             let h = match &self.rank_scale {
                 None => h.mul_scalar(self.scale.scale(self.alpha, r_hi)),
@@ -474,6 +504,10 @@ impl<B: Backend> FlexiLinear<B> {
             return w0;
         }
         let (a, b) = self.factors(rank, false);
+        let b = match &self.lora_e {
+            Some(e) => b.mul(e.val().slice(0..rank).reshape([1, rank])),
+            None => b,
+        };
         w0.add(b.matmul(a).mul_scalar(self.scale_at(rank)))
     }
 

@@ -397,3 +397,68 @@ fn forward_panics_with_the_values_when_rank_exceeds_r_max() {
     let x = tensor::<Cpu, 3>([1, SEQ, D_IN], 1, &device);
     let _ = layer.forward(x, &SampleRanks::new(vec![12]));
 }
+
+#[test]
+fn adalora_svd_form_computes_b_diag_e_a() {
+    let device = Default::default();
+    let mut layer = FlexiLinearConfig::new(64, 48, 8)
+        .with_svd_form(true)
+        .with_alpha(8.0)
+        .init::<CpuAd>(&device);
+    // PEFT AdaLoRA init: E = 0 (so the base output is unchanged), A, B ~ N(0, 0.02).
+    assert!(
+        to_vec(layer.lora_e.as_ref().unwrap().val())
+            .iter()
+            .all(|v| *v == 0.0)
+    );
+    for (name, v) in [
+        ("A", to_vec(layer.lora_a.val())),
+        ("B", to_vec(layer.lora_b.val())),
+    ] {
+        let mean = v.iter().sum::<f32>() / v.len() as f32;
+        let std = (v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / v.len() as f32).sqrt();
+        assert!(
+            mean.abs() < 0.005 && (0.016..0.024).contains(&std),
+            "{name}: mean {mean} std {std}"
+        );
+    }
+    let x = tensor::<CpuAd, 3>([2, SEQ, 64], 101, &device);
+    let ranks = SampleRanks::uniform(2, 8);
+    assert_eq!(
+        to_vec(layer.forward_base(x.clone())),
+        to_vec(layer.forward(x.clone(), &ranks))
+    );
+
+    // Non-zero E with one pruned component: y = W0 x + (alpha/r) B diag(E) A x.
+    let e = vec![1.0f32, -0.5, 0.0, 2.0, 0.25, 0.0, 1.5, -1.0];
+    layer.lora_e = Some(Param::from_tensor(Tensor::from_data(
+        TensorData::new(e.clone(), [8]),
+        &device,
+    )));
+    let (w0, a, b) = (
+        to_vec(layer.base.weight.val()),
+        to_vec(layer.lora_a.val()),
+        to_vec(layer.lora_b.val()),
+    );
+    let xs = to_vec(x.clone());
+    let y = layer.forward(x.clone(), &ranks);
+    let got = to_vec(y.clone());
+    let mut worst = 0f32;
+    for t in 0..2 * SEQ {
+        let xt = &xs[t * 64..(t + 1) * 64];
+        for o in 0..48 {
+            let base: f32 = (0..64).map(|k| xt[k] * w0[k * 48 + o]).sum();
+            let lora: f32 = (0..8)
+                .map(|j| b[o * 8 + j] * e[j] * (0..64).map(|k| a[j * 64 + k] * xt[k]).sum::<f32>())
+                .sum();
+            worst = worst.max((got[t * 48 + o] - (base + 1.0 * lora)).abs());
+        }
+    }
+    assert!(worst <= 1e-5, "max abs diff {worst}");
+    let merged = to_vec(layer.valid().merged_linear(8).forward(x.clone().inner()));
+    assert!(max_abs_diff(&merged, &got) <= 1e-5);
+    // E is trainable and its pruned entries still get a gradient (AdaLoRA may revive them).
+    let grads = y.sum().backward();
+    let ge = to_vec(layer.lora_e.as_ref().unwrap().grad(&grads).unwrap());
+    assert!(ge.iter().all(|g| *g != 0.0), "{ge:?}");
+}
