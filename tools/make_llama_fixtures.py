@@ -16,7 +16,8 @@ model.safetensors or a sharded model.safetensors.index.json, tokenizer.json) plu
   [2, <=N] (transformers' `generate`: stops at eos, pads with 0),
   `text_ids` int64 (the tokenizer's ids of `TEXT`, without special tokens), and, where an
   adapter is built, `lora_logits`, `lora_loss` [1] and `grad.<module>.lora_A|lora_B`
-  (e.g. `grad.layers.0.self_attn.q_proj.lora_A`) for the shifted cross-entropy loss;
+  (e.g. `grad.layers.0.self_attn.q_proj.lora_A`) for the shifted cross-entropy loss with
+  labels = ids, -100 on padding and on each row's first real token;
 - `adapter/` (PEFT `adapter_model.safetensors` + `adapter_config.json`), r=4 on q_proj,v_proj
   with a non-zero B;
 - `bf16/`: the same model saved in bfloat16 with logits of that bf16 model evaluated in
@@ -151,7 +152,11 @@ def lora_reference(model, ids, mask, adapter_dir):
         if "lora_B" in name:
             with torch.no_grad():
                 p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    labels = ids.masked_fill(mask == 0, -100)
+    # Ignore padding and each row's first real token: in a left-padded row the first token
+    # would be "predicted" from a padding position, whose fully masked attention row is
+    # ill-defined (eager and sdpa disagree there, and so do their gradients).
+    first = (mask.cumsum(-1) == 1) & (mask == 1)
+    labels = ids.masked_fill(mask == 0, -100).masked_fill(first, -100)
     out = peft_model(
         input_ids=ids,
         attention_mask=mask,
@@ -166,9 +171,16 @@ def lora_reference(model, ids, mask, adapter_dir):
     for name, p in peft_model.named_parameters():
         if "lora_" in name:
             # base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight
-            key = name.split("model.model.", 1)[1].replace(".default.weight", "")
+            key = "layers." + name.split(".layers.", 1)[1].replace(".default.weight", "")
             res["grad." + key] = p.grad.detach().float().contiguous()
     peft_model.save_pretrained(adapter_dir)
+    # PEFT stores target_modules from a set: sort it so the fixture is reproducible.
+    cfg_path = os.path.join(adapter_dir, "adapter_config.json")
+    with open(cfg_path) as f:
+        adapter_cfg = json.load(f)
+    adapter_cfg["target_modules"] = sorted(adapter_cfg["target_modules"])
+    with open(cfg_path, "w") as f:
+        json.dump(adapter_cfg, f, indent=2, sort_keys=True)
     # PEFT writes a README.md model card; the fixture does not need it.
     readme = os.path.join(adapter_dir, "README.md")
     if os.path.exists(readme):
@@ -221,7 +233,8 @@ def make_fixture(out, name, cfg_kwargs, specials, bos, chat, seed, shard=None, l
         half.save_pretrained(bd, safe_serialization=True)
         if os.path.exists(os.path.join(bd, "generation_config.json")):
             os.remove(os.path.join(bd, "generation_config.json"))
-        upcast = half.to(torch.float32).eval()
+        # Reload the saved bf16 file in float32 (exact upcast, RoPE buffers in f32 as usual).
+        upcast = LlamaForCausalLM.from_pretrained(bd, dtype=torch.float32, attn_implementation="eager").eval()
         with torch.no_grad():
             logits = upcast(
                 input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)

@@ -1,1 +1,11 @@
-//! models
+//! # models
+//!
+//! Native Burn implementations of the models flexi-burn fine-tunes, with Flexi-LoRA
+//! ([`flexi_burn::FlexiLinear`]) on their projections and a per-sample rank argument on every
+//! forward pass.
+//!
+//! - [`llama`]: Llama 3.x / SmolLM2 from Hugging Face directories (config, safetensors in
+//!   f32/f16/bf16, sharded or not, PEFT adapters), tokenizer and chat templates, batched
+//!   KV-cache generation.
+
+pub mod llama;

@@ -1,0 +1,522 @@
+//! Loading Hugging Face checkpoints (`model.safetensors` or a sharded
+//! `model.safetensors.index.json`, f32 / f16 / bf16) and PEFT LoRA adapters.
+//!
+//! Files are memory-mapped and read with the `safetensors` crate; every tensor is converted to
+//! f32 on the host (exact for f16 and bf16) and handed to the backend, which stores it in its
+//! own float type. HF linear weights `[out, in]` are transposed to Burn's `[in, out]`.
+//!
+//! Errors name the file and the tensor: a corrupt or truncated file, a tensor the
+//! configuration needs but the checkpoint lacks, a tensor of the wrong shape, and tensors the
+//! model does not use.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, Linear};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use flexi_burn::FlexiLinearConfig;
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
+
+use super::attention::Attention;
+use super::config::LlamaConfig;
+use super::error::{LlamaError, Result, io_err};
+use super::linear::{AdapterConfig, Proj, Target};
+use super::mlp::Mlp;
+use super::model::{DecoderLayer, Llama, RmsNorm};
+use super::rope::RotaryEmbedding;
+
+/// One memory-mapped safetensors file.
+struct Shard {
+    path: PathBuf,
+    map: Mmap,
+}
+
+impl Shard {
+    fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(io_err(path))?;
+        // SAFETY: the file is opened read-only and only read while mapped; as with every
+        // memory-mapped checkpoint loader, modifying the file concurrently is not supported.
+        let map = unsafe { Mmap::map(&file) }.map_err(io_err(path))?;
+        // Validate the header and offsets once (truncated or corrupt files fail here).
+        SafeTensors::deserialize(&map).map_err(|e| LlamaError::Safetensors {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            map,
+        })
+    }
+
+    fn view(&self) -> SafeTensors<'_> {
+        // Validated in `open`.
+        SafeTensors::deserialize(&self.map).expect("safetensors header validated at open")
+    }
+}
+
+/// The tensors of a checkpoint, possibly spread over shards, with bookkeeping of which ones
+/// were used.
+pub struct Checkpoint {
+    /// The index file, or the single safetensors file (for messages about the whole set).
+    origin: PathBuf,
+    shards: Vec<Shard>,
+    /// Tensor name -> shard.
+    location: HashMap<String, usize>,
+    used: BTreeSet<String>,
+}
+
+impl Checkpoint {
+    /// Opens `dir/model.safetensors.index.json` (and its shards) or `dir/model.safetensors`,
+    /// or a single `.safetensors` file given directly.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        if dir.is_file() {
+            return Self::single(dir);
+        }
+        if !dir.is_dir() {
+            return Err(LlamaError::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
+            });
+        }
+        let index = dir.join("model.safetensors.index.json");
+        if index.is_file() {
+            return Self::sharded(&index);
+        }
+        let single = dir.join("model.safetensors");
+        if single.is_file() {
+            return Self::single(&single);
+        }
+        Err(LlamaError::NoWeights {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn single(path: &Path) -> Result<Self> {
+        let shard = Shard::open(path)?;
+        let location = shard
+            .view()
+            .names()
+            .into_iter()
+            .map(|n| (n.to_string(), 0))
+            .collect();
+        Ok(Self {
+            origin: path.to_path_buf(),
+            shards: vec![shard],
+            location,
+            used: BTreeSet::new(),
+        })
+    }
+
+    fn sharded(index: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(index).map_err(io_err(index))?;
+        let value: Value = serde_json::from_str(&text).map_err(|source| LlamaError::Json {
+            path: index.to_path_buf(),
+            source,
+        })?;
+        let Some(map) = value.get("weight_map").and_then(Value::as_object) else {
+            return Err(LlamaError::ConfigField {
+                path: index.to_path_buf(),
+                field: "weight_map".into(),
+                reason: "missing or not an object".into(),
+            });
+        };
+        let base = index.parent().unwrap_or(Path::new("."));
+        let mut shards: Vec<Shard> = Vec::new();
+        let mut by_file: HashMap<String, usize> = HashMap::new();
+        let mut location = HashMap::new();
+        for (tensor, file) in map {
+            let Some(file) = file.as_str() else {
+                return Err(LlamaError::ConfigField {
+                    path: index.to_path_buf(),
+                    field: format!("weight_map.{tensor}"),
+                    reason: "expected a file name".into(),
+                });
+            };
+            let idx = match by_file.get(file) {
+                Some(&i) => i,
+                None => {
+                    shards.push(Shard::open(&base.join(file))?);
+                    by_file.insert(file.to_string(), shards.len() - 1);
+                    shards.len() - 1
+                }
+            };
+            location.insert(tensor.clone(), idx);
+        }
+        Ok(Self {
+            origin: index.to_path_buf(),
+            shards,
+            location,
+            used: BTreeSet::new(),
+        })
+    }
+
+    /// Whether the checkpoint has a tensor of this name.
+    pub fn contains(&self, name: &str) -> bool {
+        self.location.contains_key(name)
+    }
+
+    /// Reads tensor `name`, checks it has shape `expected`, and converts it to f32.
+    pub fn take(&mut self, name: &str, expected: &[usize]) -> Result<TensorData> {
+        let Some(&idx) = self.location.get(name) else {
+            return Err(LlamaError::MissingTensor {
+                path: self.origin.clone(),
+                tensor: name.to_string(),
+            });
+        };
+        let shard = &self.shards[idx];
+        let st = shard.view();
+        let view = st.tensor(name).map_err(|_| LlamaError::MissingTensor {
+            path: shard.path.clone(),
+            tensor: name.to_string(),
+        })?;
+        if view.shape() != expected {
+            return Err(LlamaError::ShapeMismatch {
+                path: shard.path.clone(),
+                tensor: name.to_string(),
+                expected: expected.to_vec(),
+                got: view.shape().to_vec(),
+            });
+        }
+        let bytes = view.data();
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(LlamaError::UnsupportedDtype {
+                    path: shard.path.clone(),
+                    tensor: name.to_string(),
+                    dtype: format!("{other:?}"),
+                });
+            }
+        };
+        self.used.insert(name.to_string());
+        Ok(TensorData::new(values, expected.to_vec()))
+    }
+
+    /// Errors with the names of the tensors that were never taken, except those `ignore`
+    /// accepts.
+    pub fn finish(&self, ignore: impl Fn(&str) -> bool) -> Result<()> {
+        let mut unused: Vec<String> = self
+            .location
+            .keys()
+            .filter(|k| !self.used.contains(*k) && !ignore(k))
+            .cloned()
+            .collect();
+        if unused.is_empty() {
+            return Ok(());
+        }
+        unused.sort();
+        Err(LlamaError::UnexpectedTensors {
+            path: self.origin.clone(),
+            tensors: unused,
+        })
+    }
+}
+
+/// Builds modules from checkpoint tensors on one device.
+struct Builder<'a, B: Backend> {
+    ckpt: &'a mut Checkpoint,
+    device: &'a B::Device,
+}
+
+impl<B: Backend> Builder<'_, B> {
+    fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>> {
+        let data = self.ckpt.take(name, &shape)?;
+        Ok(Tensor::from_data(data, self.device))
+    }
+
+    fn frozen<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+    ) -> Result<Param<Tensor<B, D>>> {
+        Ok(Param::from_tensor(self.tensor(name, shape)?).set_require_grad(false))
+    }
+
+    /// A frozen Linear from HF `{prefix}.weight [d_out, d_in]` (+ `{prefix}.bias [d_out]`).
+    fn linear(&mut self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>> {
+        let w = self
+            .tensor(&format!("{prefix}.weight"), [d_out, d_in])?
+            .transpose(); // [in, out]
+        let bias = match bias {
+            true => Some(self.frozen(&format!("{prefix}.bias"), [d_out])?),
+            false => None,
+        };
+        Ok(Linear {
+            weight: Param::from_tensor(w),
+            bias,
+        }
+        .no_grad())
+    }
+
+    fn proj(
+        &mut self,
+        prefix: &str,
+        target: Target,
+        (d_in, d_out): (usize, usize),
+        bias: bool,
+        adapter: &AdapterConfig,
+    ) -> Result<Proj<B>> {
+        let base = self.linear(prefix, d_in, d_out, bias)?;
+        if !adapter.adapts(target) {
+            return Ok(Proj::Plain(base));
+        }
+        let layer = FlexiLinearConfig::new(d_in, d_out, adapter.r_max)
+            .with_alpha(adapter.alpha)
+            .with_scale(adapter.scale)
+            .with_bias(bias)
+            .try_wrap(base)?;
+        Ok(Proj::Adapted(layer))
+    }
+
+    fn norm(&mut self, name: &str, dim: usize, eps: f64) -> Result<RmsNorm<B>> {
+        Ok(RmsNorm {
+            weight: self.frozen(name, [dim])?,
+            eps,
+        })
+    }
+}
+
+/// Loads a model directory (`config.json` + weights) with Flexi-LoRA adapters on the
+/// projections `adapter.targets` (PEFT-initialised: A random, B zero, so rank > 0 equals the
+/// base model until trained or until an adapter is loaded with [`load_peft_adapter`]).
+pub fn load_llama<B: Backend>(
+    dir: impl AsRef<Path>,
+    adapter: &AdapterConfig,
+    device: &B::Device,
+) -> Result<Llama<B>> {
+    let dir = dir.as_ref();
+    let config = LlamaConfig::from_dir(dir)?;
+    let mut ckpt = Checkpoint::open(dir)?;
+    let model = build_llama(&config, &mut ckpt, adapter, device)?;
+    let tied = config.tie_word_embeddings;
+    ckpt.finish(|name| {
+        // Tied checkpoints sometimes still carry the head; old ones saved RoPE buffers.
+        (tied && name == "lm_head.weight") || name.ends_with("rotary_emb.inv_freq")
+    })?;
+    Ok(model)
+}
+
+/// Builds the model from an opened checkpoint (HF names `model.layers.{i}...`).
+pub fn build_llama<B: Backend>(
+    config: &LlamaConfig,
+    ckpt: &mut Checkpoint,
+    adapter: &AdapterConfig,
+    device: &B::Device,
+) -> Result<Llama<B>> {
+    let c = config;
+    let mut b = Builder::<B> { ckpt, device };
+    let (hidden, inter) = (c.hidden_size, c.intermediate_size);
+    let q = c.num_attention_heads * c.head_dim;
+    let kv = c.num_key_value_heads * c.head_dim;
+
+    let embed_tokens = Embedding {
+        weight: b.frozen("model.embed_tokens.weight", [c.vocab_size, hidden])?,
+    };
+    let mut layers = Vec::with_capacity(c.num_hidden_layers);
+    for i in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        let (ab, mb) = (c.attention_bias, c.mlp_bias);
+        let mut proj =
+            |t: Target, dims, bias| b.proj(&format!("{p}.{}", t.path()), t, dims, bias, adapter);
+        let self_attn = Attention {
+            q_proj: proj(Target::Q, (hidden, q), ab)?,
+            k_proj: proj(Target::K, (hidden, kv), ab)?,
+            v_proj: proj(Target::V, (hidden, kv), ab)?,
+            o_proj: proj(Target::O, (q, hidden), ab)?,
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+        };
+        let mlp = Mlp {
+            gate_proj: proj(Target::Gate, (hidden, inter), mb)?,
+            up_proj: proj(Target::Up, (hidden, inter), mb)?,
+            down_proj: proj(Target::Down, (inter, hidden), mb)?,
+        };
+        layers.push(DecoderLayer {
+            input_layernorm: b.norm(
+                &format!("{p}.input_layernorm.weight"),
+                hidden,
+                c.rms_norm_eps,
+            )?,
+            self_attn,
+            post_attention_layernorm: b.norm(
+                &format!("{p}.post_attention_layernorm.weight"),
+                hidden,
+                c.rms_norm_eps,
+            )?,
+            mlp,
+        });
+    }
+    let norm = b.norm("model.norm.weight", hidden, c.rms_norm_eps)?;
+    let lm_head = match c.tie_word_embeddings {
+        true => None,
+        false => Some(b.linear("lm_head", hidden, c.vocab_size, false)?),
+    };
+    Ok(Llama {
+        embed_tokens,
+        layers,
+        norm,
+        lm_head,
+        config: config.clone(),
+        rope: RotaryEmbedding::new(config),
+    })
+}
+
+/// A PEFT LoRA adapter directory's settings (`adapter_config.json`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeftAdapter {
+    /// `r`.
+    pub r: usize,
+    /// `lora_alpha`.
+    pub lora_alpha: f64,
+    /// `target_modules`.
+    pub targets: Vec<Target>,
+}
+
+impl PeftAdapter {
+    /// Reads `dir/adapter_config.json`.
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        let path = dir.as_ref().join("adapter_config.json");
+        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+        let v: Value = serde_json::from_str(&text).map_err(|source| LlamaError::Json {
+            path: path.clone(),
+            source,
+        })?;
+        let field = |name: &str, reason: &str| LlamaError::ConfigField {
+            path: path.clone(),
+            field: name.into(),
+            reason: reason.into(),
+        };
+        let r = v
+            .get("r")
+            .and_then(Value::as_u64)
+            .filter(|r| *r > 0)
+            .ok_or_else(|| field("r", "missing or not a positive integer"))?
+            as usize;
+        let lora_alpha = v
+            .get("lora_alpha")
+            .and_then(Value::as_f64)
+            .ok_or_else(|| field("lora_alpha", "missing or not a number"))?;
+        let targets = match v.get("target_modules") {
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|t| {
+                    t.as_str()
+                        .ok_or_else(|| field("target_modules", "expected strings"))?
+                        .parse::<Target>()
+                        .map_err(|e| field("target_modules", &e.to_string()))
+                })
+                .collect::<Result<Vec<_>>>()?,
+            Some(Value::String(s)) => AdapterConfig::parse_targets(s)
+                .map_err(|e| field("target_modules", &e.to_string()))?,
+            _ => return Err(field("target_modules", "missing")),
+        };
+        Ok(Self {
+            r,
+            lora_alpha,
+            targets,
+        })
+    }
+
+    /// The matching Flexi-LoRA configuration: `r_max = r`, `alpha = lora_alpha`, so rank `r`
+    /// reproduces PEFT's scale `lora_alpha / r`.
+    pub fn adapter_config(&self) -> AdapterConfig {
+        let mut targets = self.targets.clone();
+        targets.sort();
+        AdapterConfig::new(targets, self.r, self.lora_alpha)
+    }
+}
+
+/// Loads a base model and a PEFT adapter directory (`adapter_config.json`,
+/// `adapter_model.safetensors`) into one model with `r_max = r`.
+pub fn load_llama_with_peft<B: Backend>(
+    model_dir: impl AsRef<Path>,
+    adapter_dir: impl AsRef<Path>,
+    device: &B::Device,
+) -> Result<Llama<B>> {
+    let peft = PeftAdapter::from_dir(&adapter_dir)?;
+    let mut model = load_llama(model_dir, &peft.adapter_config(), device)?;
+    load_peft_adapter(&mut model, adapter_dir)?;
+    Ok(model)
+}
+
+/// Copies PEFT LoRA factors (`base_model.model.model.layers.{i}.{path}.lora_A.weight [r, in]`,
+/// `lora_B.weight [out, r]`) into the first `r` components of every adapted projection whose
+/// target the adapter lists. The model's `r_max` must be at least `r`; components beyond `r`
+/// are left as they are.
+pub fn load_peft_adapter<B: Backend>(
+    model: &mut Llama<B>,
+    adapter_dir: impl AsRef<Path>,
+) -> Result<()> {
+    let dir = adapter_dir.as_ref();
+    let peft = PeftAdapter::from_dir(dir)?;
+    let file = dir.join("adapter_model.safetensors");
+    let mut ckpt = Checkpoint::open(&file)?;
+    let device = model.embed_tokens.weight.device();
+    let r = peft.r;
+    for (i, layer) in model.layers.iter_mut().enumerate() {
+        for t in &peft.targets {
+            let proj = match t {
+                Target::Q => &mut layer.self_attn.q_proj,
+                Target::K => &mut layer.self_attn.k_proj,
+                Target::V => &mut layer.self_attn.v_proj,
+                Target::O => &mut layer.self_attn.o_proj,
+                Target::Gate => &mut layer.mlp.gate_proj,
+                Target::Up => &mut layer.mlp.up_proj,
+                Target::Down => &mut layer.mlp.down_proj,
+            };
+            let Some(lora) = proj.adapter_mut() else {
+                return Err(LlamaError::Adapter {
+                    path: file.clone(),
+                    reason: format!("the adapter targets {t}, which the model was built without"),
+                });
+            };
+            let (d_in, d_out, r_max) = (lora.d_input(), lora.d_output(), lora.r_max());
+            if r > r_max {
+                return Err(LlamaError::Adapter {
+                    path: file.clone(),
+                    reason: format!("adapter rank r = {r} exceeds the model's r_max = {r_max}"),
+                });
+            }
+            let prefix = format!("base_model.model.model.layers.{i}.{}", t.path());
+            let a: Tensor<B, 2> = Tensor::from_data(
+                ckpt.take(&format!("{prefix}.lora_A.weight"), &[r, d_in])?,
+                &device,
+            );
+            let bm: Tensor<B, 2> = Tensor::from_data(
+                ckpt.take(&format!("{prefix}.lora_B.weight"), &[d_out, r])?,
+                &device,
+            );
+            let (a, bm) = if r < r_max {
+                let a_rest = lora.lora_a.val().slice([r..r_max, 0..d_in]);
+                let b_rest = lora.lora_b.val().slice([0..d_out, r..r_max]);
+                (
+                    Tensor::cat(vec![a, a_rest], 0),
+                    Tensor::cat(vec![bm, b_rest], 1),
+                )
+            } else {
+                (a, bm)
+            };
+            lora.lora_a = Param::from_tensor(a.detach());
+            lora.lora_b = Param::from_tensor(bm.detach());
+        }
+    }
+    ckpt.finish(|_| false)
+}

@@ -1,0 +1,395 @@
+//! The decoder: token embedding, `num_hidden_layers` pre-norm blocks, final RMSNorm and a
+//! tied or untied LM head.
+//!
+//! ```text
+//! h = embed(ids)                                  [b, s, hidden]
+//! for each layer:
+//!     h = h + attn(rms_norm(h), rope, mask)       (q/k/v/o adapted per sample rank)
+//!     h = h + mlp(rms_norm(h))                    (gate/up/down adapted per sample rank)
+//! logits = lm_head(rms_norm(h))                   [b, s, vocab]
+//! ```
+
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, Linear};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::module::linear;
+use burn::tensor::{Int, Tensor, TensorData};
+use flexi_burn::SampleRanks;
+
+use super::attention::{Attention, KvCache, attention_bias};
+use super::config::LlamaConfig;
+use super::error::{LlamaError, Result};
+use super::mlp::Mlp;
+use super::rope::RotaryEmbedding;
+
+/// Root-mean-square layer norm: `x / sqrt(mean(x^2) + eps) * weight`.
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    /// Scale `[hidden]` (HF `*.weight`).
+    pub weight: Param<Tensor<B, 1>>,
+    /// Epsilon inside the square root.
+    pub eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    /// `x [..., hidden]`, normalised over the last dimension.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let rms = x
+            .clone()
+            .powi_scalar(2)
+            .mean_dim(D - 1)
+            .add_scalar(self.eps)
+            .sqrt();
+        let weight = self.weight.val().unsqueeze::<D>();
+        x.div(rms).mul(weight)
+    }
+}
+
+/// One pre-norm decoder block.
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm<B>,
+    /// Self-attention.
+    pub self_attn: Attention<B>,
+    /// Norm before the MLP.
+    pub post_attention_layernorm: RmsNorm<B>,
+    /// SwiGLU MLP.
+    pub mlp: Mlp<B>,
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &(Tensor<B, 4>, Tensor<B, 4>),
+        bias: Tensor<B, 4>,
+        cache: Option<(&mut KvCache<B>, usize)>,
+        ranks: &SampleRanks,
+    ) -> Tensor<B, 3> {
+        let h = self.self_attn.forward(
+            self.input_layernorm.forward(x.clone()),
+            &rope.0,
+            &rope.1,
+            bias,
+            cache,
+            ranks,
+        );
+        let x = x.add(h);
+        let h = self
+            .mlp
+            .forward(self.post_attention_layernorm.forward(x.clone()), ranks);
+        x.add(h)
+    }
+}
+
+/// A Llama-family causal language model whose targeted projections are Flexi-LoRA layers.
+///
+/// Build it with [`crate::llama::load_llama`] from a Hugging Face directory.
+#[derive(Module, Debug)]
+pub struct Llama<B: Backend> {
+    /// Token embedding `[vocab, hidden]`.
+    pub embed_tokens: Embedding<B>,
+    /// Decoder blocks.
+    pub layers: Vec<DecoderLayer<B>>,
+    /// Final norm.
+    pub norm: RmsNorm<B>,
+    /// Untied LM head (Burn layout `[hidden, vocab]`); `None` when tied to `embed_tokens`.
+    pub lm_head: Option<Linear<B>>,
+    /// The configuration the model was built from.
+    pub config: LlamaConfig,
+    /// RoPE frequencies.
+    pub rope: RotaryEmbedding,
+}
+
+/// A left-padded batch on the host: `ids[b][t]`, `mask[b][t]` (`true` = real token).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaddedBatch {
+    /// Token ids, every row of the same length.
+    pub ids: Vec<Vec<u32>>,
+    /// Attention mask, `false` on padding.
+    pub mask: Vec<Vec<bool>>,
+}
+
+impl PaddedBatch {
+    /// Left-pads `seqs` with `pad_id` to the longest one.
+    pub fn left_pad(seqs: &[Vec<u32>], pad_id: u32) -> Self {
+        let n = seqs.iter().map(Vec::len).max().unwrap_or(0);
+        let ids = seqs
+            .iter()
+            .map(|s| {
+                let mut row = vec![pad_id; n - s.len()];
+                row.extend_from_slice(s);
+                row
+            })
+            .collect();
+        let mask = seqs
+            .iter()
+            .map(|s| {
+                let mut row = vec![false; n - s.len()];
+                row.extend(std::iter::repeat_n(true, s.len()));
+                row
+            })
+            .collect();
+        Self { ids, mask }
+    }
+
+    /// Samples in the batch.
+    pub fn batch(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Padded length.
+    pub fn seq_len(&self) -> usize {
+        self.ids.first().map_or(0, Vec::len)
+    }
+
+    /// Position ids as `generate` computes them: `cumsum(mask) - 1`, 0 on padding, so a padded
+    /// sample sees the same positions as unpadded.
+    pub fn positions(&self) -> Vec<Vec<usize>> {
+        self.mask
+            .iter()
+            .map(|row| {
+                let mut seen = 0usize;
+                row.iter()
+                    .map(|&m| {
+                        if m {
+                            seen += 1;
+                            seen - 1
+                        } else {
+                            0
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// `ids` as an int tensor `[batch, seq]`.
+    pub fn ids_tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2, Int> {
+        let flat: Vec<i64> = self.ids.iter().flatten().map(|&t| t as i64).collect();
+        Tensor::from_data(
+            TensorData::new(flat, [self.batch(), self.seq_len()]),
+            device,
+        )
+    }
+
+    /// Labels `[batch, seq]` for [`causal_lm_loss`]: the ids, with `ignore_index` on padding
+    /// and on each row's first real token. That token has no context to be predicted from:
+    /// in a left-padded row its prediction would come from a padding position, whose fully
+    /// masked attention row is ill-defined (transformers' eager and sdpa paths disagree on
+    /// it and on its gradients).
+    pub fn labels<B: Backend>(&self, ignore_index: i64, device: &B::Device) -> Tensor<B, 2, Int> {
+        let flat: Vec<i64> = self
+            .ids
+            .iter()
+            .zip(&self.mask)
+            .flat_map(|(ids, mask)| {
+                let first = mask.iter().position(|m| *m);
+                ids.iter().zip(mask).enumerate().map(move |(t, (&id, &m))| {
+                    if m && Some(t) != first {
+                        id as i64
+                    } else {
+                        ignore_index
+                    }
+                })
+            })
+            .collect();
+        Tensor::from_data(
+            TensorData::new(flat, [self.batch(), self.seq_len()]),
+            device,
+        )
+    }
+
+    fn check(&self) -> Result<()> {
+        let n = self.seq_len();
+        if self.ids.is_empty() || n == 0 {
+            return Err(LlamaError::InvalidInput(
+                "empty batch or empty sequences".into(),
+            ));
+        }
+        if self.mask.len() != self.ids.len()
+            || self.ids.iter().any(|r| r.len() != n)
+            || self.mask.iter().any(|r| r.len() != n)
+        {
+            return Err(LlamaError::InvalidInput(
+                "ids and mask must be [batch, seq] with every row of the same length".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<B: Backend> Llama<B> {
+    /// Logits `[batch, seq, vocab]` of a left-padded batch (no cache).
+    ///
+    /// Errors on a sequence longer than `max_position_embeddings`, a token id outside the
+    /// vocabulary, or ranks that do not fit the batch or an adapter.
+    pub fn forward(&self, batch: &PaddedBatch, ranks: &SampleRanks) -> Result<Tensor<B, 3>> {
+        batch.check()?;
+        self.forward_step(batch, &batch.mask, &batch.positions(), None, ranks)
+    }
+
+    /// Logits from tensors: `input_ids [batch, seq]` and an optional `attention_mask
+    /// [batch, seq]` (1 = token, 0 = padding; left padding expected). Both are read back to
+    /// the host to build the mask and positions.
+    pub fn forward_ids(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+        ranks: &SampleRanks,
+    ) -> Result<Tensor<B, 3>> {
+        let [b, s] = input_ids.dims();
+        let ids = int_rows(input_ids, b, s)?;
+        let mask = match attention_mask {
+            None => vec![vec![true; s]; b],
+            Some(m) => {
+                if m.dims() != [b, s] {
+                    return Err(LlamaError::InvalidInput(format!(
+                        "attention_mask has shape {:?}, input_ids [{b}, {s}]",
+                        m.dims()
+                    )));
+                }
+                int_rows(m, b, s)?
+                    .into_iter()
+                    .map(|r| r.into_iter().map(|v| v != 0).collect())
+                    .collect()
+            }
+        };
+        let ids = ids
+            .into_iter()
+            .enumerate()
+            .map(|(sample, row)| {
+                row.into_iter()
+                    .map(|t| {
+                        u32::try_from(t).map_err(|_| LlamaError::TokenOutOfRange {
+                            sample,
+                            id: t,
+                            vocab: self.config.vocab_size,
+                        })
+                    })
+                    .collect::<Result<Vec<u32>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.forward(&PaddedBatch { ids, mask }, ranks)
+    }
+
+    /// One forward step over new tokens `batch.ids [b, new]`, attending to everything in
+    /// `cache` (if any) and the new tokens. `key_mask [b][past + new]` marks real tokens;
+    /// `positions [b][new]` are the RoPE positions of the new tokens. Returns logits
+    /// `[b, new, vocab]`.
+    pub fn forward_step(
+        &self,
+        batch: &PaddedBatch,
+        key_mask: &[Vec<bool>],
+        positions: &[Vec<usize>],
+        mut cache: Option<&mut KvCache<B>>,
+        ranks: &SampleRanks,
+    ) -> Result<Tensor<B, 3>> {
+        let device = self.embed_tokens.weight.device();
+        let (b, new) = (batch.batch(), batch.seq_len());
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let total = past + new;
+        if key_mask.len() != b || key_mask.iter().any(|r| r.len() != total) {
+            return Err(LlamaError::InvalidInput(format!(
+                "key mask must be [{b}][{total}] (cache {past} + new {new})"
+            )));
+        }
+        if positions.len() != b || positions.iter().any(|r| r.len() != new) {
+            return Err(LlamaError::InvalidInput(format!(
+                "positions must be [{b}][{new}]"
+            )));
+        }
+        let max = self.config.max_position_embeddings;
+        for (sample, row) in key_mask.iter().enumerate() {
+            let len = row.iter().filter(|m| **m).count();
+            if len > max || positions[sample].iter().any(|p| *p >= max) {
+                return Err(LlamaError::ContextOverflow { sample, len, max });
+            }
+        }
+        for (sample, row) in batch.ids.iter().enumerate() {
+            if let Some(&id) = row.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+                return Err(LlamaError::TokenOutOfRange {
+                    sample,
+                    id: id as i64,
+                    vocab: self.config.vocab_size,
+                });
+            }
+        }
+        ranks.validate(b, usize::MAX)?;
+
+        let rope = self.rope.tables::<B>(positions, &device); // [b, 1, new, head_dim] x2
+        let bias = attention_bias::<B>(key_mask, new, &device); // [b, 1, new, total]
+        let mut x = self.embed_tokens.forward(batch.ids_tensor(&device)); // [b, new, hidden]
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| (c, i));
+            x = layer.forward(x, &rope, bias.clone(), layer_cache, ranks);
+        }
+        let x = self.norm.forward(x);
+        Ok(self.lm_head(x))
+    }
+
+    /// `h [b, s, hidden] -> logits [b, s, vocab]`, through the untied head or `embed^T`.
+    pub fn lm_head(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.lm_head {
+            Some(head) => head.forward(h),
+            None => linear(h, self.embed_tokens.weight.val().transpose(), None),
+        }
+    }
+
+    /// An empty KV cache for this model.
+    pub fn new_cache(&self) -> KvCache<B> {
+        KvCache::new(self.layers.len())
+    }
+
+    /// The largest LoRA rank over the adapted projections (0 without an adapter).
+    pub fn r_max(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| {
+                [
+                    &l.self_attn.q_proj,
+                    &l.self_attn.k_proj,
+                    &l.self_attn.v_proj,
+                    &l.self_attn.o_proj,
+                    &l.mlp.gate_proj,
+                    &l.mlp.up_proj,
+                    &l.mlp.down_proj,
+                ]
+            })
+            .filter_map(|p| p.adapter().map(|a| a.r_max()))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+fn int_rows<B: Backend>(t: Tensor<B, 2, Int>, b: usize, s: usize) -> Result<Vec<Vec<i64>>> {
+    let data = t
+        .into_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .map_err(|e| LlamaError::InvalidInput(format!("cannot read int tensor: {e:?}")))?;
+    Ok((0..b).map(|i| data[i * s..(i + 1) * s].to_vec()).collect())
+}
+
+/// Causal LM cross-entropy as transformers computes it: logits `[b, s, v]` at position `t`
+/// predict `labels[:, t + 1]`; labels equal to `ignore_index` (HF: -100) are skipped; the
+/// result `[1]` is the mean over the remaining targets.
+pub fn causal_lm_loss<B: Backend>(
+    logits: Tensor<B, 3>,
+    labels: Tensor<B, 2, Int>,
+    ignore_index: i64,
+) -> Tensor<B, 1> {
+    let [b, s, v] = logits.dims();
+    let logits = logits.slice([0..b, 0..s - 1, 0..v]); // [b, s-1, v]
+    let targets = labels.slice([0..b, 1..s]); // [b, s-1]
+    let keep = targets.clone().not_equal_elem(ignore_index); // [b, s-1]
+    let safe = targets.mask_fill(keep.clone().bool_not(), 0);
+    let logp = log_softmax(logits, 2)
+        .gather(2, safe.unsqueeze_dim::<3>(2))
+        .squeeze_dim::<2>(2); // [b, s-1]
+    let keep = keep.float();
+    let count = keep.clone().sum();
+    logp.mul(keep).sum().neg().div(count)
+}

@@ -1,0 +1,287 @@
+//! The Burn Llama against transformers 4.57.6 / PEFT references built by
+//! `tools/make_llama_fixtures.py`.
+
+mod common;
+
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use common::{RefTensor, fixture, reference, rows};
+use flexi_burn::SampleRanks;
+use models::llama::{
+    AdapterConfig, GenerationConfig, Llama, PaddedBatch, Target, causal_lm_loss, generate,
+    load_llama, load_llama_with_peft,
+};
+
+type B = Flex;
+type Ad = Autodiff<Flex>;
+
+/// The reference batch as a [`PaddedBatch`].
+fn batch(r: &std::collections::HashMap<String, RefTensor>) -> PaddedBatch {
+    let ids = rows(&r["input_ids"])
+        .into_iter()
+        .map(|row| row.into_iter().map(|t| t as u32).collect())
+        .collect();
+    let mask = rows(&r["attention_mask"])
+        .into_iter()
+        .map(|row| row.into_iter().map(|m| m != 0).collect())
+        .collect();
+    PaddedBatch { ids, mask }
+}
+
+fn to_vec<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().into_vec::<f32>().unwrap()
+}
+
+/// Max |a - b| over the positions of real tokens (padding rows are undefined in both).
+fn max_diff_unpadded(ours: &[f32], theirs: &[f32], batch: &PaddedBatch, vocab: usize) -> f32 {
+    assert_eq!(ours.len(), theirs.len());
+    let s = batch.seq_len();
+    let mut worst = 0f32;
+    for (b, mask) in batch.mask.iter().enumerate() {
+        for (t, &m) in mask.iter().enumerate() {
+            if !m {
+                continue;
+            }
+            let o = (b * s + t) * vocab;
+            for v in 0..vocab {
+                worst = worst.max((ours[o + v] - theirs[o + v]).abs());
+            }
+        }
+    }
+    worst
+}
+
+fn check_logits(
+    name: &str,
+    model: &Llama<B>,
+    refs: &std::collections::HashMap<String, RefTensor>,
+    ranks: Vec<usize>,
+    key: &str,
+    tol: f32,
+) -> f32 {
+    let batch = batch(refs);
+    let logits = model.forward(&batch, &SampleRanks::new(ranks)).unwrap();
+    let vocab = model.config.vocab_size;
+    assert_eq!(logits.dims(), [2, batch.seq_len(), vocab]);
+    let diff = max_diff_unpadded(&to_vec(logits), &refs[key].f, &batch, vocab);
+    println!("{name}: max abs diff of {key} vs transformers = {diff:.3e}");
+    assert!(diff <= tol, "{name}: max abs diff {diff} > {tol}");
+    diff
+}
+
+fn prompts(batch: &PaddedBatch) -> Vec<Vec<u32>> {
+    batch
+        .ids
+        .iter()
+        .zip(&batch.mask)
+        .map(|(ids, m)| {
+            ids.iter()
+                .zip(m)
+                .filter(|(_, m)| **m)
+                .map(|(t, _)| *t)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn tied_gqa_llama3_rope_logits_match_transformers() {
+    let dir = fixture("tiny_tied");
+    let refs = reference(dir.join("reference.safetensors"));
+    let model = load_llama::<B>(&dir, &AdapterConfig::none(), &Default::default()).unwrap();
+    assert!(model.config.rope_scaling.is_some() && model.config.tie_word_embeddings);
+    check_logits("tiny_tied", &model, &refs, vec![0, 0], "logits", 1e-4);
+}
+
+#[test]
+fn untied_head_dim_sharded_logits_match_transformers() {
+    let dir = fixture("tiny_untied");
+    let refs = reference(dir.join("reference.safetensors"));
+    let model = load_llama::<B>(&dir, &AdapterConfig::none(), &Default::default()).unwrap();
+    let c = &model.config;
+    assert!(c.rope_scaling.is_none() && !c.tie_word_embeddings);
+    assert_ne!(c.head_dim, c.hidden_size / c.num_attention_heads);
+    check_logits("tiny_untied", &model, &refs, vec![0, 0], "logits", 1e-4);
+}
+
+#[test]
+fn greedy_generation_matches_transformers_with_and_without_cache() {
+    for name in ["tiny_tied", "tiny_untied"] {
+        let dir = fixture(name);
+        let refs = reference(dir.join("reference.safetensors"));
+        let model = load_llama::<B>(&dir, &AdapterConfig::none(), &Default::default()).unwrap();
+        let prompts = prompts(&batch(&refs));
+        let ranks = SampleRanks::new(vec![0, 0]);
+        let want: Vec<Vec<u32>> = rows(&refs["greedy_ids"])
+            .into_iter()
+            .map(|r| r.into_iter().map(|t| t as u32).collect())
+            .collect();
+        let steps = want[0].len();
+
+        // No eos: the full greedy continuation, with the cache and by recomputation.
+        let mut cfg = GenerationConfig::greedy(steps, vec![]);
+        let cached = generate(&model, &prompts, &ranks, &cfg).unwrap();
+        cfg.use_cache = false;
+        let recomputed = generate(&model, &prompts, &ranks, &cfg).unwrap();
+        assert_eq!(cached.tokens, want, "{name}: KV-cache greedy ids");
+        assert_eq!(recomputed.tokens, want, "{name}: recomputed greedy ids");
+
+        // With the config's eos ids: transformers' `generate` output (0-padded after eos).
+        let cfg = GenerationConfig::greedy(steps, model.config.eos_token_ids.clone());
+        let stopped = generate(&model, &prompts, &ranks, &cfg).unwrap();
+        for (i, row) in rows(&refs["generate_ids"]).into_iter().enumerate() {
+            let n = stopped.tokens[i].len();
+            let ours: Vec<i64> = stopped.tokens[i].iter().map(|&t| t as i64).collect();
+            assert_eq!(ours[..], row[..n], "{name}: sample {i} vs generate()");
+            assert!(
+                row[n..].iter().all(|&t| t == 0),
+                "{name}: sample {i} stopped early"
+            );
+            assert_eq!(stopped.stopped_on_eos[i], n < steps);
+        }
+        println!("{name}: greedy ids {want:?}, with eos {:?}", stopped.tokens);
+    }
+}
+
+#[test]
+fn kv_cache_equals_recompute_with_mixed_ranks_and_sampling() {
+    let dir = fixture("tiny_tied");
+    let refs = reference(dir.join("reference.safetensors"));
+    let model = load_llama_with_peft::<B>(&dir, dir.join("adapter"), &Default::default()).unwrap();
+    let prompts = prompts(&batch(&refs));
+    let ranks = SampleRanks::new(vec![4, 1]);
+    for sampling in [
+        models::llama::Sampling::Greedy,
+        models::llama::Sampling::TopP {
+            temperature: 0.8,
+            top_p: 0.9,
+            seed: 3,
+        },
+    ] {
+        let mut cfg = GenerationConfig::greedy(12, vec![]);
+        cfg.sampling = sampling.clone();
+        let cached = generate(&model, &prompts, &ranks, &cfg).unwrap();
+        cfg.use_cache = false;
+        let recomputed = generate(&model, &prompts, &ranks, &cfg).unwrap();
+        assert_eq!(cached, recomputed, "{sampling:?}");
+        assert_eq!(cached.tokens[0].len(), 12);
+    }
+}
+
+#[test]
+fn lora_logits_loss_and_gradients_match_peft() {
+    let dir = fixture("tiny_tied");
+    let refs = reference(dir.join("reference.safetensors"));
+    let device = Default::default();
+    let model = load_llama_with_peft::<Ad>(&dir, dir.join("adapter"), &device).unwrap();
+    let batch = batch(&refs);
+    let ranks = SampleRanks::new(vec![4, 4]);
+    let logits = model.forward(&batch, &ranks).unwrap();
+    let vocab = model.config.vocab_size;
+    let diff = max_diff_unpadded(
+        &to_vec(logits.clone()),
+        &refs["lora_logits"].f,
+        &batch,
+        vocab,
+    );
+    println!("lora logits: max abs diff vs PEFT = {diff:.3e}");
+    assert!(diff <= 1e-4);
+
+    // labels = ids, -100 on padding and each row's first token (HF shifts them in the loss).
+    let labels = batch.labels::<Ad>(-100, &device);
+    let loss = causal_lm_loss(logits, labels, -100);
+    let ours = to_vec(loss.clone())[0];
+    let want = refs["lora_loss"].f[0];
+    let rel = ((ours - want) / want).abs();
+    println!("lora loss: ours {ours:.7} peft {want:.7} rel {rel:.3e}");
+    assert!(rel <= 1e-4);
+
+    let grads = loss.backward();
+    let mut worst = 0f32;
+    for (i, layer) in model.layers.iter().enumerate() {
+        for (path, proj) in [
+            ("self_attn.q_proj", &layer.self_attn.q_proj),
+            ("self_attn.v_proj", &layer.self_attn.v_proj),
+        ] {
+            let lora = proj.adapter().expect("adapted");
+            for (which, param) in [("lora_A", &lora.lora_a), ("lora_B", &lora.lora_b)] {
+                let key = format!("grad.layers.{i}.{path}.{which}");
+                let want = &refs[&key];
+                let got = param.val().grad(&grads).expect("gradient");
+                assert_eq!(got.dims().to_vec(), want.shape, "{key}");
+                let got = to_vec(got);
+                let scale = want.f.iter().fold(0f32, |m, x| m.max(x.abs()));
+                let d = got
+                    .iter()
+                    .zip(&want.f)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                let rel = d / scale;
+                println!("{key}: max |grad| {scale:.3e}, max abs diff {d:.3e}, relative {rel:.3e}");
+                worst = worst.max(rel);
+            }
+        }
+        // Non-targeted projections stay plain Linear layers.
+        assert!(layer.self_attn.k_proj.adapter().is_none());
+        assert!(layer.mlp.up_proj.adapter().is_none());
+    }
+    assert!(worst <= 1e-4, "worst relative gradient error {worst}");
+}
+
+#[test]
+fn per_sample_ranks_mix_base_and_adapter_in_one_batch() {
+    let dir = fixture("tiny_tied");
+    let refs = reference(dir.join("reference.safetensors"));
+    let model = load_llama_with_peft::<B>(&dir, dir.join("adapter"), &Default::default()).unwrap();
+    let batch = batch(&refs);
+    let vocab = model.config.vocab_size;
+    let s = batch.seq_len();
+    let mixed = to_vec(
+        model
+            .forward(&batch, &SampleRanks::new(vec![4, 0]))
+            .unwrap(),
+    );
+    // sample 0 at rank 4 = the PEFT model, sample 1 at rank 0 = the base model
+    let n = s * vocab;
+    let one = |v: &[f32], i: usize| v[i * n..(i + 1) * n].to_vec();
+    let b0 = PaddedBatch {
+        ids: vec![batch.ids[0].clone()],
+        mask: vec![batch.mask[0].clone()],
+    };
+    let b1 = PaddedBatch {
+        ids: vec![batch.ids[1].clone()],
+        mask: vec![batch.mask[1].clone()],
+    };
+    let d0 = max_diff_unpadded(&one(&mixed, 0), &one(&refs["lora_logits"].f, 0), &b0, vocab);
+    let d1 = max_diff_unpadded(&one(&mixed, 1), &one(&refs["logits"].f, 1), &b1, vocab);
+    println!("mixed ranks: sample0 vs PEFT {d0:.3e}, sample1 vs base {d1:.3e}");
+    assert!(d0 <= 1e-4 && d1 <= 1e-4);
+    // A model with the adapter slots but rank 0 everywhere is the base model.
+    let adapted = load_llama::<B>(
+        &dir,
+        &AdapterConfig::new(vec![Target::Q, Target::V], 8, 16.0),
+        &Default::default(),
+    )
+    .unwrap();
+    check_logits("rank 0", &adapted, &refs, vec![0, 0], "logits", 1e-4);
+}
+
+#[test]
+fn bf16_checkpoint_loads_and_runs() {
+    let dir = fixture("tiny_tied");
+    let f32_refs = reference(dir.join("reference.safetensors"));
+    let bf16 = dir.join("bf16");
+    let refs = reference(bf16.join("reference.safetensors"));
+    let model = load_llama::<B>(&bf16, &AdapterConfig::none(), &Default::default()).unwrap();
+    // Exact upcast: matches the bf16 model evaluated in f32 tightly ...
+    check_logits("bf16", &model, &refs, vec![0, 0], "logits", 1e-4);
+    // ... and the f32 original loosely.
+    check_logits(
+        "bf16 vs f32 original",
+        &model,
+        &f32_refs,
+        vec![0, 0],
+        "logits",
+        0.5,
+    );
+}
