@@ -4,6 +4,7 @@
 
 mod bench;
 mod data;
+mod llama;
 
 use clap::{Parser, Subcommand};
 
@@ -20,11 +21,17 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Data files: inspect a file as the model sees it; synthesize a speech set.
     Data(data::DataArgs),
+    /// Generate a completion with a Hugging Face Llama directory (KV cache, per-sample rank).
+    Generate(llama::GenerateArgs),
+    /// Write every position's logits and the input ids to a safetensors file.
+    Logits(llama::LogitsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Bench(args) => bench::run(args),
         Command::Data(args) => data::run(args),
+        Command::Generate(args) => llama::run_generate(args),
+        Command::Logits(args) => llama::run_logits(args),
     }
 }
