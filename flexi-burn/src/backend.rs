@@ -110,14 +110,18 @@ pub fn run<J: BackendJob>(kind: BackendKind, job: J) -> Result<J::Output> {
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => Ok(job.run::<CudaAutodiff>(Default::default())),
         #[allow(unreachable_patterns)]
-        other => Err(FlexiError::Backend(format!(
-            "backend {other} is not compiled into this binary: rebuild with `--features {}`{}",
-            other.feature(),
-            match other {
-                BackendKind::Wgpu => " (and a Vulkan driver, e.g. Debian's mesa-vulkan-drivers)",
-                BackendKind::Cuda => " (and an NVIDIA driver providing libcuda)",
-                BackendKind::Flex => "",
-            }
-        ))),
+        other => {
+            drop(job);
+            Err(FlexiError::Backend(format!(
+                "backend {other} is not compiled into this binary: rebuild with `--features {}`{}",
+                other.feature(),
+                match other {
+                    BackendKind::Wgpu =>
+                        " (and a Vulkan driver, e.g. Debian's mesa-vulkan-drivers)",
+                    BackendKind::Cuda => " (and an NVIDIA driver providing libcuda)",
+                    BackendKind::Flex => "",
+                }
+            )))
+        }
     }
 }

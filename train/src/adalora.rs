@@ -1,0 +1,474 @@
+//! AdaLoRA (SPEC 2.3, as PEFT implements it) on top of [`FlexiLinear`]'s SVD form.
+//!
+//! - Every adapted layer is a `FlexiLinear` with `svd_form = true` and `r_max = init_r`:
+//!   `ΔW = B diag(E) A`, scale `alpha / init_r`.
+//! - Importance of each parameter `I = |p * grad|`, smoothed `Ibar = b1 Ibar + (1-b1) I`,
+//!   uncertainty `Ubar = b2 Ubar + (1-b2) |I - Ibar|`, score `s = Ibar * Ubar`.
+//! - Score of triplet `i` of a layer: `s(E_i) + mean_j s(A_ij) + mean_j s(B_ji)`.
+//! - Budget (total kept triplets) follows a cubic schedule from `init_r * n` to `target_r * n`
+//!   between `tinit` and `total - tfinal`; every `delta_t` steps the lowest-scoring triplets are
+//!   pruned by zeroing their `E` entry, after the optimizer step. After `total - tfinal` the
+//!   last rank pattern is kept.
+//! - Orthogonality penalty `w * mean(||A A^T - I||_F, ||B^T B - I||_F)` over all A and B.
+//!
+//! Layers are found generically: any [`FlexiLinear`] inside any Burn module (a visitor that
+//! follows module paths), so model code needs no AdaLoRA hook.
+//!
+//! One deliberate difference to PEFT: PEFT prunes every triplet whose score is `<=` the k-th
+//! smallest, which can prune more than k on ties; here exactly the k lowest are pruned (ties
+//! broken by position), so the kept count always equals the budget.
+
+use std::collections::BTreeMap;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+/// AdaLoRA hyper-parameters (PEFT defaults).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdaLoraConfig {
+    /// Initial rank of every layer (the adapter's `r_max`).
+    pub init_r: usize,
+    /// Average target rank per layer.
+    pub target_r: usize,
+    /// Steps of warm-up at the initial budget.
+    pub tinit: usize,
+    /// Final steps at the target budget with a fixed pattern.
+    pub tfinal: usize,
+    /// Prune every `delta_t` steps.
+    pub delta_t: usize,
+    /// EMA factor of the importance.
+    pub beta1: f64,
+    /// EMA factor of the uncertainty.
+    pub beta2: f64,
+    /// Weight of the orthogonality penalty.
+    pub orth_reg_weight: f64,
+}
+
+impl Default for AdaLoraConfig {
+    fn default() -> Self {
+        Self {
+            init_r: 12,
+            target_r: 8,
+            tinit: 0,
+            tfinal: 0,
+            delta_t: 1,
+            beta1: 0.85,
+            beta2: 0.85,
+            orth_reg_weight: 0.5,
+        }
+    }
+}
+
+impl AdaLoraConfig {
+    /// Budget (kept triplets over `n_layers` layers) at optimizer step `step` (1-based, as
+    /// PEFT's `global_step` after the first step), and whether to prune at this step.
+    pub fn budget(&self, step: usize, total_steps: usize, n_layers: usize) -> (usize, bool) {
+        let init = self.init_r * n_layers;
+        let target = self.target_r * n_layers;
+        if step <= self.tinit {
+            (init, false)
+        } else if step > total_steps.saturating_sub(self.tfinal) {
+            (target, true)
+        } else {
+            let span = total_steps.saturating_sub(self.tfinal + self.tinit).max(1) as f64;
+            let mul = 1.0 - (step - self.tinit) as f64 / span;
+            let budget = ((init - target) as f64 * mul.powi(3) + target as f64) as usize;
+            (budget, step.is_multiple_of(self.delta_t.max(1)))
+        }
+    }
+
+    /// Checks the values.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.init_r == 0 || self.target_r == 0 || self.target_r > self.init_r {
+            return Err(format!(
+                "adalora: need 0 < target_r ({}) <= init_r ({})",
+                self.target_r, self.init_r
+            ));
+        }
+        for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return Err(format!("adalora: {name} = {b}, expected a value in [0, 1)"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which factor of a `FlexiLinear` a parameter is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+enum Factor {
+    A,
+    B,
+    E,
+}
+
+const FLEXI: &str = "Struct:FlexiLinear";
+
+fn factor_of(field: &str) -> Option<Factor> {
+    match field {
+        "lora_a" => Some(Factor::A),
+        "lora_b" => Some(Factor::B),
+        "lora_e" => Some(Factor::E),
+        _ => None,
+    }
+}
+
+/// Tracks module paths while visiting/mapping, and tells whether the current parameter is a
+/// factor of a `FlexiLinear`.
+#[derive(Default)]
+struct PathTracker {
+    names: Vec<String>,
+    containers: Vec<String>,
+}
+
+impl PathTracker {
+    fn enter(&mut self, name: &str, container: &str) {
+        self.names.push(name.to_string());
+        self.containers.push(container.to_string());
+    }
+
+    fn exit(&mut self) {
+        self.names.pop();
+        self.containers.pop();
+    }
+
+    /// `(layer path, factor)` of the current parameter if it is a FlexiLinear factor.
+    fn current(&self) -> Option<(String, Factor)> {
+        if self.containers.last().map(String::as_str) != Some(FLEXI) {
+            return None;
+        }
+        let factor = factor_of(self.names.last()?)?;
+        Some((self.names[..self.names.len() - 1].join("."), factor))
+    }
+}
+
+/// Host copy of one parameter: values and shape.
+#[derive(Clone, Debug)]
+struct HostParam {
+    shape: Vec<usize>,
+    values: Vec<f32>,
+}
+
+fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> HostParam {
+    let shape = t.dims().to_vec();
+    let values = t
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap_or_default();
+    HostParam { shape, values }
+}
+
+/// Collects FlexiLinear factors (values, or gradients) of a module.
+struct Collect<'a, B: AutodiffBackend> {
+    path: PathTracker,
+    grads: Option<&'a B::Gradients>,
+    out: BTreeMap<(String, Factor), HostParam>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let Some(key) = self.path.current() else {
+            return;
+        };
+        let value = match self.grads {
+            Some(grads) => match param.grad(grads) {
+                Some(g) => host(g),
+                None => return,
+            },
+            None => host(param.val().inner()),
+        };
+        self.out.insert(key, value);
+    }
+}
+
+/// Gradients of the FlexiLinear factors, copied to the host before the optimizer consumes them.
+#[derive(Clone, Debug, Default)]
+pub struct GradSnapshot(BTreeMap<(String, Factor), HostParam>);
+
+/// Importance state and pruning of AdaLoRA.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AdaLoraAllocator {
+    config: AdaLoraConfig,
+    total_steps: usize,
+    /// Smoothed importance and uncertainty per (layer, factor).
+    ema: BTreeMap<String, (Vec<f32>, Vec<f32>)>,
+    /// Kept triplets per layer after the last pruning (`true` = kept).
+    rank_pattern: BTreeMap<String, Vec<bool>>,
+}
+
+fn key_name(layer: &str, f: Factor) -> String {
+    format!("{layer}.{f:?}")
+}
+
+impl AdaLoraAllocator {
+    /// A fresh allocator for a run of `total_steps` optimizer steps.
+    pub fn new(config: AdaLoraConfig, total_steps: usize) -> Self {
+        Self {
+            config,
+            total_steps,
+            ema: BTreeMap::new(),
+            rank_pattern: BTreeMap::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AdaLoraConfig {
+        &self.config
+    }
+
+    /// Kept triplets per layer after the last pruning.
+    pub fn rank_pattern(&self) -> &BTreeMap<String, Vec<bool>> {
+        &self.rank_pattern
+    }
+
+    /// Copies the factor gradients out of `grads` (call before the optimizer step).
+    pub fn snapshot<B: AutodiffBackend, M: Module<B>>(
+        &self,
+        model: &M,
+        grads: &B::Gradients,
+    ) -> GradSnapshot {
+        let mut c = Collect::<B> {
+            path: PathTracker::default(),
+            grads: Some(grads),
+            out: BTreeMap::new(),
+        };
+        model.visit(&mut c);
+        GradSnapshot(c.out)
+    }
+
+    /// After optimizer step `step` (1-based): updates the importance EMAs from the new
+    /// parameter values and the snapshot gradients, and prunes `E` to the budget when the
+    /// schedule says so. Returns the model with its `E` vectors masked.
+    pub fn update_and_allocate<B: AutodiffBackend, M: Module<B>>(
+        &mut self,
+        model: M,
+        grads: &GradSnapshot,
+        step: usize,
+    ) -> M {
+        let final_from = self.total_steps.saturating_sub(self.config.tfinal);
+        let mut c = Collect::<B> {
+            path: PathTracker::default(),
+            grads: None,
+            out: BTreeMap::new(),
+        };
+        model.visit(&mut c);
+        let values = c.out;
+        let layers: Vec<String> = values
+            .keys()
+            .filter(|(_, f)| *f == Factor::E)
+            .map(|(l, _)| l.clone())
+            .collect();
+
+        if step < final_from {
+            self.update_importance(&values, grads);
+        }
+        let (budget, prune) = self.config.budget(step, self.total_steps, layers.len());
+        if step <= final_from && prune {
+            self.rank_pattern = self.select(&layers, &values, budget);
+        }
+        if prune && !self.rank_pattern.is_empty() {
+            let mut mask = MaskE {
+                path: PathTracker::default(),
+                pattern: &self.rank_pattern,
+            };
+            return model.map(&mut mask);
+        }
+        model
+    }
+
+    fn update_importance(
+        &mut self,
+        values: &BTreeMap<(String, Factor), HostParam>,
+        grads: &GradSnapshot,
+    ) {
+        let (b1, b2) = (self.config.beta1 as f32, self.config.beta2 as f32);
+        for (key, p) in values {
+            let Some(g) = grads.0.get(key) else { continue };
+            let entry = self
+                .ema
+                .entry(key_name(&key.0, key.1))
+                .or_insert_with(|| (vec![0.0; p.values.len()], vec![0.0; p.values.len()]));
+            for (i, (pv, gv)) in p.values.iter().zip(&g.values).enumerate() {
+                let ipt = (pv * gv).abs();
+                entry.0[i] = b1 * entry.0[i] + (1.0 - b1) * ipt;
+                entry.1[i] = b2 * entry.1[i] + (1.0 - b2) * (ipt - entry.0[i]).abs();
+            }
+        }
+    }
+
+    /// Triplet scores of one layer: `s(E_i) + mean_j s(A_ij) + mean_j s(B_ji)`.
+    pub fn triplet_scores(&self, layer: &str, r: usize, d_in: usize, d_out: usize) -> Vec<f32> {
+        let score = |f: Factor| -> Vec<f32> {
+            self.ema
+                .get(&key_name(layer, f))
+                .map(|(i, u)| i.iter().zip(u).map(|(a, b)| a * b).collect())
+                .unwrap_or_default()
+        };
+        let (e, a, b) = (score(Factor::E), score(Factor::A), score(Factor::B));
+        (0..r)
+            .map(|i| {
+                let se = e.get(i).copied().unwrap_or(0.0);
+                let sa = if a.len() == r * d_in {
+                    a[i * d_in..(i + 1) * d_in].iter().sum::<f32>() / d_in as f32
+                } else {
+                    0.0
+                };
+                let sb = if b.len() == d_out * r {
+                    (0..d_out).map(|o| b[o * r + i]).sum::<f32>() / d_out as f32
+                } else {
+                    0.0
+                };
+                se + sa + sb
+            })
+            .collect()
+    }
+
+    /// Keeps the `budget` highest-scoring triplets over all layers.
+    fn select(
+        &self,
+        layers: &[String],
+        values: &BTreeMap<(String, Factor), HostParam>,
+        budget: usize,
+    ) -> BTreeMap<String, Vec<bool>> {
+        let mut all: Vec<(f32, usize, usize)> = Vec::new(); // (score, layer, triplet)
+        let mut pattern: BTreeMap<String, Vec<bool>> = BTreeMap::new();
+        for (li, layer) in layers.iter().enumerate() {
+            let Some(a) = values.get(&(layer.clone(), Factor::A)) else {
+                continue;
+            };
+            let Some(b) = values.get(&(layer.clone(), Factor::B)) else {
+                continue;
+            };
+            let (r, d_in, d_out) = (a.shape[0], a.shape[1], b.shape[0]);
+            pattern.insert(layer.clone(), vec![true; r]);
+            for (i, s) in self
+                .triplet_scores(layer, r, d_in, d_out)
+                .into_iter()
+                .enumerate()
+            {
+                all.push((s, li, i));
+            }
+        }
+        let prune = all.len().saturating_sub(budget);
+        let mut order: Vec<usize> = (0..all.len()).collect();
+        order.sort_by(|&x, &y| all[x].0.total_cmp(&all[y].0).then(x.cmp(&y)));
+        for &idx in order.iter().take(prune) {
+            let (_, li, i) = all[idx];
+            if let Some(v) = pattern.get_mut(&layers[li]) {
+                v[i] = false;
+            }
+        }
+        pattern
+    }
+
+    /// The orthogonality penalty `w * mean over A and B of ||P P^T - I||_F` (A: `A A^T`,
+    /// B: `B^T B`), differentiable; zero when the model has no FlexiLinear.
+    pub fn orth_penalty<B: AutodiffBackend, M: Module<B>>(
+        &self,
+        model: &M,
+        device: &B::Device,
+    ) -> Tensor<B, 1> {
+        let mut v = Orth::<B> {
+            path: PathTracker::default(),
+            sum: None,
+            n: 0,
+        };
+        model.visit(&mut v);
+        match v.sum {
+            Some(sum) => sum.mul_scalar(self.config.orth_reg_weight / v.n as f64),
+            None => Tensor::zeros([1], device),
+        }
+    }
+}
+
+struct Orth<B: Backend> {
+    path: PathTracker,
+    sum: Option<Tensor<B, 1>>,
+    n: usize,
+}
+
+impl<B: Backend> ModuleVisitor<B> for Orth<B> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let Some((_, factor)) = self.path.current() else {
+            return;
+        };
+        if D != 2 || factor == Factor::E {
+            return;
+        }
+        let dims = param.dims();
+        let p: Tensor<B, 2> = param.val().reshape([dims[0], dims[1]]);
+        let cov = match factor {
+            Factor::A => p.clone().matmul(p.transpose()),
+            _ => p.clone().transpose().matmul(p),
+        };
+        let r = cov.dims()[0];
+        let eye = Tensor::<B, 2>::eye(r, &cov.device());
+        let norm = cov.sub(eye).powf_scalar(2.0).sum().sqrt();
+        self.sum = Some(match self.sum.take() {
+            Some(s) => s.add(norm),
+            None => norm,
+        });
+        self.n += 1;
+    }
+}
+
+/// Zeroes the pruned entries of every FlexiLinear's `E`.
+struct MaskE<'a> {
+    path: PathTracker,
+    pattern: &'a BTreeMap<String, Vec<bool>>,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for MaskE<'_> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let Some((layer, Factor::E)) = self.path.current() else {
+            return param;
+        };
+        let Some(keep) = self.pattern.get(&layer) else {
+            return param;
+        };
+        let shape = param.dims();
+        if shape.iter().product::<usize>() != keep.len() {
+            return param;
+        }
+        let mask: Vec<f32> = keep.iter().map(|k| if *k { 1.0 } else { 0.0 }).collect();
+        param.map(|t| {
+            let require_grad = t.is_require_grad();
+            let device = t.device();
+            let m = Tensor::<B::InnerBackend, D>::from_data(TensorData::new(mask, shape), &device);
+            let masked = Tensor::from_inner(t.inner().mul(m));
+            if require_grad {
+                masked.require_grad()
+            } else {
+                masked
+            }
+        })
+    }
+}
