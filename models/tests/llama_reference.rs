@@ -285,3 +285,47 @@ fn bf16_checkpoint_loads_and_runs() {
         0.5,
     );
 }
+
+#[test]
+fn f16_checkpoint_loads_and_runs() {
+    use safetensors::tensor::TensorView;
+    let dir = fixture("tiny_tied");
+    let refs = reference(dir.join("reference.safetensors"));
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(dir.join(f), tmp.path().join(f)).unwrap();
+    }
+    // Convert the f32 checkpoint to f16.
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let halves: Vec<(String, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, v)| {
+            let data = v
+                .data()
+                .chunks_exact(4)
+                .flat_map(|c| {
+                    half::f16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes()
+                })
+                .collect();
+            (name, v.shape().to_vec(), data)
+        })
+        .collect();
+    let views = halves.iter().map(|(n, shape, data)| {
+        (
+            n.clone(),
+            TensorView::new(safetensors::Dtype::F16, shape.clone(), data).unwrap(),
+        )
+    });
+    safetensors::serialize_to_file(views, None, &tmp.path().join("model.safetensors")).unwrap();
+    let model = load_llama::<B>(tmp.path(), &AdapterConfig::none(), &Default::default()).unwrap();
+    check_logits(
+        "f16 vs f32 original",
+        &model,
+        &refs,
+        vec![0, 0],
+        "logits",
+        0.05,
+    );
+}

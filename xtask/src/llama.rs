@@ -137,8 +137,8 @@ impl BackendJob for GenerateJob {
 }
 
 fn generate_on<B: Backend>(args: GenerateArgs, device: &B::Device) -> Result<()> {
-    let tok = Tokenizer::from_dir(&args.model.model)?;
     let (model, rank) = args.model.load::<B>(device)?;
+    let tok = Tokenizer::from_dir(&args.model.model)?;
     let template = (!args.raw).then(|| tok.chat_template()).flatten();
     let prompts = args
         .prompt
