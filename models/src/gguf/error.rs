@@ -60,7 +60,9 @@ pub enum GgufError {
         reason: String,
     },
     /// A tensor of a ggml type this reader cannot dequantise.
-    #[error("{path}: tensor {tensor}: unsupported tensor type {ggml_type} (supported: {supported})")]
+    #[error(
+        "{path}: tensor {tensor}: unsupported tensor type {ggml_type} (supported: {supported})"
+    )]
     UnsupportedType {
         /// The file.
         path: PathBuf,

@@ -219,7 +219,7 @@ impl GgmlType {
     /// Bytes that `n` elements take, or `None` when `n` is not a whole number of blocks.
     pub fn bytes_for(self, n: usize) -> Option<usize> {
         let (bs, ts) = self.block();
-        (n % bs == 0).then(|| n / bs * ts)
+        n.is_multiple_of(bs).then(|| n / bs * ts)
     }
 }
 
@@ -238,20 +238,20 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 /// number of blocks.
 pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Option<Vec<f32>> {
     let (bs, ts) = ty.block();
-    if !ty.is_supported() || bytes.len() % ts != 0 {
+    if !ty.is_supported() || !bytes.len().is_multiple_of(ts) {
         return None;
     }
     let mut out = Vec::with_capacity(bytes.len() / ts * bs);
     let blocks = bytes.chunks_exact(ts);
     match ty {
-        GgmlType::F32 => out.extend(
-            blocks.map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        ),
+        GgmlType::F32 => out.extend(blocks.map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
         GgmlType::F16 => out.extend(blocks.map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())),
         GgmlType::BF16 => out.extend(blocks.map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())),
-        GgmlType::F64 => out.extend(blocks.map(|c| {
-            f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
-        })),
+        GgmlType::F64 => {
+            out.extend(blocks.map(|c| {
+                f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+            }))
+        }
         GgmlType::I8 => out.extend(blocks.map(|c| c[0] as i8 as f32)),
         GgmlType::I16 => out.extend(blocks.map(|c| i16::from_le_bytes([c[0], c[1]]) as f32)),
         GgmlType::I32 => {
@@ -459,10 +459,8 @@ mod tests {
         let sc: [u8; 8] = [1, 2, 3, 4, 5, 6, 7, 40];
         let mn: [u8; 8] = [0, 1, 2, 3, 4, 5, 6, 33];
         let mut s = [0u8; 12];
-        for j in 0..4 {
-            s[j] = sc[j];
-            s[j + 4] = mn[j];
-        }
+        s[..4].copy_from_slice(&sc[..4]);
+        s[4..8].copy_from_slice(&mn[..4]);
         for j in 4..8 {
             s[j + 4] = (sc[j] & 0x0f) | ((mn[j] & 0x0f) << 4);
             s[j - 4] |= (sc[j] >> 4) << 6;
@@ -522,7 +520,10 @@ mod tests {
 
     #[test]
     fn floats_and_refusals() {
-        let b: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let b: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         assert_eq!(dequantize(GgmlType::F32, &b).unwrap(), vec![1.5, -2.0]);
         let b: Vec<u8> = [h(0.25), bf16::from_f32(-3.0).to_le_bytes()].concat();
         assert_eq!(dequantize(GgmlType::F16, &b[..2]).unwrap(), vec![0.25]);

@@ -1,0 +1,362 @@
+//! llama.cpp's Llama layout -> Hugging Face's: tensor names, the Q/K row permutation, and a
+//! `config.json` equivalent from the GGUF metadata.
+//!
+//! llama.cpp's converter (`convert_hf_to_gguf.py`) permutes the rows of `q_proj` and `k_proj`
+//! so that its interleaved-pair RoPE computes HF's rotate-half RoPE: within each head of
+//! `head_dim` rows, HF row `j * head_dim / 2 + i` (half `j` in 0..2, `i` in 0..head_dim/2)
+//! becomes GGUF row `2 i + j`. [`unpermute_qk_rows`] undoes it.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use super::error::{GgufError, Result};
+use super::reader::{GgufFile, MetaValue};
+
+/// The architectures [`llama_config_json`] accepts (`general.architecture`).
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
+
+/// The HF name of a llama.cpp tensor name, or `None` for names outside the Llama layout.
+///
+/// `token_embd.weight` -> `model.embed_tokens.weight`, `blk.N.attn_q.weight` ->
+/// `model.layers.N.self_attn.q_proj.weight`, `output.weight` -> `lm_head.weight`, ...
+pub fn hf_name(gguf: &str) -> Option<String> {
+    match gguf {
+        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
+        "output_norm.weight" => return Some("model.norm.weight".into()),
+        "output.weight" => return Some("lm_head.weight".into()),
+        _ => {}
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (module, param) = rest.rsplit_once('.')?;
+    if param != "weight" && param != "bias" {
+        return None;
+    }
+    let hf = match module {
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}.{param}"))
+}
+
+/// llama.cpp's forward Q/K permutation of a row-major `[rows, cols]` matrix (or a `[rows]`
+/// bias with `cols = 1`) with `n_head` heads: HF row `h hd + j hd/2 + i` -> row `h hd + 2 i + j`.
+/// The converter's `reshape(n_head, 2, hd / 2, cols).swapaxes(1, 2)`; kept for tests and for
+/// writing GGUF files.
+pub fn permute_qk_rows(w: &[f32], cols: usize, n_head: usize) -> Vec<f32> {
+    qk_rows(w, cols, n_head, true)
+}
+
+/// The inverse of [`permute_qk_rows`]: GGUF row `h hd + 2 i + j` -> HF row `h hd + j hd/2 + i`.
+pub fn unpermute_qk_rows(w: &[f32], cols: usize, n_head: usize) -> Vec<f32> {
+    qk_rows(w, cols, n_head, false)
+}
+
+fn qk_rows(w: &[f32], cols: usize, n_head: usize, forward: bool) -> Vec<f32> {
+    let rows = w.len() / cols;
+    let hd = rows / n_head;
+    let half = hd / 2;
+    let mut out = vec![0f32; w.len()];
+    for h in 0..n_head {
+        for j in 0..2 {
+            for i in 0..half {
+                let hf = h * hd + j * half + i;
+                let gg = h * hd + 2 * i + j;
+                let (src, dst) = if forward { (hf, gg) } else { (gg, hf) };
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// The shortest decimal that rounds to this f32, as f64 (GGUF stores `1e-5` as the f32
+/// `9.99999974e-6`; HF configs hold the decimal).
+fn f32_decimal(v: f64) -> f64 {
+    let s = format!("{}", v as f32);
+    s.parse().unwrap_or(v)
+}
+
+/// The `general.architecture`, checked against [`SUPPORTED_ARCHITECTURES`].
+pub fn architecture(file: &GgufFile) -> Result<&str> {
+    let arch = file.get_str("general.architecture")?;
+    if !SUPPORTED_ARCHITECTURES.contains(&arch) {
+        return Err(GgufError::UnsupportedArchitecture {
+            path: file.path().to_path_buf(),
+            architecture: arch.into(),
+            supported: SUPPORTED_ARCHITECTURES.join(", "),
+        });
+    }
+    Ok(arch)
+}
+
+/// An HF `config.json` (`LlamaForCausalLM`) equivalent of the file's metadata:
+/// `{arch}.embedding_length` -> `hidden_size`, `block_count`, `attention.head_count(_kv)`,
+/// `feed_forward_length`, `rope.freq_base`, `attention.layer_norm_rms_epsilon`,
+/// `context_length`, the vocabulary size (`{arch}.vocab_size`, else the token list, else
+/// the embedding's rows), `tie_word_embeddings` when `output.weight` is absent, and the
+/// tokenizer's bos/eos ids.
+pub fn llama_config_json(file: &GgufFile) -> Result<Value> {
+    let arch = architecture(file)?;
+    let k = |name: &str| format!("{arch}.{name}");
+    let hidden = file.get_u64(&k("embedding_length"))?;
+    let heads = file.get_u64(&k("attention.head_count"))?;
+    let kv_heads = file
+        .opt(&k("attention.head_count_kv"), "integer", MetaValue::as_u64)?
+        .unwrap_or(heads);
+    if heads == 0 || kv_heads == 0 {
+        return Err(GgufError::Malformed {
+            path: file.path().to_path_buf(),
+            what: k("attention.head_count"),
+            reason: format!("head counts must be positive (got {heads} and {kv_heads})"),
+        });
+    }
+    let head_dim = file
+        .opt(&k("attention.key_length"), "integer", MetaValue::as_u64)?
+        .unwrap_or(hidden / heads);
+    let vocab = match file.opt(&k("vocab_size"), "integer", MetaValue::as_u64)? {
+        Some(v) => v,
+        None => match file
+            .get("tokenizer.ggml.tokens")
+            .and_then(MetaValue::as_array)
+        {
+            Some(tokens) => tokens.len() as u64,
+            None => file
+                .tensor_info("token_embd.weight")
+                .map(|t| t.shape()[0] as u64)
+                .ok_or_else(|| GgufError::MissingKey {
+                    path: file.path().to_path_buf(),
+                    key: k("vocab_size"),
+                })?,
+        },
+    };
+    let rope_theta = file
+        .opt(&k("rope.freq_base"), "number", MetaValue::as_f64)?
+        .map(f32_decimal)
+        .unwrap_or(10_000.0);
+    let eps = file
+        .opt(
+            &k("attention.layer_norm_rms_epsilon"),
+            "number",
+            MetaValue::as_f64,
+        )?
+        .map(f32_decimal)
+        .unwrap_or(1e-5);
+    let context = file
+        .opt(&k("context_length"), "integer", MetaValue::as_u64)?
+        .unwrap_or(2048);
+    let tied = file.tensor_info("output.weight").is_none();
+    let bos = file.opt("tokenizer.ggml.bos_token_id", "integer", MetaValue::as_u64)?;
+    let eos = file.opt("tokenizer.ggml.eos_token_id", "integer", MetaValue::as_u64)?;
+    let attention_bias = file.tensor_info("blk.0.attn_q.bias").is_some();
+    let mlp_bias = file.tensor_info("blk.0.ffn_up.bias").is_some();
+    if file.get(&k("rope.scaling.type")).is_some()
+        || file.tensor_info("rope_freqs.weight").is_some()
+    {
+        return Err(GgufError::Malformed {
+            path: file.path().to_path_buf(),
+            what: "rope_freqs.weight / rope.scaling".into(),
+            reason: "RoPE scaling in GGUF files (Llama 3.1+) is not supported yet".into(),
+        });
+    }
+    Ok(json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": file.get_u64(&k("feed_forward_length"))?,
+        "num_hidden_layers": file.get_u64(&k("block_count"))?,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "rms_norm_eps": eps,
+        "rope_theta": rope_theta,
+        "rope_scaling": null,
+        "tie_word_embeddings": tied,
+        "max_position_embeddings": context,
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "attention_bias": attention_bias,
+        "mlp_bias": mlp_bias,
+        "hidden_act": "silu",
+        "torch_dtype": "float32",
+    }))
+}
+
+/// A dequantised tensor under its Hugging Face name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HfTensor {
+    /// HF name, e.g. `model.layers.0.self_attn.q_proj.weight`.
+    pub name: String,
+    /// Row-major f32 values.
+    pub values: Vec<f32>,
+    /// Row-major shape (HF's `[out, in]` for linear weights).
+    pub shape: Vec<usize>,
+}
+
+/// Every tensor of a Llama GGUF file dequantised to f32 under its HF name, with HF's row
+/// order for `q_proj` / `k_proj` (weights and biases), in file order. Errors on tensors
+/// outside the Llama layout and unsupported types.
+pub fn hf_tensors(file: &GgufFile) -> Result<Vec<HfTensor>> {
+    let config = llama_config_json(file)?;
+    let heads = config["num_attention_heads"].as_u64().unwrap_or(1) as usize;
+    let kv_heads = config["num_key_value_heads"].as_u64().unwrap_or(1) as usize;
+    let path: &Path = file.path();
+    let unknown: Vec<String> = file
+        .tensors()
+        .iter()
+        .filter(|t| hf_name(&t.name).is_none())
+        .map(|t| t.name.clone())
+        .collect();
+    if !unknown.is_empty() {
+        return Err(GgufError::UnexpectedTensors {
+            path: path.to_path_buf(),
+            tensors: unknown,
+        });
+    }
+    let mut out = Vec::with_capacity(file.tensors().len());
+    for t in file.tensors() {
+        let (values, shape) = file.dequantize(&t.name)?;
+        let name = hf_name(&t.name).unwrap_or_default();
+        let n_head = if name.contains(".self_attn.q_proj.") {
+            Some(heads)
+        } else if name.contains(".self_attn.k_proj.") {
+            Some(kv_heads)
+        } else {
+            None
+        };
+        let values = match n_head {
+            Some(n) => {
+                let rows = shape[0];
+                let cols = shape.get(1).copied().unwrap_or(1);
+                if rows % (2 * n) != 0 {
+                    return Err(GgufError::ShapeMismatch {
+                        path: path.to_path_buf(),
+                        tensor: t.name.clone(),
+                        expected: vec![2 * n, cols],
+                        found: shape,
+                    });
+                }
+                unpermute_qk_rows(&values, cols, n)
+            }
+            None => values,
+        };
+        out.push(HfTensor {
+            name,
+            values,
+            shape,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_to_hf() {
+        let cases = [
+            ("token_embd.weight", "model.embed_tokens.weight"),
+            ("output_norm.weight", "model.norm.weight"),
+            ("output.weight", "lm_head.weight"),
+            (
+                "blk.0.attn_q.weight",
+                "model.layers.0.self_attn.q_proj.weight",
+            ),
+            (
+                "blk.12.attn_k.bias",
+                "model.layers.12.self_attn.k_proj.bias",
+            ),
+            (
+                "blk.3.attn_v.weight",
+                "model.layers.3.self_attn.v_proj.weight",
+            ),
+            (
+                "blk.3.attn_output.weight",
+                "model.layers.3.self_attn.o_proj.weight",
+            ),
+            (
+                "blk.29.ffn_gate.weight",
+                "model.layers.29.mlp.gate_proj.weight",
+            ),
+            ("blk.1.ffn_up.weight", "model.layers.1.mlp.up_proj.weight"),
+            (
+                "blk.1.ffn_down.weight",
+                "model.layers.1.mlp.down_proj.weight",
+            ),
+            (
+                "blk.1.attn_norm.weight",
+                "model.layers.1.input_layernorm.weight",
+            ),
+            (
+                "blk.1.ffn_norm.weight",
+                "model.layers.1.post_attention_layernorm.weight",
+            ),
+        ];
+        for (g, h) in cases {
+            assert_eq!(hf_name(g).as_deref(), Some(h), "{g}");
+        }
+        for bad in [
+            "rope_freqs.weight",
+            "blk.x.attn_q.weight",
+            "blk.0.attn_qkv.weight",
+        ] {
+            assert_eq!(hf_name(bad), None, "{bad}");
+        }
+    }
+
+    /// The converter's permutation written out literally: numpy's
+    /// `w.reshape(n_head, 2, hd // 2, cols).swapaxes(1, 2).reshape(rows, cols)`.
+    fn numpy_permute(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
+        let half = rows / n_head / 2;
+        let src =
+            |h: usize, two: usize, i: usize, c: usize| w[((h * 2 + two) * half + i) * cols + c];
+        // After swapaxes: index order (h, i, two, c).
+        let mut out = Vec::with_capacity(w.len());
+        for h in 0..n_head {
+            for i in 0..half {
+                for two in 0..2 {
+                    for c in 0..cols {
+                        out.push(src(h, two, i, c));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn qk_permutation_round_trips_against_the_converter() {
+        // 3 heads of head_dim 4, 2 columns; values encode (row, col).
+        let (n_head, rows, cols) = (3, 12, 2);
+        let w: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
+        let gg = numpy_permute(&w, rows, cols, n_head);
+        assert_eq!(permute_qk_rows(&w, cols, n_head), gg);
+        // Head 0: HF rows [0, 1, 2, 3] -> GGUF rows [0, 2, 1, 3].
+        assert_eq!(&gg[..8], &[0.0, 1.0, 4.0, 5.0, 2.0, 3.0, 6.0, 7.0]);
+        assert_eq!(unpermute_qk_rows(&gg, cols, n_head), w);
+        // A bias (one column) and GQA-sized k.
+        let b: Vec<f32> = (0..8).map(|v| v as f32).collect();
+        let gb = numpy_permute(&b, 8, 1, 1);
+        assert_eq!(gb, vec![0.0, 4.0, 1.0, 5.0, 2.0, 6.0, 3.0, 7.0]);
+        assert_eq!(unpermute_qk_rows(&gb, 1, 1), b);
+    }
+
+    #[test]
+    fn f32_metadata_reads_as_the_decimal() {
+        assert_eq!(f32_decimal(1e-5f32 as f64), 1e-5);
+        assert_eq!(f32_decimal(100_000.0), 100_000.0);
+        assert_eq!(f32_decimal(500_000.0), 500_000.0);
+    }
+}
