@@ -260,4 +260,11 @@ fn prompt_longer_than_context_and_bad_tokens_are_refused() {
     .unwrap_err();
     assert!(matches!(err, LlamaError::Flexi(_)), "{err}");
     println!("{err}");
+    let err = lora
+        .forward(
+            &PaddedBatch::left_pad(&[vec![1, 2]], 0),
+            &SampleRanks::new(vec![5]),
+        )
+        .unwrap_err();
+    assert!(matches!(err, LlamaError::Flexi(_)), "{err}");
 }

@@ -225,7 +225,8 @@ impl<B: Backend> Llama<B> {
     /// Logits `[batch, seq, vocab]` of a left-padded batch (no cache).
     ///
     /// Errors on a sequence longer than `max_position_embeddings`, a token id outside the
-    /// vocabulary, or ranks that do not fit the batch or an adapter.
+    /// vocabulary, or ranks that do not fit the batch or exceed the adapters' `r_max` (a model
+    /// built without adapters ignores the ranks).
     pub fn forward(&self, batch: &PaddedBatch, ranks: &SampleRanks) -> Result<Tensor<B, 3>> {
         batch.check()?;
         self.forward_step(batch, &batch.mask, &batch.positions(), None, ranks)
@@ -317,7 +318,13 @@ impl<B: Backend> Llama<B> {
                 });
             }
         }
-        ranks.validate(b, usize::MAX)?;
+        // Ranks above the adapters' r_max are refused here rather than panicking in a layer; a
+        // model without adapters ignores its ranks.
+        let r_max = match self.r_max() {
+            0 => usize::MAX,
+            r => r,
+        };
+        ranks.validate(b, r_max)?;
 
         let rope = self.rope.tables::<B>(positions, &device); // [b, 1, new, head_dim] x2
         let bias = attention_bias::<B>(key_mask, new, &device); // [b, 1, new, total]
