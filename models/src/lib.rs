@@ -7,8 +7,11 @@
 //! - [`llama`]: Llama 3.x / SmolLM2 from Hugging Face directories (config, safetensors in
 //!   f32/f16/bf16, sharded or not, PEFT adapters), tokenizer and chat templates, batched
 //!   KV-cache generation.
+//! - [`whisper`]: Whisper from Hugging Face directories, WAV/FLAC input, log-mel, greedy
+//!   KV-cache transcription.
 //! - [`gguf`]: GGUF (llama.cpp) files: metadata, tensor index, dequantisation, the Llama
 //!   name mapping and Q/K permutation, tokenizer from metadata.
 
 pub mod llama;
+pub mod whisper;
 pub mod gguf;

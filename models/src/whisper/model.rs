@@ -1,0 +1,126 @@
+//! [`Whisper`]: encoder + decoder, with the per-sample rank checks shared by both.
+
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use flexi_burn::SampleRanks;
+
+use super::attention::DecoderCache;
+use super::config::WhisperConfig;
+use super::decoder::WhisperDecoder;
+use super::encoder::WhisperEncoder;
+use super::error::{Result, WhisperError};
+use super::mel::LogMel;
+
+/// A Whisper encoder–decoder with Flexi-LoRA projections.
+///
+/// Every forward takes the batch's [`SampleRanks`] (one rank per sample, the same in every
+/// adapted layer of encoder and decoder; 0 = base model).
+#[derive(Module, Debug)]
+pub struct Whisper<B: Backend> {
+    /// Audio encoder.
+    pub encoder: WhisperEncoder<B>,
+    /// Text decoder.
+    pub decoder: WhisperDecoder<B>,
+    /// The configuration the model was built from.
+    #[module(skip)]
+    pub config: WhisperConfig,
+    /// Largest rank a forward accepts (the adapter's `r_max`, 0 without adapters).
+    #[module(skip)]
+    pub max_rank: usize,
+}
+
+impl<B: Backend> Whisper<B> {
+    fn check_ranks(&self, batch: usize, ranks: &SampleRanks) -> Result<()> {
+        ranks.validate(batch, self.max_rank)?;
+        Ok(())
+    }
+
+    /// Encoder output `[b, frames / 2, d_model]` of `mel [b, n_mels, frames]`.
+    pub fn encode(&self, mel: Tensor<B, 3>, ranks: &SampleRanks) -> Result<Tensor<B, 3>> {
+        self.check_ranks(mel.dims()[0], ranks)?;
+        self.encoder.forward(mel, ranks)
+    }
+
+    /// Stacks host spectrograms (all of the same shape) into `[b, n_mels, frames]`.
+    pub fn mel_batch(&self, mels: &[LogMel], device: &B::Device) -> Result<Tensor<B, 3>> {
+        let Some(first) = mels.first() else {
+            return Err(WhisperError::InvalidInput("no spectrograms".into()));
+        };
+        if let Some(m) = mels
+            .iter()
+            .find(|m| (m.n_mels, m.frames) != (first.n_mels, first.frames))
+        {
+            return Err(WhisperError::InvalidInput(format!(
+                "spectrograms of different shapes in one batch: [{}, {}] and [{}, {}]",
+                first.n_mels, first.frames, m.n_mels, m.frames
+            )));
+        }
+        let data: Vec<f32> = mels.iter().flat_map(|m| m.data.iter().copied()).collect();
+        Ok(Tensor::from_data(
+            TensorData::new(data, [mels.len(), first.n_mels, first.frames]),
+            device,
+        ))
+    }
+
+    /// An empty decoder cache.
+    pub fn new_cache(&self) -> DecoderCache<B> {
+        DecoderCache::new(self.decoder.layers.len())
+    }
+
+    /// Checks host token ids (equal lengths, below `vocab_size`) and makes them a tensor.
+    pub fn ids_tensor(&self, ids: &[Vec<u32>], device: &B::Device) -> Result<Tensor<B, 2, Int>> {
+        let Some(first) = ids.first() else {
+            return Err(WhisperError::InvalidInput("no decoder sequences".into()));
+        };
+        let n = first.len();
+        let vocab = self.config.vocab_size;
+        let mut flat = Vec::with_capacity(ids.len() * n);
+        for (sample, row) in ids.iter().enumerate() {
+            if row.len() != n {
+                return Err(WhisperError::InvalidInput(format!(
+                    "decoder sequences of different lengths ({n} and {}) in one batch",
+                    row.len()
+                )));
+            }
+            for &id in row {
+                if id as usize >= vocab {
+                    return Err(WhisperError::TokenOutOfRange {
+                        sample,
+                        id: id as i64,
+                        vocab,
+                    });
+                }
+                flat.push(id as i64);
+            }
+        }
+        Ok(Tensor::from_data(
+            TensorData::new(flat, [ids.len(), n]),
+            device,
+        ))
+    }
+
+    /// Logits `[b, n, vocab]` of the new tokens `ids [b, n]`, extending `cache`.
+    pub fn decode(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        encoder_out: &Tensor<B, 3>,
+        cache: &mut DecoderCache<B>,
+        ranks: &SampleRanks,
+    ) -> Result<Tensor<B, 3>> {
+        self.check_ranks(ids.dims()[0], ranks)?;
+        self.decoder.forward(ids, encoder_out, cache, ranks)
+    }
+
+    /// Teacher-forced logits `[b, n, vocab]` of `ids` given `mel` (no cache kept).
+    pub fn forward(
+        &self,
+        mel: Tensor<B, 3>,
+        ids: Tensor<B, 2, Int>,
+        ranks: &SampleRanks,
+    ) -> Result<Tensor<B, 3>> {
+        let enc = self.encode(mel, ranks)?;
+        let mut cache = self.new_cache();
+        self.decode(ids, &enc, &mut cache, ranks)
+    }
+}
