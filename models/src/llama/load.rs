@@ -251,9 +251,12 @@ impl<B: Backend> Builder<'_, B> {
 
     /// A frozen Linear from HF `{prefix}.weight [d_out, d_in]` (+ `{prefix}.bias [d_out]`).
     fn linear(&mut self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>> {
-        let w = self
-            .tensor(&format!("{prefix}.weight"), [d_out, d_in])?
-            .transpose(); // [in, out]
+        // Transposed on the host, once: a strided [in, out] view would be made contiguous
+        // again by every matmul.
+        let hf = self
+            .ckpt
+            .take(&format!("{prefix}.weight"), &[d_out, d_in])?; // [out, in]
+        let w = Tensor::from_data(transpose_host(hf, d_out, d_in), self.device); // [in, out]
         let bias = match bias {
             true => Some(self.frozen(&format!("{prefix}.bias"), [d_out])?),
             false => None,
@@ -291,6 +294,20 @@ impl<B: Backend> Builder<'_, B> {
             eps,
         })
     }
+}
+
+/// `[rows, cols]` f32 data -> `[cols, rows]`.
+fn transpose_host(data: TensorData, rows: usize, cols: usize) -> TensorData {
+    let src = data
+        .as_slice::<f32>()
+        .expect("checkpoint tensors are converted to f32");
+    let mut out = vec![0f32; rows * cols];
+    for (r, row) in src.chunks_exact(cols).enumerate() {
+        for (c, &x) in row.iter().enumerate() {
+            out[c * rows + r] = x;
+        }
+    }
+    TensorData::new(out, [cols, rows])
 }
 
 /// Loads a model directory (`config.json` + weights) with Flexi-LoRA adapters on the

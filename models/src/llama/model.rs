@@ -341,7 +341,21 @@ impl<B: Backend> Llama<B> {
     pub fn lm_head(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
             Some(head) => head.forward(h),
-            None => linear(h, self.embed_tokens.weight.val().transpose(), None),
+            None => {
+                let [b, s, d] = h.dims();
+                let embed = self.embed_tokens.weight.val(); // [vocab, hidden]
+                if b * s < d {
+                    // Few positions (decoding): `E h^T` reads E as stored; transposing E
+                    // instead would copy all of it on every step.
+                    let v = embed.dims()[0];
+                    embed
+                        .matmul(h.reshape([b * s, d]).transpose()) // [vocab, b*s]
+                        .transpose()
+                        .reshape([b, s, v])
+                } else {
+                    linear(h, embed.transpose(), None)
+                }
+            }
         }
     }
 
