@@ -172,6 +172,29 @@ fn greedy_ids_match_transformers() {
         .unwrap();
         assert_eq!(got, want, "use_cache = {use_cache}");
     }
+    // Stopping: take a token the random model emits as the end token. Sample 1 generates
+    // [270, 270, 10, 1, ...]: with end token 1 it stops after three tokens while sample 0
+    // (all 10s) runs on; with end token 10 sample 0 stops at once and sample 1 after two.
+    assert_eq!(want[1][..4], [270, 270, 10, 1]);
+    assert!(want[0].iter().all(|&t| t == 10));
+    for (end, expect) in [
+        (1u32, vec![want[0].clone(), vec![270, 270, 10]]),
+        (10, vec![vec![], vec![270, 270]]),
+    ] {
+        let config = GreedyConfig {
+            eos_token_id: end,
+            ..GreedyConfig::from_model(&model, max_new)
+        };
+        let got = greedy_decode(
+            &model,
+            &enc,
+            &[prompt.clone(), prompt.clone()],
+            &ranks,
+            &config,
+        )
+        .unwrap();
+        assert_eq!(got, expect, "end token {end}");
+    }
     // Suppression is active: without it the first steps choose differently.
     let free = GreedyConfig {
         suppress_tokens: vec![],
@@ -342,7 +365,7 @@ fn variant(
     tmp
 }
 
-fn to_f32(tensors: &mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>) {
+fn to_f32(tensors: &mut [(String, Dtype, Vec<usize>, Vec<u8>)]) {
     for (_, dtype, _, bytes) in tensors.iter_mut() {
         assert_eq!(*dtype, Dtype::F16);
         *bytes = bytes
@@ -359,7 +382,7 @@ fn to_f32(tensors: &mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>) {
 
 #[test]
 fn f32_checkpoint_gives_the_same_logits() {
-    let tmp = variant("whisper-f32", |_| {}, to_f32);
+    let tmp = variant("whisper-f32", |_| {}, |t| to_f32(t));
     let r = refs();
     let device = Default::default();
     let model = load_whisper::<B>(tmp.path(), &WhisperAdapter::none(), &device).unwrap();

@@ -104,7 +104,7 @@ pub struct LogitsArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// Text to encode (with the tokenizer's special tokens, e.g. BOS; no chat template).
-    #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
+    #[arg(long, conflicts_with_all = ["ids", "audio"], required_unless_present_any = ["ids", "audio"])]
     prompt: Option<String>,
     /// Token ids, comma-separated, used as they are.
     #[arg(long, value_delimiter = ',')]
@@ -112,6 +112,11 @@ pub struct LogitsArgs {
     /// Output safetensors file (`logits` f32 [seq, vocab], `input_ids` i64 [seq]).
     #[arg(long)]
     out: PathBuf,
+    /// Whisper: an audio file (WAV/FLAC, at most 30 s); `--model` is then a Whisper directory
+    /// and the file also gets `mel` and `encoder_out` (see `whisper_cmd`). Default ids: the
+    /// transcription prompt.
+    #[arg(long)]
+    audio: Option<PathBuf>,
 }
 
 /// Runs `cargo xtask generate`.
@@ -123,6 +128,18 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
 /// Runs `cargo xtask logits`.
 pub fn run_logits(args: LogitsArgs) -> Result<()> {
     let kind = args.model.backend()?;
+    if let Some(audio) = args.audio {
+        if args.model.adapter.is_some() || args.model.rank.is_some_and(|r| r > 0) {
+            bail!("--adapter / --rank are not supported with --audio (Whisper)");
+        }
+        return crate::whisper_cmd::run_logits(crate::whisper_cmd::WhisperLogits {
+            model: args.model.model,
+            backend: kind,
+            audio,
+            ids: args.ids,
+            out: args.out,
+        });
+    }
     backend::run(kind, LogitsJob(args))?
 }
 

@@ -5,6 +5,7 @@
 mod bench;
 mod data;
 mod llama;
+mod whisper_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +26,8 @@ enum Command {
     Generate(llama::GenerateArgs),
     /// Write every position's logits and the input ids to a safetensors file.
     Logits(llama::LogitsArgs),
+    /// Transcribe audio files with a Hugging Face Whisper directory (one line per file).
+    Transcribe(whisper_cmd::TranscribeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,5 +36,6 @@ fn main() -> anyhow::Result<()> {
         Command::Data(args) => data::run(args),
         Command::Generate(args) => llama::run_generate(args),
         Command::Logits(args) => llama::run_logits(args),
+        Command::Transcribe(args) => whisper_cmd::run_transcribe(args),
     }
 }
