@@ -8,10 +8,13 @@
 
 use std::path::Path;
 
+use burn::tensor::TensorData;
+use burn::tensor::backend::Backend;
 use serde_json::{Value, json};
 
 use super::error::{GgufError, Result};
 use super::reader::{GgufFile, MetaValue};
+use crate::llama::{AdapterConfig, Checkpoint, Llama, LlamaConfig, Tokenizer, build_llama};
 
 /// The architectures [`llama_config_json`] accepts (`general.architecture`).
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
@@ -258,6 +261,57 @@ pub fn hf_tensors(file: &GgufFile) -> Result<Vec<HfTensor>> {
         });
     }
     Ok(out)
+}
+
+/// The [`LlamaConfig`] of a GGUF file: [`llama_config_json`] read and validated by the HF
+/// `config.json` reader.
+pub fn llama_config(file: &GgufFile) -> Result<LlamaConfig> {
+    let json = llama_config_json(file)?;
+    Ok(LlamaConfig::from_json_str(&json.to_string(), file.path())?)
+}
+
+/// The file's tensors as an in-memory [`Checkpoint`] under HF names (dequantised, Q/K rows
+/// in HF order), for [`build_llama`].
+pub fn llama_checkpoint(file: &GgufFile) -> Result<Checkpoint> {
+    let tensors = hf_tensors(file)?
+        .into_iter()
+        .map(|t| (t.name, TensorData::new(t.values, t.shape)));
+    Ok(Checkpoint::from_tensors(file.path(), tensors))
+}
+
+/// Loads a Llama-architecture GGUF file (e.g. SmolLM2-135M-Instruct Q4_1) into the
+/// [`Llama`] model, through the same builder and shape checks as HF checkpoints, with
+/// Flexi-LoRA adapters on `adapter.targets`. Weights are dequantised to f32 and stored in the
+/// backend's float type.
+pub fn load_llama_gguf<B: Backend>(
+    path: impl AsRef<Path>,
+    adapter: &AdapterConfig,
+    device: &B::Device,
+) -> Result<Llama<B>> {
+    let file = GgufFile::open(path)?;
+    let config = llama_config(&file)?;
+    let mut ckpt = llama_checkpoint(&file)?;
+    let model = build_llama(&config, &mut ckpt, adapter, device)?;
+    ckpt.finish(|_| false)?;
+    Ok(model)
+}
+
+/// The file's tokenizer (see [`super::tokenizer`]) as the Llama [`Tokenizer`].
+pub fn load_tokenizer_gguf(path: impl AsRef<Path>) -> Result<Tokenizer> {
+    let file = GgufFile::open(path)?;
+    let inner = super::tokenizer::tokenizer(&file)?;
+    Ok(Tokenizer::from_tokenizer(inner, file.path()))
+}
+
+/// Whether `path` is a GGUF file (by its magic bytes), so commands can accept either a HF
+/// directory or a `.gguf` file.
+pub fn is_gguf(path: impl AsRef<Path>) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"GGUF"
 }
 
 #[cfg(test)]

@@ -27,7 +27,8 @@ pub mod tokenizer;
 
 pub use error::{GgufError, Result};
 pub use llama::{
-    HfTensor, hf_name, hf_tensors, llama_config_json, permute_qk_rows, unpermute_qk_rows,
+    HfTensor, hf_name, hf_tensors, is_gguf, llama_checkpoint, llama_config, llama_config_json,
+    load_llama_gguf, load_tokenizer_gguf, permute_qk_rows, unpermute_qk_rows,
 };
 pub use quant::{GgmlType, dequantize};
 pub use reader::{GgufFile, MetaValue, TensorInfo};

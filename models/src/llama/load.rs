@@ -67,6 +67,8 @@ pub struct Checkpoint {
     shards: Vec<Shard>,
     /// Tensor name -> shard.
     location: HashMap<String, usize>,
+    /// Tensors held in memory (e.g. dequantised from GGUF), looked up before the shards.
+    memory: HashMap<String, TensorData>,
     used: BTreeSet<String>,
 }
 
@@ -109,6 +111,7 @@ impl Checkpoint {
             origin: path.to_path_buf(),
             shards: vec![shard],
             location,
+            memory: HashMap::new(),
             used: BTreeSet::new(),
         })
     }
@@ -152,17 +155,46 @@ impl Checkpoint {
             origin: index.to_path_buf(),
             shards,
             location,
+            memory: HashMap::new(),
             used: BTreeSet::new(),
         })
     }
 
+    /// An in-memory checkpoint (HF tensor names, any float dtype; e.g. tensors dequantised
+    /// from a GGUF file); `origin` names its source in error messages.
+    pub fn from_tensors(
+        origin: impl Into<PathBuf>,
+        tensors: impl IntoIterator<Item = (String, TensorData)>,
+    ) -> Self {
+        Self {
+            origin: origin.into(),
+            shards: Vec::new(),
+            location: HashMap::new(),
+            memory: tensors.into_iter().collect(),
+            used: BTreeSet::new(),
+        }
+    }
+
     /// Whether the checkpoint has a tensor of this name.
     pub fn contains(&self, name: &str) -> bool {
-        self.location.contains_key(name)
+        self.location.contains_key(name) || self.memory.contains_key(name)
     }
 
     /// Reads tensor `name`, checks it has shape `expected`, and converts it to f32.
     pub fn take(&mut self, name: &str, expected: &[usize]) -> Result<TensorData> {
+        if let Some(data) = self.memory.get(name) {
+            if data.shape.as_slice() != expected {
+                return Err(LlamaError::ShapeMismatch {
+                    path: self.origin.clone(),
+                    tensor: name.to_string(),
+                    expected: expected.to_vec(),
+                    got: data.shape.to_vec(),
+                });
+            }
+            let data = data.clone().convert::<f32>();
+            self.used.insert(name.to_string());
+            return Ok(data);
+        }
         let Some(&idx) = self.location.get(name) else {
             return Err(LlamaError::MissingTensor {
                 path: self.origin.clone(),
@@ -215,6 +247,7 @@ impl Checkpoint {
         let mut unused: Vec<String> = self
             .location
             .keys()
+            .chain(self.memory.keys())
             .filter(|k| !self.used.contains(*k) && !ignore(k))
             .cloned()
             .collect();

@@ -42,6 +42,15 @@ impl Tokenizer {
         Ok(Self { inner, path })
     }
 
+    /// Wraps a tokenizer built elsewhere (e.g. from GGUF metadata by `models::gguf`);
+    /// `origin` names its source in messages.
+    pub fn from_tokenizer(inner: tokenizers::Tokenizer, origin: impl Into<PathBuf>) -> Self {
+        Self {
+            inner,
+            path: origin.into(),
+        }
+    }
+
     fn err(&self, e: impl std::fmt::Display) -> LlamaError {
         LlamaError::Tokenizer {
             path: self.path.clone(),
