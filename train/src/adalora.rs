@@ -21,6 +21,7 @@
 use std::collections::BTreeMap;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -164,8 +165,9 @@ fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> HostParam {
 
 /// Collects FlexiLinear factors (values, or gradients) of a module.
 struct Collect<'a, B: AutodiffBackend> {
+    _backend: std::marker::PhantomData<B>,
     path: PathTracker,
-    grads: Option<&'a B::Gradients>,
+    grads: Option<&'a GradientsParams>,
     out: BTreeMap<(String, Factor), HostParam>,
 }
 
@@ -183,7 +185,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
             return;
         };
         let value = match self.grads {
-            Some(grads) => match param.grad(grads) {
+            Some(grads) => match grads.get::<B::InnerBackend, D>(param.id) {
                 Some(g) => host(g),
                 None => return,
             },
@@ -237,9 +239,10 @@ impl AdaLoraAllocator {
     pub fn snapshot<B: AutodiffBackend, M: Module<B>>(
         &self,
         model: &M,
-        grads: &B::Gradients,
+        grads: &GradientsParams,
     ) -> GradSnapshot {
         let mut c = Collect::<B> {
+            _backend: std::marker::PhantomData,
             path: PathTracker::default(),
             grads: Some(grads),
             out: BTreeMap::new(),
@@ -259,6 +262,7 @@ impl AdaLoraAllocator {
     ) -> M {
         let final_from = self.total_steps.saturating_sub(self.config.tfinal);
         let mut c = Collect::<B> {
+            _backend: std::marker::PhantomData,
             path: PathTracker::default(),
             grads: None,
             out: BTreeMap::new(),

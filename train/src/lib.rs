@@ -1,10 +1,27 @@
 //! # train
 //!
-//! Training for flexi-burn with Burn's autodiff: every method of the paper (SPEC 2.3).
+//! Training for flexi-burn with Burn's autodiff: every method of the paper (SPEC 2.3) on any
+//! backend.
 //!
-//! - [`lr`]: warm-up + constant / linear / cosine learning-rate schedules.
-//! - [`adalora`]: AdaLoRA's importance scores, cubic budget schedule, pruning and
-//!   orthogonality penalty, over any model whose adapted layers are `FlexiLinear`s.
+//! - [`config`]: [`TrainConfig`] and [`Method`], from TOML/JSON plus `key=value` overrides.
+//! - [`trainer`]: the loop ([`Trainer::fit`]) over any [`Objective`]: AdamW, warm-up + decay,
+//!   global-norm clipping, gradient accumulation, seeded order/ranks/dropout, NaN stop,
+//!   checkpoints and exact resume.
+//! - [`lm`]: the causal-LM objective for `models::llama` (loss on answer tokens).
+//! - [`lr`]: learning-rate schedules.
+//! - [`adalora`]: AdaLoRA's importance scores, cubic budget, pruning and orthogonality penalty.
+//! - [`checkpoint`]: atomic checkpoint directories.
+//! - [`params`]: stable parameter ids, trainable tensors to/from safetensors.
 
 pub mod adalora;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod lm;
 pub mod lr;
+pub mod params;
+pub mod trainer;
+
+pub use config::{Method, TrainConfig};
+pub use error::{Result, TrainError};
+pub use trainer::{Objective, TrainSummary, Trainer};

@@ -3,6 +3,7 @@
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::{Module, Param};
+use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use flexi_burn::{FlexiLinear, FlexiLinearConfig, SampleRanks};
@@ -107,7 +108,7 @@ fn pruning_keeps_exactly_the_budget_and_drops_the_lowest_scores() {
     let mut model = tiny(r);
     for step in 1..=total {
         let grads = loss(&model).backward();
-        let snap = alloc.snapshot(&model, &grads);
+        let snap = alloc.snapshot(&model, &GradientsParams::from_grads(grads, &model));
         model = alloc.update_and_allocate(model, &snap, step);
         let kept: usize = model
             .layers
@@ -192,7 +193,7 @@ fn importance_emas_follow_the_formula() {
     let gb = to_vec(model.layers[1].lora_b.grad(&grads).unwrap());
     let a = to_vec(model.layers[1].lora_a.val());
     let b = to_vec(model.layers[1].lora_b.val());
-    let snap = alloc.snapshot(&model, &grads);
+    let snap = alloc.snapshot(&model, &GradientsParams::from_grads(grads, &model));
     let model = alloc.update_and_allocate(model, &snap, 1);
     let _ = alloc.update_and_allocate(model, &snap, 2);
     let s = |p: f32, g: f32| {

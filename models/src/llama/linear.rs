@@ -105,6 +105,10 @@ pub struct AdapterConfig {
     pub alpha: f64,
     /// Rank scale policy.
     pub scale: ScalePolicy,
+    /// AdaLoRA's SVD form `B diag(E) A` (see [`flexi_burn::FlexiLinearConfig::svd_form`]).
+    pub svd_form: bool,
+    /// Dropout on the adapter input (training only).
+    pub dropout: f64,
 }
 
 impl AdapterConfig {
@@ -115,6 +119,8 @@ impl AdapterConfig {
             r_max: 1,
             alpha: 1.0,
             scale: ScalePolicy::AlphaOverRank,
+            svd_form: false,
+            dropout: 0.0,
         }
     }
 
@@ -125,6 +131,8 @@ impl AdapterConfig {
             r_max,
             alpha,
             scale: ScalePolicy::AlphaOverRank,
+            svd_form: false,
+            dropout: 0.0,
         }
     }
 

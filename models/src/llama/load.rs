@@ -316,6 +316,8 @@ impl<B: Backend> Builder<'_, B> {
         let layer = FlexiLinearConfig::new(d_in, d_out, adapter.r_max)
             .with_alpha(adapter.alpha)
             .with_scale(adapter.scale)
+            .with_svd_form(adapter.svd_form)
+            .with_dropout(adapter.dropout)
             .with_bias(bias)
             .try_wrap(base)?;
         Ok(Proj::Adapted(layer))

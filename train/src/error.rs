@@ -1,0 +1,62 @@
+//! Typed errors of training.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// What can stop a training run.
+#[derive(Debug, Error)]
+pub enum TrainError {
+    /// A configuration key is unknown or its value is out of range.
+    #[error("config {key}: {message}")]
+    Config {
+        /// The key (or file) concerned.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A checkpoint is missing, corrupt or from another run.
+    #[error("checkpoint {}: {message}", path.display())]
+    Checkpoint {
+        /// The checkpoint directory or file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The loss became NaN or infinite.
+    #[error(
+        "non-finite loss {loss} at step {step}, micro-batch {micro_batch} (examples {examples:?}); \
+         the last good checkpoint is kept"
+    )]
+    NonFiniteLoss {
+        /// Optimizer step (0-based).
+        step: usize,
+        /// Micro-batch within the step.
+        micro_batch: usize,
+        /// The loss value.
+        loss: f64,
+        /// Example ids of the batch.
+        examples: Vec<String>,
+    },
+    /// No training data.
+    #[error("empty training set: {0}")]
+    EmptyData(String),
+    /// An error from the core library.
+    #[error(transparent)]
+    Flexi(#[from] flexi_burn::FlexiError),
+    /// An error from the model.
+    #[error("model: {0}")]
+    Model(String),
+}
+
+/// Shorthand.
+pub type Result<T> = std::result::Result<T, TrainError>;

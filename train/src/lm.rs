@@ -1,0 +1,135 @@
+//! Causal language modelling for `models::llama`: batches from `datasets`, the loss on answer
+//! tokens only, and the model with the adapter a method needs.
+
+use std::path::Path;
+
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Int, Tensor, TensorData};
+use flexi_burn::SampleRanks;
+use models::llama::{AdapterConfig, Llama, PaddedBatch, causal_lm_loss, load_llama};
+
+use crate::config::{Method, TrainConfig};
+use crate::error::{Result, TrainError};
+use crate::params::{seeded_adapter_init, stable_param_ids};
+use crate::trainer::Objective;
+
+/// HF's ignore index for labels.
+pub const IGNORE_INDEX: i64 = -100;
+
+/// A left-padded batch with answer-only labels and, for Flexi-LoRA, the router's ranks.
+#[derive(Clone, Debug)]
+pub struct LmBatch {
+    /// Token ids and attention mask.
+    pub batch: PaddedBatch,
+    /// Labels `[batch * seq]`, row-major, [`IGNORE_INDEX`] outside the answer.
+    pub labels: Vec<i64>,
+    /// Example ids.
+    pub example_ids: Vec<String>,
+    /// Router ranks, one per sample.
+    pub routed: Option<Vec<usize>>,
+}
+
+impl LmBatch {
+    /// From a collated `datasets` batch (left padding expected).
+    pub fn from_collated(b: &datasets::batch::Batch) -> Self {
+        let (n, s) = (b.batch_size, b.seq_len);
+        let ids = (0..n)
+            .map(|i| b.input_ids[i * s..(i + 1) * s].to_vec())
+            .collect();
+        let mask = (0..n)
+            .map(|i| {
+                b.attention_mask[i * s..(i + 1) * s]
+                    .iter()
+                    .map(|m| *m != 0)
+                    .collect()
+            })
+            .collect();
+        Self {
+            batch: PaddedBatch { ids, mask },
+            labels: b.labels.clone(),
+            example_ids: b.ids.clone(),
+            routed: None,
+        }
+    }
+
+    /// Samples.
+    pub fn len(&self) -> usize {
+        self.batch.ids.len()
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.batch.ids.is_empty()
+    }
+}
+
+/// The causal-LM objective: mean cross-entropy over answer tokens.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CausalLm;
+
+impl<B: AutodiffBackend> Objective<B> for CausalLm {
+    type Model = Llama<B>;
+    type Batch = LmBatch;
+
+    fn loss(&self, model: &Llama<B>, batch: &LmBatch, ranks: &SampleRanks) -> Result<Tensor<B, 1>> {
+        let logits = model
+            .forward(&batch.batch, ranks)
+            .map_err(|e| TrainError::Model(e.to_string()))?;
+        let [b, s, _] = logits.dims();
+        let labels = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(batch.labels.clone(), [b, s]),
+            &logits.device(),
+        );
+        Ok(causal_lm_loss(logits, labels, IGNORE_INDEX))
+    }
+
+    fn batch_len(&self, batch: &LmBatch) -> usize {
+        batch.len()
+    }
+
+    fn batch_tokens(&self, batch: &LmBatch) -> usize {
+        batch.batch.mask.iter().flatten().filter(|m| **m).count()
+    }
+
+    fn example_ids(&self, batch: &LmBatch) -> Vec<String> {
+        batch.example_ids.clone()
+    }
+
+    fn routed_ranks<'a>(&self, batch: &'a LmBatch) -> Option<&'a [usize]> {
+        batch.routed.as_deref()
+    }
+}
+
+/// The adapter a method needs on a Llama: none for full fine-tuning, `r_max` of the method
+/// otherwise (SVD form for AdaLoRA).
+pub fn adapter_for(config: &TrainConfig) -> Result<AdapterConfig> {
+    if config.method == Method::Full {
+        return Ok(AdapterConfig::none());
+    }
+    let targets = AdapterConfig::parse_targets(&config.adapter.targets.join(",")).map_err(|e| {
+        TrainError::Config {
+            key: "adapter.targets".into(),
+            message: e.to_string(),
+        }
+    })?;
+    let mut adapter = AdapterConfig::new(targets, config.method.r_max()?, config.adapter.alpha);
+    adapter.scale = config.adapter.scale.into();
+    adapter.svd_form = matches!(config.method, Method::Adalora(_));
+    adapter.dropout = config.adapter.dropout;
+    Ok(adapter)
+}
+
+/// Loads a Llama directory ready to train with `config`'s method: adapters attached and
+/// initialised from the seed, stable parameter ids, every weight trainable for full
+/// fine-tuning.
+pub fn load_for_training<B: AutodiffBackend>(
+    dir: &Path,
+    config: &TrainConfig,
+    device: &B::Device,
+) -> Result<Llama<B>> {
+    let adapter = adapter_for(config)?;
+    let model =
+        load_llama::<B>(dir, &adapter, device).map_err(|e| TrainError::Model(e.to_string()))?;
+    let model = seeded_adapter_init(model, config.seed, adapter.svd_form);
+    Ok(stable_param_ids(model, config.method == Method::Full))
+}

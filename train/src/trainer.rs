@@ -1,0 +1,425 @@
+//! The training loop, written once for every method and every backend.
+//!
+//! Why not burn-train's `Learner`: the methods need hooks it does not offer — per-sample ranks
+//! drawn per step (DyLoRA, DyLoRA+) or carried by the batch (Flexi-LoRA), AdaLoRA's gradient
+//! snapshot before and masking after the optimizer step, a global-norm clip over the trainable
+//! parameters, and checkpoints whose resume is bit-identical. Everything random derives from
+//! `(seed, step)`: the batch order of an epoch, the rank draws and the backend seed for
+//! dropout, so a resumed run needs only the step to continue exactly.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::module::{AutodiffModule, ModuleVisitor, Param};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use burn::tensor::Tensor;
+use burn::tensor::backend::AutodiffBackend;
+use flexi_burn::{Phase, RankSampler, RankSchedule, SampleRanks};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::Serialize;
+
+use crate::adalora::AdaLoraAllocator;
+use crate::checkpoint::{CheckpointState, Checkpoints};
+use crate::config::{Method, TrainConfig};
+use crate::error::{Result, TrainError};
+use crate::lr::LrSchedule;
+use crate::params::{load_tensors, read_safetensors, to_safetensors, trainable_tensors};
+
+/// A model and its loss on a batch: what the loop needs to know about a task.
+pub trait Objective<B: AutodiffBackend> {
+    /// The model being trained.
+    type Model: AutodiffModule<B> + Clone;
+    /// A prepared batch.
+    type Batch;
+
+    /// Mean loss of `batch` with per-sample `ranks`.
+    fn loss(
+        &self,
+        model: &Self::Model,
+        batch: &Self::Batch,
+        ranks: &SampleRanks,
+    ) -> Result<Tensor<B, 1>>;
+
+    /// Samples in the batch.
+    fn batch_len(&self, batch: &Self::Batch) -> usize;
+
+    /// Tokens in the batch (for tokens/s).
+    fn batch_tokens(&self, batch: &Self::Batch) -> usize;
+
+    /// Example ids of the batch (for error messages).
+    fn example_ids(&self, batch: &Self::Batch) -> Vec<String>;
+
+    /// Ranks the router assigned to the batch's samples (Flexi-LoRA).
+    fn routed_ranks<'a>(&self, batch: &'a Self::Batch) -> Option<&'a [usize]>;
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepLog {
+    /// Optimizer step (1-based).
+    pub step: usize,
+    /// Epoch (0-based).
+    pub epoch: usize,
+    /// Mean loss over the step's micro-batches.
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Mean rank of the step's samples.
+    pub mean_rank: f64,
+    /// Tokens per second of the step.
+    pub tokens_per_s: f64,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TrainSummary {
+    /// Optimizer steps of the whole run.
+    pub total_steps: usize,
+    /// Step the run started from (0 unless resumed).
+    pub start_step: usize,
+    /// Loss of each step this process ran.
+    pub losses: Vec<f64>,
+    /// Ranks used by every training sample this process saw.
+    pub ranks: Vec<usize>,
+    /// Wall time in seconds.
+    pub seconds: f64,
+    /// Directory of the last checkpoint written.
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// A training run.
+pub struct Trainer<'a, B: AutodiffBackend> {
+    /// The configuration.
+    pub config: &'a TrainConfig,
+    /// Output directory (checkpoints, metrics.jsonl).
+    pub out: PathBuf,
+    /// Device.
+    pub device: B::Device,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// Stop after this many optimizer steps of the whole run (tests of resume); `None` runs to
+    /// the end.
+    pub stop_at: Option<usize>,
+}
+
+/// Mixes a seed and a counter (SplitMix64), so each step has its own stream.
+pub fn mix(seed: u64, counter: u64) -> u64 {
+    let mut z = seed ^ counter.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+struct SquaredNorm<'a> {
+    grads: &'a GradientsParams,
+    sum: f64,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorm<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
+            let s: f64 =
+                burn::tensor::ElementConversion::elem(g.powf_scalar(2.0).sum().into_scalar());
+            self.sum += s;
+        }
+    }
+}
+
+struct Scale<'a> {
+    grads: &'a mut GradientsParams,
+    factor: f64,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            self.grads.register(param.id, g.mul_scalar(self.factor));
+        }
+    }
+}
+
+/// Global L2 norm of the gradients; scales them to `max_norm` when above it (`0` = no clip).
+pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: &mut GradientsParams,
+    max_norm: f64,
+) -> f64 {
+    let mut n = SquaredNorm { grads, sum: 0.0 };
+    model.visit(&mut n);
+    let norm = n.sum.sqrt();
+    if max_norm > 0.0 && norm > max_norm {
+        let mut s = Scale {
+            grads,
+            factor: max_norm / (norm + 1e-6),
+        };
+        model.visit(&mut s);
+    }
+    norm
+}
+
+impl<B: AutodiffBackend> Trainer<'_, B> {
+    /// Trains `model` on `batches` (built once; their order is shuffled per epoch). With
+    /// `resume`, continues from the newest checkpoint in `out` if there is one.
+    pub fn fit<O: Objective<B>>(
+        &self,
+        objective: &O,
+        model: O::Model,
+        batches: &[O::Batch],
+        resume: bool,
+    ) -> Result<(O::Model, TrainSummary)> {
+        let c = self.config;
+        if batches.is_empty() {
+            return Err(TrainError::EmptyData("no training batch".into()));
+        }
+        let steps_per_epoch = batches.len().div_ceil(c.grad_accum);
+        let total_steps = if c.max_steps > 0 {
+            c.max_steps
+        } else {
+            c.epochs * steps_per_epoch
+        };
+        let schedule = c.method.schedule();
+        let lr = LrSchedule {
+            peak: c.lr,
+            warmup_steps: c.warmup_steps.min(total_steps),
+            total_steps,
+            decay: c.decay,
+            min_lr: c.min_lr,
+        };
+        let mut optim = AdamWConfig::new()
+            .with_beta_1(0.9)
+            .with_beta_2(0.999)
+            .with_epsilon(1e-8)
+            .with_weight_decay(c.weight_decay as f32)
+            .init::<B, O::Model>();
+        let mut adalora = match &c.method {
+            Method::Adalora(a) => Some(AdaLoraAllocator::new(a.clone(), total_steps)),
+            _ => None,
+        };
+        let checkpoints = Checkpoints::new(&self.out, 2);
+        std::fs::create_dir_all(&self.out).map_err(|e| TrainError::Io {
+            path: self.out.clone(),
+            source: e,
+        })?;
+
+        // Resume.
+        let mut model = model;
+        let mut start = 0;
+        if resume && let Some(dir) = checkpoints.latest()? {
+            let state = Checkpoints::read_state(&dir)?;
+            if state.method != c.method.label() || state.seed != c.seed {
+                return Err(TrainError::Checkpoint {
+                    path: dir,
+                    message: format!(
+                        "made by method {} seed {}, this run is {} seed {}",
+                        state.method,
+                        state.seed,
+                        c.method.label(),
+                        c.seed
+                    ),
+                });
+            }
+            let weights = dir.join("weights.safetensors");
+            model = load_tensors(model, &read_safetensors(&weights)?, &weights)?;
+            let opt_path = dir.join("optimizer.mpk");
+            let bytes = std::fs::read(&opt_path).map_err(|e| TrainError::Io {
+                path: opt_path.clone(),
+                source: e,
+            })?;
+            let record = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
+                .load(bytes, &self.device)
+                .map_err(|e| TrainError::Checkpoint {
+                    path: opt_path.clone(),
+                    message: format!("optimizer state: {e}"),
+                })?;
+            optim = optim.load_record(record);
+            if let (Some(a), Some(v)) = (&mut adalora, state.adalora) {
+                *a = serde_json::from_value(v).map_err(|e| TrainError::Checkpoint {
+                    path: dir.clone(),
+                    message: format!("adalora state: {e}"),
+                })?;
+            }
+            start = state.step;
+        }
+
+        let end = self.stop_at.map_or(total_steps, |s| s.min(total_steps));
+        let pb = if self.progress {
+            let pb = ProgressBar::new(total_steps as u64);
+            pb.set_style(
+                ProgressStyle::with_template(
+                    "{prefix} [{bar:30}] {pos}/{len} {msg} [{elapsed}<{eta}]",
+                )
+                .expect("static template")
+                .progress_chars("=> "),
+            );
+            pb.set_prefix(c.method.label());
+            pb.set_position(start as u64);
+            pb
+        } else {
+            ProgressBar::hidden()
+        };
+        let metrics_path = self.out.join("metrics.jsonl");
+        let mut metrics = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .map_err(|e| TrainError::Io {
+                path: metrics_path.clone(),
+                source: e,
+            })?;
+
+        let began = Instant::now();
+        let mut summary = TrainSummary {
+            total_steps,
+            start_step: start,
+            ..Default::default()
+        };
+        let mut order: Vec<usize> = Vec::new();
+        let mut order_epoch = usize::MAX;
+        for step in start..end {
+            let t0 = Instant::now();
+            let epoch = step / steps_per_epoch;
+            if epoch != order_epoch {
+                order = (0..batches.len()).collect();
+                order.shuffle(&mut StdRng::seed_from_u64(mix(c.seed, epoch as u64)));
+                order_epoch = epoch;
+            }
+            B::seed(&self.device, mix(c.seed ^ 0xd0, step as u64));
+            let mut sampler = schedule
+                .clone()
+                .map(|s| RankSampler::new(s, mix(c.seed ^ 0x7a, step as u64)));
+            let first = (step % steps_per_epoch) * c.grad_accum;
+            let micro: Vec<usize> = order[first..(first + c.grad_accum).min(order.len())].to_vec();
+
+            let mut accumulator = GradientsAccumulator::<O::Model>::new();
+            let mut step_loss = 0.0;
+            let mut tokens = 0;
+            let mut step_ranks = Vec::new();
+            for (mi, &bi) in micro.iter().enumerate() {
+                let batch = &batches[bi];
+                let n = objective.batch_len(batch);
+                let ranks = match &mut sampler {
+                    Some(s) => s.ranks(n, Phase::Train, objective.routed_ranks(batch))?,
+                    None => SampleRanks::uniform(n, 0),
+                };
+                let mut loss = objective.loss(&model, batch, &ranks)?;
+                let value: f64 = burn::tensor::ElementConversion::elem(loss.clone().into_scalar());
+                if !value.is_finite() {
+                    return Err(TrainError::NonFiniteLoss {
+                        step,
+                        micro_batch: mi,
+                        loss: value,
+                        examples: objective.example_ids(batch),
+                    });
+                }
+                if let Some(a) = &adalora {
+                    loss = loss.add(a.orth_penalty(&model, &self.device));
+                }
+                let grads = loss.div_scalar(micro.len() as f64).backward();
+                accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
+                step_loss += value / micro.len() as f64;
+                tokens += objective.batch_tokens(batch);
+                step_ranks.extend_from_slice(ranks.as_slice());
+            }
+            let mut grads = accumulator.grads();
+            let grad_norm = clip_global_norm(&model, &mut grads, c.grad_clip);
+            let snapshot = adalora.as_ref().map(|a| a.snapshot(&model, &grads));
+            let rate = lr.at(step);
+            model = optim.step(rate, model, grads);
+            if let (Some(a), Some(s)) = (&mut adalora, &snapshot) {
+                model = a.update_and_allocate(model, s, step + 1);
+            }
+
+            let secs = t0.elapsed().as_secs_f64();
+            let log = StepLog {
+                step: step + 1,
+                epoch,
+                loss: step_loss,
+                lr: rate,
+                grad_norm,
+                mean_rank: step_ranks.iter().sum::<usize>() as f64 / step_ranks.len().max(1) as f64,
+                tokens_per_s: tokens as f64 / secs.max(1e-9),
+            };
+            let line = serde_json::to_string(&log).unwrap_or_default();
+            writeln!(metrics, "{line}").map_err(|e| TrainError::Io {
+                path: metrics_path.clone(),
+                source: e,
+            })?;
+            pb.set_message(format!(
+                "loss {:.4} lr {:.2e} {:.0} tok/s",
+                step_loss, rate, log.tokens_per_s
+            ));
+            pb.inc(1);
+            summary.losses.push(step_loss);
+            summary.ranks.extend(step_ranks);
+
+            let done = step + 1;
+            let periodic = c.save_every > 0 && done % c.save_every == 0;
+            if periodic || done == end {
+                summary.checkpoint = Some(self.save(
+                    &checkpoints,
+                    &model,
+                    &optim,
+                    adalora.as_ref(),
+                    done,
+                    step_loss,
+                )?);
+            }
+        }
+        pb.finish_and_clear();
+        summary.seconds = began.elapsed().as_secs_f64();
+        Ok((model, summary))
+    }
+
+    fn save<M: AutodiffModule<B>, Opt: Optimizer<M, B>>(
+        &self,
+        checkpoints: &Checkpoints,
+        model: &M,
+        optim: &Opt,
+        adalora: Option<&AdaLoraAllocator>,
+        step: usize,
+        last_loss: f64,
+    ) -> Result<PathBuf> {
+        let weights = to_safetensors(&trainable_tensors(model))?;
+        let optimizer = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
+            .record(optim.to_record(), ())
+            .map_err(|e| TrainError::Checkpoint {
+                path: checkpoints.root().to_path_buf(),
+                message: format!("serialising optimizer state: {e}"),
+            })?;
+        let state = CheckpointState {
+            step,
+            seed: self.config.seed,
+            method: self.config.method.label(),
+            config: serde_json::to_value(self.config).unwrap_or_default(),
+            adalora: adalora.and_then(|a| serde_json::to_value(a).ok()),
+            last_loss,
+        };
+        checkpoints.save(
+            &state,
+            &[
+                ("weights.safetensors", weights),
+                ("optimizer.mpk", optimizer),
+            ],
+        )
+    }
+}
+
+/// The rank schedule of a method, re-exported for callers that evaluate.
+pub fn inference_ranks(
+    schedule: &RankSchedule,
+    seed: u64,
+    batch_index: usize,
+    n: usize,
+    routed: Option<&[usize]>,
+) -> Result<SampleRanks> {
+    let mut s = RankSampler::new(schedule.clone(), mix(seed ^ 0xe7, batch_index as u64));
+    Ok(s.ranks(n, Phase::Inference, routed)?)
+}
