@@ -561,3 +561,63 @@ fn transcription_silence_empty_and_long_audio() {
     assert_eq!(split_windows(&long).len(), 2);
     assert_eq!(whole[0], parts.join(" "));
 }
+
+#[test]
+fn gradients_reach_only_the_adapters_with_per_sample_ranks() {
+    type Ad = burn::backend::Autodiff<Flex>;
+    let device = Default::default();
+    let mut model = load_whisper::<Ad>(dir(), &WhisperAdapter::all(2, 4.0), &device).unwrap();
+    // Non-zero B so that A gets a gradient too.
+    for l in model.encoder.layers.iter_mut().flat_map(|l| {
+        [&mut l.self_attn.q_proj, &mut l.fc2]
+            .into_iter()
+            .filter_map(|p| p.adapter_mut())
+            .collect::<Vec<_>>()
+    }) {
+        let [d_out, r] = l.lora_b.dims();
+        l.lora_b = Param::from_tensor(Tensor::random(
+            [d_out, r],
+            Distribution::Normal(0.0, 0.05),
+            &device,
+        ));
+    }
+    // A short spectrogram (200 frames -> 100 encoder positions) keeps the test cheap.
+    let mel: Tensor<Ad, 3> = Tensor::random([2, 80, 200], Distribution::Normal(0.0, 1.0), &device);
+    let ids = model
+        .ids_tensor(
+            &[vec![301, 302, 306, 310], vec![301, 302, 306, 310]],
+            &device,
+        )
+        .unwrap();
+    // Sample 0 at rank 0 (base only), sample 1 at rank 2.
+    let ranks = SampleRanks::new(vec![0, 2]);
+    let logits = model.forward(mel, ids, &ranks).unwrap();
+    let loss = logits.powi_scalar(2).mean();
+    let grads = loss.backward();
+    let enc0 = &model.encoder.layers[0];
+    let q = enc0.self_attn.q_proj.adapter().expect("adapted");
+    let ga = q.lora_a.val().grad(&grads).expect("lora_a gradient");
+    let gb = q.lora_b.val().grad(&grads).expect("lora_b gradient");
+    assert!(to_f32_vec(ga.abs().sum()).unwrap()[0] > 0.0);
+    assert!(to_f32_vec(gb.abs().sum()).unwrap()[0] > 0.0);
+    // Decoder cross-attention adapters get gradients as well.
+    let cross = model.decoder.layers[1]
+        .encoder_attn
+        .v_proj
+        .adapter()
+        .unwrap();
+    assert!(cross.lora_b.val().grad(&grads).is_some());
+    // Frozen: base weights, norms, embeddings, convolutions.
+    assert!(q.base.weight.val().grad(&grads).is_none());
+    assert!(enc0.self_attn_layer_norm.gamma.val().grad(&grads).is_none());
+    assert!(
+        model
+            .decoder
+            .embed_tokens
+            .weight
+            .val()
+            .grad(&grads)
+            .is_none()
+    );
+    assert!(model.encoder.conv1.weight.val().grad(&grads).is_none());
+}
