@@ -302,7 +302,7 @@ fn smollm2_logits_match_transformers() {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
             .collect();
-        let got = logits(&model, &PaddedBatch::left_pad(&[ids.clone()], 0));
+        let got = logits(&model, &PaddedBatch::left_pad(std::slice::from_ref(&ids), 0));
         assert_eq!(got.len(), want.len());
         let worst = got
             .iter()
