@@ -46,6 +46,13 @@ fn module_accounting_agrees_with_the_shape_formula() {
     };
     assert_eq!(layer.params_per_rank(), shape.params_per_rank());
     assert!((count.trainable_percent() - 100.0 * 20480.0 / 1_069_056.0).abs() < 1e-9);
+    // Walking a module tree finds every FlexiLinear: a vector of the four 1B projections.
+    let layers: Vec<flexi_burn::FlexiLinear<Cpu>> =
+        [(2048, 2048), (2048, 512), (2048, 512), (2048, 2048)]
+            .iter()
+            .map(|&(i, o)| FlexiLinearConfig::new(i, o, 2).init::<Cpu>(&device))
+            .collect();
+    assert_eq!(flexi_burn::params::lora_params_per_rank(&layers), 13_312);
 }
 
 #[test]
