@@ -15,7 +15,7 @@ use flexi_burn::{FlexiLinear, SampleRanks};
 use models::whisper::{
     GreedyConfig, LogMel, MelExtractor, N_SAMPLES, Padding, TranscribeOptions, Whisper,
     WhisperAdapter, WhisperConfig, WhisperError, WhisperTokenizer, greedy_decode, load_audio,
-    load_whisper, split_windows, to_f32_vec, transcribe,
+    load_whisper, split_windows, to_f32_vec, transcribe, transcribe_with_ranks,
 };
 use safetensors::{Dtype, SafeTensors};
 
@@ -620,4 +620,35 @@ fn gradients_reach_only_the_adapters_with_per_sample_ranks() {
             .is_none()
     );
     assert!(model.encoder.conv1.weight.val().grad(&grads).is_none());
+}
+
+#[test]
+fn transcription_with_per_input_ranks() {
+    let device = Default::default();
+    let tok = WhisperTokenizer::from_dir(dir()).unwrap();
+    let options = TranscribeOptions {
+        max_new_tokens: 6,
+        ..Default::default()
+    };
+    let wav = load_audio(dir().join("audio_1s.wav")).unwrap();
+    let audios = vec![("a".to_string(), wav.clone()), ("b".to_string(), wav)];
+    let base = load_whisper::<B>(dir(), &WhisperAdapter::none(), &device).unwrap();
+    let want = transcribe(&base, &tok, &audios[..1], &options, &device).unwrap();
+    let mut model = load_whisper::<B>(dir(), &WhisperAdapter::all(2, 4.0), &device).unwrap();
+    for l in adapters(&mut model) {
+        let [d_out, r] = l.lora_b.dims();
+        l.lora_b = Param::from_tensor(Tensor::random(
+            [d_out, r],
+            Distribution::Normal(0.0, 0.5),
+            &device,
+        ));
+    }
+    // Rank 0 is the base model, whatever the adapter holds.
+    let got = transcribe_with_ranks(&model, &tok, &audios, &[0, 2], &options, &device).unwrap();
+    assert_eq!(got[0], want[0]);
+    assert_eq!(got.len(), 2);
+    let e = transcribe_with_ranks(&model, &tok, &audios, &[0], &options, &device).unwrap_err();
+    assert!(matches!(e, WhisperError::InvalidInput(_)), "{e}");
+    let e = transcribe_with_ranks(&model, &tok, &audios, &[0, 3], &options, &device).unwrap_err();
+    assert!(matches!(e, WhisperError::Flexi(_)), "{e}");
 }

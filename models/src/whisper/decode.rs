@@ -199,6 +199,27 @@ pub fn transcribe<B: Backend>(
     options: &TranscribeOptions,
     device: &B::Device,
 ) -> Result<Vec<String>> {
+    let ranks = vec![options.rank; audios.len()];
+    transcribe_with_ranks(model, tokenizer, audios, &ranks, options, device)
+}
+
+/// Like [`transcribe`], with one Flexi-LoRA rank per input (e.g. the router's choice; every
+/// 30 s window of an input runs at that input's rank). `options.rank` is not used.
+pub fn transcribe_with_ranks<B: Backend>(
+    model: &Whisper<B>,
+    tokenizer: &WhisperTokenizer,
+    audios: &[(String, Vec<f32>)],
+    ranks: &[usize],
+    options: &TranscribeOptions,
+    device: &B::Device,
+) -> Result<Vec<String>> {
+    if ranks.len() != audios.len() {
+        return Err(WhisperError::InvalidInput(format!(
+            "{} ranks for {} inputs",
+            ranks.len(),
+            audios.len()
+        )));
+    }
     let mel = MelExtractor::new(model.config.num_mel_bins);
     let prompt = tokenizer.prompt(
         model.config.is_multilingual,
@@ -222,7 +243,7 @@ pub fn transcribe<B: Backend>(
     let config = GreedyConfig::from_model(model, options.max_new_tokens);
     for batch in windows.chunks(options.batch_size.max(1)) {
         let mels: Vec<_> = batch.iter().map(|(_, m)| m.clone()).collect();
-        let ranks = SampleRanks::uniform(batch.len(), options.rank);
+        let ranks = SampleRanks::new(batch.iter().map(|(i, _)| ranks[*i]).collect());
         let enc = model.encode(model.mel_batch(&mels, device)?, &ranks)?;
         let prompts = vec![prompt.clone(); batch.len()];
         let ids = greedy_decode(model, &enc, &prompts, &ranks, &config)?;

@@ -41,7 +41,9 @@ pub mod tokenizer;
 pub use attention::{DecoderCache, LayerCache, WhisperAttention};
 pub use audio::{Audio, SAMPLE_RATE, decode_bytes, decode_file, load_audio, resample};
 pub use config::{WhisperAdapter, WhisperConfig, WhisperTarget};
-pub use decode::{GreedyConfig, TranscribeOptions, greedy_decode, to_f32_vec, transcribe};
+pub use decode::{
+    GreedyConfig, TranscribeOptions, greedy_decode, to_f32_vec, transcribe, transcribe_with_ranks,
+};
 pub use decoder::{DecoderLayer, WhisperDecoder};
 pub use encoder::{EncoderLayer, WhisperEncoder};
 pub use error::{Result, WhisperError};
