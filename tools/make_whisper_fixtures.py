@@ -172,6 +172,7 @@ def main() -> None:
     wav_f = wav.astype(np.float32) / 32768.0
     sig30 = test_signal(30 * SR)
     mel_1s = np_mel(fe, test_signal(SR), pad=False)
+    mel_1s_128 = np_mel(WhisperFeatureExtractor(feature_size=128), test_signal(SR), pad=False)
     mel_30s = np_mel(fe, sig30, pad=True)
     mel_wav = np_mel(fe, wav_f, pad=True)
     assert mel_1s.shape == (80, 100), mel_1s.shape
@@ -259,6 +260,7 @@ def main() -> None:
     save_file(
         {
             "mel_1s": mel_1s,
+            "mel_1s_128": mel_1s_128,
             "mel_30s": mel_30s,
             "mel_wav_head": np.ascontiguousarray(mel_wav[:, :100]),
             "encoder_out": enc[0].numpy().astype(np.float32),

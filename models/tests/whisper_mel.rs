@@ -247,10 +247,15 @@ fn silence_empty_and_long_audio() {
 }
 
 #[test]
-fn mel_128_bins_shape() {
+fn log_mel_128_bins_matches_transformers() {
+    let r = common::reference(fixture_dir().join("reference.safetensors"));
+    let want = &r["mel_1s_128"];
+    assert_eq!(want.shape, vec![128, 100]);
     let m = MelExtractor::new(128)
-        .log_mel(&test_signal(8000), Padding::None, "x")
+        .log_mel(&test_signal(16000), Padding::None, "x")
         .unwrap();
-    assert_eq!((m.n_mels, m.frames), (128, 50));
-    assert!(m.data.iter().all(|v| v.is_finite()));
+    assert_eq!((m.n_mels, m.frames), (128, 100));
+    let d = max_abs_diff(&m.data, &want.f);
+    println!("mel 1 s, 128 bins: max abs diff {d:e}");
+    assert!(d <= 1e-4, "max abs diff {d}");
 }
