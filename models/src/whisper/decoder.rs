@@ -143,10 +143,16 @@ impl<B: Backend> WhisperDecoder<B> {
         }
         cache.len = past + n;
         let x = self.layer_norm.forward(x);
-        let vocab = self.embed_tokens.weight.dims()[0];
-        let logits = x
-            .reshape([b * n, d])
-            .matmul(self.embed_tokens.weight.val().transpose());
+        let embed = self.embed_tokens.weight.val(); // [vocab, d]
+        let vocab = embed.dims()[0];
+        let h = x.reshape([b * n, d]);
+        let logits = if b * n < d {
+            // Few positions (decoding steps): `E h^T` reads E as stored, where `h E^T` would
+            // copy the transposed embedding on every step.
+            embed.matmul(h.transpose()).transpose()
+        } else {
+            h.matmul(embed.transpose())
+        };
         Ok(logits.reshape([b, n, vocab]))
     }
 }

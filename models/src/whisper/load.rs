@@ -25,15 +25,15 @@ use std::path::Path;
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv1d;
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear, PaddingConfig1d};
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
 use flexi_burn::FlexiLinearConfig;
 
 use super::attention::WhisperAttention;
 use super::config::{WhisperAdapter, WhisperConfig, WhisperTarget};
 use super::decoder::{DecoderLayer, WhisperDecoder};
 use super::encoder::{EncoderLayer, WhisperEncoder};
-use super::error::Result;
+use super::error::{Result, WhisperError};
 use super::model::Whisper;
 use crate::llama::{Checkpoint, Proj};
 
@@ -58,9 +58,21 @@ impl<B: Backend> Builder<'_, B> {
     }
 
     fn linear(&mut self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>> {
-        let w = self
-            .tensor(&format!("{prefix}.weight"), [d_out, d_in])?
-            .transpose();
+        // Transposed on the host, once: a strided [in, out] view would be made contiguous
+        // again by every matmul.
+        let hf = self
+            .ckpt
+            .take(&format!("{prefix}.weight"), &[d_out, d_in])?; // [out, in]
+        let values: Vec<f32> = hf.into_vec::<f32>().map_err(|e| {
+            WhisperError::InvalidInput(format!("{prefix}.weight: reading values: {e:?}"))
+        })?;
+        let mut t = vec![0.0f32; values.len()];
+        for (o, row) in values.chunks_exact(d_in).enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                t[i * d_out + o] = v;
+            }
+        }
+        let w = Tensor::<B, 2>::from_data(TensorData::new(t, [d_in, d_out]), self.device);
         let bias = match bias {
             true => Some(self.frozen(&format!("{prefix}.bias"), [d_out])?),
             false => None,
