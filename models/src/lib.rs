@@ -11,7 +11,9 @@
 //!   KV-cache transcription.
 //! - [`gguf`]: GGUF (llama.cpp) files: metadata, tensor index, dequantisation, the Llama
 //!   name mapping and Q/K permutation, tokenizer from metadata.
+//! - [`ct2`]: CTranslate2 Whisper directories (`model.bin` reader, fused QKV split).
 
 pub mod llama;
 pub mod whisper;
 pub mod gguf;
+pub mod ct2;
