@@ -13,7 +13,8 @@
 //!   name mapping and Q/K permutation, tokenizer from metadata.
 //! - [`ct2`]: CTranslate2 Whisper directories (`model.bin` reader, fused QKV split).
 
+pub mod auto;
+pub mod ct2;
+pub mod gguf;
 pub mod llama;
 pub mod whisper;
-pub mod gguf;
-pub mod ct2;

@@ -20,6 +20,7 @@ pub mod error;
 pub mod lm;
 pub mod lr;
 pub mod params;
+pub mod router;
 pub mod trainer;
 
 pub use config::{Method, TrainConfig};

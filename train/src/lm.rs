@@ -6,7 +6,7 @@ use std::path::Path;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
 use flexi_burn::SampleRanks;
-use models::llama::{AdapterConfig, Llama, PaddedBatch, causal_lm_loss, load_llama};
+use models::llama::{AdapterConfig, Llama, PaddedBatch, causal_lm_loss};
 
 use crate::config::{Method, TrainConfig};
 use crate::error::{Result, TrainError};
@@ -119,7 +119,7 @@ pub fn adapter_for(config: &TrainConfig) -> Result<AdapterConfig> {
     Ok(adapter)
 }
 
-/// Loads a Llama directory ready to train with `config`'s method: adapters attached and
+/// Loads a Llama (HF directory or `.gguf` file) ready to train with `config`'s method: adapters attached and
 /// initialised from the seed, stable parameter ids, every weight trainable for full
 /// fine-tuning.
 pub fn load_for_training<B: AutodiffBackend>(
@@ -128,8 +128,8 @@ pub fn load_for_training<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<Llama<B>> {
     let adapter = adapter_for(config)?;
-    let model =
-        load_llama::<B>(dir, &adapter, device).map_err(|e| TrainError::Model(e.to_string()))?;
+    let model = models::auto::load_llama_any::<B>(dir, &adapter, device)
+        .map_err(|e| TrainError::Model(e.to_string()))?;
     let model = seeded_adapter_init(model, config.seed, adapter.svd_form);
     Ok(stable_param_ids(model, config.method == Method::Full))
 }

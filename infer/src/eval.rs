@@ -1,0 +1,172 @@
+//! Evaluation: generate an answer for every example with the method's inference ranks, score
+//! it with the task metric, and report per-set tables, the average rank and the average
+//! activated LoRA parameters per input (SPEC 4).
+
+use std::collections::HashMap;
+
+use burn::tensor::backend::Backend;
+use datasets::Example;
+use datasets::metrics::{EvalOptions, Evaluator, ScoreTable, sample_score};
+use flexi_burn::params::lora_params_per_rank;
+use flexi_burn::{Phase, RankSampler, RankSchedule, SampleRanks, average_activated_params};
+use indicatif::{ProgressBar, ProgressStyle};
+use models::llama::{GenerationConfig, Llama, generate};
+use serde::Serialize;
+
+use crate::error::{InferError, Result};
+use crate::text::LmText;
+
+/// Which rank each evaluated input gets.
+#[derive(Clone, Debug)]
+pub enum RankPolicy {
+    /// The base model alone (rank 0).
+    Base,
+    /// A method's inference schedule (LoRA: fixed; DyLoRA: its eval rank; DyLoRA+: random per
+    /// batch, seeded).
+    Schedule {
+        /// The schedule.
+        schedule: RankSchedule,
+        /// Seed of random draws.
+        seed: u64,
+    },
+    /// Per-example ranks (Flexi-LoRA: the router's), by example id.
+    PerExample(HashMap<String, usize>),
+}
+
+/// Generation and batching settings.
+#[derive(Clone, Debug)]
+pub struct EvalSettings {
+    /// Prompts per generation batch.
+    pub batch_size: usize,
+    /// Longest answer.
+    pub max_new_tokens: usize,
+    /// Longest prompt + answer.
+    pub max_len: usize,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// One evaluated example.
+#[derive(Clone, Debug, Serialize)]
+pub struct Prediction {
+    /// Example id.
+    pub id: String,
+    /// Data set.
+    pub source: String,
+    /// Rank used.
+    pub rank: usize,
+    /// Generated answer.
+    pub prediction: String,
+    /// Per-sample score (F1 / correct / WER).
+    pub score: f64,
+}
+
+/// Everything an evaluation run measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    /// One table per task: every set and the average.
+    pub tables: Vec<ScoreTable>,
+    /// Mean rank over the inputs.
+    pub mean_rank: f64,
+    /// Average activated LoRA parameters per input.
+    pub activated_params: f64,
+    /// Per-example results.
+    pub predictions: Vec<Prediction>,
+}
+
+/// Generates and scores every example.
+pub fn evaluate<B: Backend>(
+    model: &Llama<B>,
+    text: &LmText,
+    examples: &[Example],
+    policy: &RankPolicy,
+    settings: &EvalSettings,
+    title: &str,
+) -> Result<EvalReport> {
+    if examples.is_empty() {
+        return Err(InferError::Invalid("no example to evaluate".into()));
+    }
+    if settings.batch_size == 0 {
+        return Err(InferError::Invalid("batch_size must be at least 1".into()));
+    }
+    // Encode first (clear errors before any generation), then batch by length.
+    let prompts: Vec<Vec<u32>> = examples
+        .iter()
+        .map(|ex| text.encode_prompt(ex, settings.max_len, settings.max_new_tokens))
+        .collect::<Result<_>>()?;
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| prompts[i].len());
+
+    let pb = if settings.progress {
+        let pb = ProgressBar::new(examples.len() as u64);
+        pb.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} [{elapsed}<{eta}]")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        pb.set_prefix(format!("eval {title}"));
+        pb
+    } else {
+        ProgressBar::hidden()
+    };
+    let gen_config = GenerationConfig {
+        pad_token_id: text.pad_id(),
+        ..GenerationConfig::greedy(settings.max_new_tokens, text.stop_ids.clone())
+    };
+    let mut sampler = match policy {
+        RankPolicy::Schedule { schedule, seed } => Some(RankSampler::new(schedule.clone(), *seed)),
+        _ => None,
+    };
+    let mut answers: Vec<(String, usize)> = vec![(String::new(), 0); examples.len()];
+    for chunk in order.chunks(settings.batch_size) {
+        let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
+        let ranks = match policy {
+            RankPolicy::Base => SampleRanks::uniform(chunk.len(), 0),
+            RankPolicy::Schedule { .. } => sampler
+                .as_mut()
+                .map(|s| s.ranks(chunk.len(), Phase::Inference, None))
+                .transpose()?
+                .unwrap_or_else(|| SampleRanks::uniform(chunk.len(), 0)),
+            RankPolicy::PerExample(map) => SampleRanks::new(
+                chunk
+                    .iter()
+                    .map(|&i| {
+                        map.get(&examples[i].id).copied().ok_or_else(|| {
+                            InferError::Invalid(format!(
+                                "no router rank for example {}",
+                                examples[i].id
+                            ))
+                        })
+                    })
+                    .collect::<Result<_>>()?,
+            ),
+        };
+        let out = generate(model, &batch, &ranks, &gen_config)?;
+        for ((&i, tokens), &r) in chunk.iter().zip(&out.tokens).zip(ranks.as_slice()) {
+            answers[i] = (text.decode_answer(tokens)?, r);
+        }
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+
+    let options = EvalOptions::default();
+    let mut evaluator = Evaluator::new(options);
+    let mut predictions = Vec::with_capacity(examples.len());
+    for (ex, (pred, rank)) in examples.iter().zip(&answers) {
+        evaluator.add(ex, pred);
+        predictions.push(Prediction {
+            id: ex.id.clone(),
+            source: ex.source.clone(),
+            rank: *rank,
+            prediction: pred.clone(),
+            score: sample_score(ex, pred, &options),
+        });
+    }
+    let ranks: Vec<usize> = answers.iter().map(|(_, r)| *r).collect();
+    Ok(EvalReport {
+        tables: evaluator.tables(title),
+        mean_rank: ranks.iter().sum::<usize>() as f64 / ranks.len() as f64,
+        activated_params: average_activated_params(lora_params_per_rank(model), &ranks),
+        predictions,
+    })
+}

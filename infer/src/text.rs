@@ -1,0 +1,125 @@
+//! From examples to token ids and back, for a Llama-family model: the task prompt (and the
+//! model's chat template when it has one), answer-only training labels, generation prompts,
+//! stop tokens.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datasets::prompt::{ChatTemplate as DataChat, Prompter};
+use datasets::tokenize::{EncodeOptions, Encoded, HfTokenizer, encode_pair, encode_prompt};
+use datasets::{Example, TextTokenizer};
+use models::llama::{ChatTemplate, Message, Tokenizer};
+
+use crate::error::{InferError, Result};
+
+/// A model's chat template seen through the data pipeline's interface.
+struct ModelChat(ChatTemplate);
+
+impl DataChat for ModelChat {
+    fn render(&self, system: Option<&str>, user: &str) -> String {
+        let mut messages = Vec::new();
+        if let Some(s) = system {
+            messages.push(Message::new("system", s));
+        }
+        messages.push(Message::user(user));
+        let text = self.0.apply(&messages, true);
+        // The encoder adds BOS itself.
+        text.strip_prefix("<|begin_of_text|>")
+            .map(str::to_string)
+            .unwrap_or(text)
+    }
+
+    fn end_of_turn(&self) -> &str {
+        self.0.stop_tokens().first().copied().unwrap_or("")
+    }
+}
+
+/// Tokenizer, prompt templates and stop tokens of one model.
+pub struct LmText {
+    /// The model's tokenizer.
+    pub tokenizer: Tokenizer,
+    tok: HfTokenizer,
+    /// Task templates (with the chat template when used).
+    pub prompter: Prompter,
+    /// Generation stops on any of these.
+    pub stop_ids: Vec<u32>,
+    /// Whether the chat template is applied.
+    pub chat: bool,
+}
+
+impl LmText {
+    /// Tokenizer of a HF directory or a `.gguf` file.
+    pub fn load(model: &Path, use_chat: bool) -> Result<Self> {
+        Ok(Self::new(
+            models::auto::load_tokenizer_any(model)?,
+            use_chat,
+        ))
+    }
+
+    /// Wraps a tokenizer; the chat template is used when `use_chat` and the tokenizer has one.
+    pub fn new(tokenizer: Tokenizer, use_chat: bool) -> Self {
+        let chat = use_chat.then(|| tokenizer.chat_template()).flatten();
+        let mut tok = HfTokenizer::new_guess(tokenizer.inner().clone());
+        let mut prompter = Prompter::default();
+        let mut stop_ids: Vec<u32> = tok.eos_id().into_iter().collect();
+        if let Some(c) = &chat {
+            for s in c.stop_tokens() {
+                if let Some(id) = tokenizer.token_id(s)
+                    && !stop_ids.contains(&id)
+                {
+                    stop_ids.push(id);
+                }
+            }
+            // With a chat template the turn ends with its own token (already in the target).
+            tok = tok.with_eos(None);
+            prompter = prompter.with_chat(Arc::new(ModelChat(c.clone())));
+        }
+        Self {
+            chat: chat.is_some(),
+            tokenizer,
+            tok,
+            prompter,
+            stop_ids,
+        }
+    }
+
+    /// Padding id.
+    pub fn pad_id(&self) -> u32 {
+        self.tok.pad_id()
+    }
+
+    /// Prompt + answer with answer-only labels, at most `max_len` tokens (the prompt is cut
+    /// from the left, never the answer).
+    pub fn encode_train(&self, ex: &Example, max_len: usize) -> Result<Encoded> {
+        let p = self.prompter.render(ex);
+        let opts = EncodeOptions {
+            max_len,
+            ..Default::default()
+        };
+        Ok(encode_pair(&self.tok, &p, &opts)?)
+    }
+
+    /// The generation prompt of an example, leaving `reserve` tokens for the answer.
+    pub fn encode_prompt(&self, ex: &Example, max_len: usize, reserve: usize) -> Result<Vec<u32>> {
+        let p = self.prompter.render(ex);
+        let opts = EncodeOptions {
+            max_len,
+            ..Default::default()
+        };
+        if max_len <= reserve {
+            return Err(InferError::Invalid(format!(
+                "max_len {max_len} leaves no room for a prompt with {reserve} new tokens"
+            )));
+        }
+        Ok(encode_prompt(&self.tok, &ex.id, &p.prompt, &opts, reserve)?.input_ids)
+    }
+
+    /// Text of generated ids, cut at the first stop token, special tokens removed.
+    pub fn decode_answer(&self, ids: &[u32]) -> Result<String> {
+        let end = ids
+            .iter()
+            .position(|t| self.stop_ids.contains(t))
+            .unwrap_or(ids.len());
+        Ok(self.tokenizer.decode(&ids[..end], true)?.trim().to_string())
+    }
+}

@@ -1,0 +1,42 @@
+//! One entry point for every Llama checkpoint format a user may hold: a Hugging Face
+//! directory (`config.json` + safetensors) or a llama.cpp `.gguf` file.
+
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+
+use crate::gguf::{is_gguf, load_llama_gguf, load_tokenizer_gguf};
+use crate::llama::{AdapterConfig, Llama, Tokenizer, load_llama};
+
+/// Why a model path could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A HF directory failed.
+    #[error(transparent)]
+    Llama(#[from] crate::llama::LlamaError),
+    /// A GGUF file failed.
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
+}
+
+/// Loads a Llama from a HF directory or a `.gguf` file, with `adapter`.
+pub fn load_llama_any<B: Backend>(
+    path: &Path,
+    adapter: &AdapterConfig,
+    device: &B::Device,
+) -> Result<Llama<B>, LoadError> {
+    if is_gguf(path) {
+        Ok(load_llama_gguf(path, adapter, device)?)
+    } else {
+        Ok(load_llama(path, adapter, device)?)
+    }
+}
+
+/// The tokenizer of a HF directory (`tokenizer.json`) or a `.gguf` file (its metadata).
+pub fn load_tokenizer_any(path: &Path) -> Result<Tokenizer, LoadError> {
+    if is_gguf(path) {
+        Ok(load_tokenizer_gguf(path)?)
+    } else {
+        Ok(Tokenizer::from_dir(path)?)
+    }
+}
