@@ -8,7 +8,7 @@ use std::path::Path;
 use burn::backend::Flex;
 use burn::tensor::{Distribution, Tensor};
 use flexi_burn::SampleRanks;
-use models::ct2::{Ct2Error, Ct2Model, load_whisper_ct2, whisper_config};
+use models::ct2::{Ct2Error, Ct2Model, load_whisper_any, load_whisper_ct2, whisper_config};
 use models::whisper::{Whisper, WhisperAdapter, load_whisper};
 use safetensors::SafeTensors;
 
@@ -401,4 +401,7 @@ fn tiny_whisper_from_ct2_equals_the_hf_directory() {
     let worst = (a - b).abs().max().into_scalar();
     println!("tiny Whisper, HF directory vs CTranslate2: max |logit diff| = {worst:e}");
     assert_eq!(worst, 0.0);
+    // One entry point for both layouts.
+    load_whisper_any::<B>(&hf, &none, &device).unwrap();
+    load_whisper_any::<B>(tmp.path(), &none, &device).unwrap();
 }

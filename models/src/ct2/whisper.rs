@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 use super::error::{Ct2Error, Result};
 use super::reader::Ct2Model;
 use crate::llama::Checkpoint;
-use crate::whisper::{Whisper, WhisperAdapter, WhisperConfig, build_whisper};
+use crate::whisper::{Whisper, WhisperAdapter, WhisperConfig, build_whisper, load_whisper};
 
 /// The spec this mapping reads.
 pub const WHISPER_SPEC: &str = "WhisperSpec";
@@ -406,4 +406,20 @@ pub fn load_whisper_ct2<B: Backend>(
 /// Whether `dir` is a CTranslate2 model directory (has `model.bin`).
 pub fn is_ct2_dir(dir: impl AsRef<Path>) -> bool {
     dir.as_ref().join("model.bin").is_file()
+}
+
+/// Loads Whisper from a CTranslate2 directory (has `model.bin`) or a Hugging Face directory
+/// (`config.json` + safetensors), so commands accept either. Both ship `tokenizer.json`
+/// (`WhisperTokenizer::from_dir` reads it from either).
+pub fn load_whisper_any<B: Backend>(
+    dir: impl AsRef<Path>,
+    adapter: &WhisperAdapter,
+    device: &B::Device,
+) -> Result<Whisper<B>> {
+    let dir = dir.as_ref();
+    if is_ct2_dir(dir) {
+        load_whisper_ct2(dir, adapter, device)
+    } else {
+        Ok(load_whisper(dir, adapter, device)?)
+    }
 }
