@@ -18,15 +18,16 @@ use clap::Args;
 use flexi_burn::SampleRanks;
 use flexi_burn::backend::{self, BackendJob, BackendKind};
 use models::llama::{
-    AdapterConfig, GenerationConfig, Llama, Message, PaddedBatch, Sampling, Tokenizer, generate,
-    load_llama, load_llama_with_peft,
+    AdapterConfig, GenerationConfig, Llama, Message, PaddedBatch, Sampling, generate,
+    load_llama_with_peft,
 };
 use safetensors::tensor::TensorView;
 
 /// Model selection shared by both commands.
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// Hugging Face model directory (config.json, model.safetensors[.index.json], tokenizer.json).
+    /// Hugging Face model directory (config.json, model.safetensors[.index.json], tokenizer.json)
+    /// or a llama.cpp `.gguf` file.
     #[arg(long)]
     model: PathBuf,
     /// Backend: flex (CPU), wgpu or cuda (the latter two need their cargo feature).
@@ -58,7 +59,7 @@ impl ModelArgs {
                     )
                 })?
             }
-            None => load_llama::<B>(&self.model, &AdapterConfig::none(), device)
+            None => models::auto::load_llama_any::<B>(&self.model, &AdapterConfig::none(), device)
                 .with_context(|| format!("loading {}", self.model.display()))?,
         };
         let r_max = model.r_max();
@@ -155,7 +156,7 @@ impl BackendJob for GenerateJob {
 
 fn generate_on<B: Backend>(args: GenerateArgs, device: &B::Device) -> Result<()> {
     let (model, rank) = args.model.load::<B>(device)?;
-    let tok = Tokenizer::from_dir(&args.model.model)?;
+    let tok = models::auto::load_tokenizer_any(&args.model.model)?;
     let template = (!args.raw).then(|| tok.chat_template()).flatten();
     let prompts = args
         .prompt
@@ -213,7 +214,9 @@ impl BackendJob for LogitsJob {
 fn logits_on<B: Backend>(args: LogitsArgs, device: &B::Device) -> Result<()> {
     let ids = match (&args.ids, &args.prompt) {
         (Some(ids), _) => ids.clone(),
-        (None, Some(prompt)) => Tokenizer::from_dir(&args.model.model)?.encode(prompt, true)?,
+        (None, Some(prompt)) => {
+            models::auto::load_tokenizer_any(&args.model.model)?.encode(prompt, true)?
+        }
         (None, None) => bail!("give --prompt or --ids"),
     };
     if ids.is_empty() {

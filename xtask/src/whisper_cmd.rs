@@ -22,14 +22,15 @@ use flexi_burn::SampleRanks;
 use flexi_burn::backend::{self, BackendJob, BackendKind};
 use models::whisper::{
     MelExtractor, Padding, Task, TranscribeOptions, WhisperAdapter, WhisperTokenizer, load_audio,
-    load_whisper, to_f32_vec, transcribe,
+    to_f32_vec, transcribe,
 };
 use safetensors::tensor::TensorView;
 
 /// `cargo xtask transcribe`.
 #[derive(Args, Clone, Debug)]
 pub struct TranscribeArgs {
-    /// Hugging Face Whisper directory (config.json, model.safetensors, tokenizer.json).
+    /// Hugging Face Whisper directory (config.json, model.safetensors, tokenizer.json) or a
+    /// CTranslate2 directory (model.bin, config.json, tokenizer.json).
     #[arg(long)]
     model: PathBuf,
     /// Audio files (WAV or FLAC, any rate, mono or stereo).
@@ -72,7 +73,7 @@ impl BackendJob for TranscribeJob {
 }
 
 fn transcribe_on<B: Backend>(args: TranscribeArgs, device: &B::Device) -> Result<()> {
-    let model = load_whisper::<B>(&args.model, &WhisperAdapter::none(), device)
+    let model = models::ct2::load_whisper_any::<B>(&args.model, &WhisperAdapter::none(), device)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let tok = WhisperTokenizer::from_dir(&args.model)?;
     let audios = args
@@ -129,7 +130,7 @@ impl BackendJob for LogitsJob {
 }
 
 fn logits_on<B: Backend>(args: WhisperLogits, device: &B::Device) -> Result<()> {
-    let model = load_whisper::<B>(&args.model, &WhisperAdapter::none(), device)
+    let model = models::ct2::load_whisper_any::<B>(&args.model, &WhisperAdapter::none(), device)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let ids = match &args.ids {
         Some(ids) => ids.clone(),
