@@ -86,6 +86,31 @@ fn convert(dir: &std::path::Path) -> Vec<u8> {
         .u32("tokenizer.ggml.bos_token_id", u("bos_token_id"))
         // GGUF holds one eos id (the fixture lists [1, 4]).
         .u32("tokenizer.ggml.eos_token_id", 1);
+    // Llama 3 RoPE scaling becomes llama.cpp's factor tensor, as the converter computes it.
+    if config["rope_scaling"]["rope_type"] == "llama3" {
+        let r = &config["rope_scaling"];
+        let f = |k: &str| r[k].as_f64().unwrap();
+        let (factor, lo, hi) = (f("factor"), f("low_freq_factor"), f("high_freq_factor"));
+        let old = f("original_max_position_embeddings");
+        let dim = u("head_dim") as usize;
+        let base = config["rope_theta"].as_f64().unwrap();
+        let factors: Vec<f32> = (0..dim / 2)
+            .map(|i| {
+                let freq = 1.0 / base.powf((2 * i) as f64 / dim as f64);
+                let wavelen = 2.0 * std::f64::consts::PI / freq;
+                let r = if wavelen < old / hi {
+                    1.0
+                } else if wavelen > old / lo {
+                    factor
+                } else {
+                    let smooth = (old / wavelen - lo) / (hi - lo);
+                    1.0 / ((1.0 - smooth) / factor + smooth)
+                };
+                r as f32
+            })
+            .collect();
+        w.f32_tensor("rope_freqs.weight", &[(dim / 2) as u64], &factors);
+    }
     let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let mut names = st.names();
@@ -121,17 +146,10 @@ fn logits(model: &Llama<B>, batch: &PaddedBatch) -> Vec<f32> {
 
 #[test]
 fn tiny_llama_from_gguf_equals_the_hf_directory() {
-    let src = fixture("tiny_tied");
+    // The fixture has Llama 3 RoPE scaling (factor 8, original context 16): the GGUF file
+    // carries it as `rope_freqs.weight`, read back into `rope_scaling`.
+    let hf = fixture("tiny_tied");
     let tmp = tempfile::tempdir().unwrap();
-    // GGUF files carry Llama 3 RoPE scaling as a factor tensor this reader refuses (clear
-    // error, tested below); compare both forms without it.
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
-    config["rope_scaling"] = serde_json::Value::Null;
-    let hf = tmp.path().join("hf");
-    std::fs::create_dir(&hf).unwrap();
-    std::fs::write(hf.join("config.json"), config.to_string()).unwrap();
-    std::fs::copy(src.join("model.safetensors"), hf.join("model.safetensors")).unwrap();
     let gguf = tmp.path().join("tiny.gguf");
     std::fs::write(&gguf, convert(&hf)).unwrap();
     assert!(is_gguf(&gguf) && !is_gguf(hf.join("config.json")));
@@ -142,6 +160,7 @@ fn tiny_llama_from_gguf_equals_the_hf_directory() {
     let from_gguf: Llama<B> = load_llama_gguf(&gguf, &none, &device).unwrap();
     let mut want = from_hf.config.clone();
     want.eos_token_ids = vec![1];
+    assert!(want.rope_scaling.is_some());
     assert_eq!(from_gguf.config, want);
     let batch = PaddedBatch::left_pad(&[vec![0, 5, 17, 99, 3, 250], vec![0, 42, 7]], 2);
     let (a, b) = (logits(&from_hf, &batch), logits(&from_gguf, &batch));
@@ -158,7 +177,7 @@ fn tiny_llama_from_gguf_equals_the_hf_directory() {
 }
 
 #[test]
-fn gguf_with_missing_tensor_or_rope_scaling_is_refused() {
+fn gguf_with_missing_tensor_or_other_rope_scaling_is_refused() {
     let src = fixture("tiny_tied");
     let tmp = tempfile::tempdir().unwrap();
     let mut config: serde_json::Value =
@@ -185,17 +204,25 @@ fn gguf_with_missing_tensor_or_rope_scaling_is_refused() {
         "{e}"
     );
 
-    // Llama 3 RoPE factors.
+    // RoPE factors that are not Llama 3's rule, and other scaling kinds.
     partial = gguf_from(&file, |_| true);
-    partial.f32_tensor("rope_freqs.weight", &[8], &[1.0; 8]);
+    let odd = [1.0, 3.0, 1.0, 3.0, 8.0, 8.0, 8.0, 8.0];
+    partial.f32_tensor("rope_freqs.weight", &[8], &odd);
     std::fs::write(&path, partial.bytes()).unwrap();
     let e = load_llama_gguf::<B>(&path, &AdapterConfig::none(), &Default::default())
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("rope_freqs.weight") && e.contains("not supported"),
+        e.contains("rope_freqs.weight") && e.contains("Llama 3's scaling rule"),
         "{e}"
     );
+    partial = gguf_from(&file, |_| true);
+    partial.str("llama.rope.scaling.type", "yarn");
+    std::fs::write(&path, partial.bytes()).unwrap();
+    let e = load_llama_gguf::<B>(&path, &AdapterConfig::none(), &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("yarn") && e.contains("not supported"), "{e}");
 }
 
 /// A writer holding `file`'s metadata and the F32 tensors `keep` accepts.
@@ -302,7 +329,10 @@ fn smollm2_logits_match_transformers() {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
             .collect();
-        let got = logits(&model, &PaddedBatch::left_pad(std::slice::from_ref(&ids), 0));
+        let got = logits(
+            &model,
+            &PaddedBatch::left_pad(std::slice::from_ref(&ids), 0),
+        );
         assert_eq!(got.len(), want.len());
         let worst = got
             .iter()

@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 
 use super::error::{GgufError, Result};
 use super::reader::{GgufFile, MetaValue};
-use crate::llama::{AdapterConfig, Checkpoint, Llama, LlamaConfig, Tokenizer, build_llama};
+use crate::llama::{
+    AdapterConfig, Checkpoint, Llama, Llama3RopeScaling, LlamaConfig, Tokenizer, build_llama,
+};
 
 /// The architectures [`llama_config_json`] accepts (`general.architecture`).
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
@@ -103,6 +105,103 @@ pub fn architecture(file: &GgufFile) -> Result<&str> {
     Ok(arch)
 }
 
+/// llama.cpp's Llama 3 RoPE factors (`rope_freqs.weight`, one per frequency `i` of
+/// `theta^(-2i/d)`): 1 for short wavelengths, `factor` for long ones, smooth in between, as
+/// `convert_hf_to_gguf.py` computes them from HF's `rope_scaling`.
+pub fn llama3_rope_factors(s: &Llama3RopeScaling, theta: f64, n: usize) -> Vec<f64> {
+    let (lo, hi) = (s.low_freq_factor, s.high_freq_factor);
+    let orig = s.original_max_position_embeddings as f64;
+    (0..n)
+        .map(|i| {
+            let wavelen = 2.0 * std::f64::consts::PI * theta.powf((2 * i) as f64 / (2 * n) as f64);
+            if wavelen < orig / hi {
+                1.0
+            } else if wavelen > orig / lo {
+                s.factor
+            } else {
+                let smooth = (orig / wavelen - lo) / (hi - lo);
+                1.0 / ((1.0 - smooth) / s.factor + smooth)
+            }
+        })
+        .collect()
+}
+
+/// HF `rope_scaling` (`llama3`) parameters that reproduce llama.cpp's factors, or `None`
+/// when the factors do not follow the rule. The factors depend only on `factor`,
+/// `original_max_position_embeddings / (high - low)` and `low / (high - low)`, so
+/// `low_freq_factor = 1` is chosen and the rest solved from the factors strictly between 1
+/// and `factor` (Llama 3's own values come back exactly; with fewer than two such factors,
+/// `high_freq_factor = 4` is assumed). The result is checked against every factor.
+pub fn llama3_scaling_from_factors(factors: &[f32], theta: f64) -> Option<Llama3RopeScaling> {
+    let n = factors.len();
+    let f = factors.iter().fold(0f32, |m, &x| m.max(x)) as f64;
+    if n == 0 || f < 1.0 {
+        return None;
+    }
+    let wavelen =
+        |i: usize| 2.0 * std::f64::consts::PI * theta.powf((2 * i) as f64 / (2 * n) as f64);
+    let tol = 1e-4;
+    let is_one = |r: f64| r <= 1.0 + tol;
+    let is_max = |r: f64| r >= f * (1.0 - tol);
+    // (smooth, 1 / wavelen) of the in-between factors: smooth = A / wavelen - B with
+    // A = orig / (hi - lo) and B = lo / (hi - lo).
+    let smooth: Vec<(f64, f64)> = (0..n)
+        .filter(|&i| !is_one(factors[i] as f64) && !is_max(factors[i] as f64))
+        .map(|i| {
+            let r = factors[i] as f64;
+            ((1.0 / r - 1.0 / f) / (1.0 - 1.0 / f), 1.0 / wavelen(i))
+        })
+        .collect();
+    let (lo, hi, orig) = match smooth.as_slice() {
+        [] | [_] => {
+            let (lo, hi) = (1.0, 4.0);
+            let orig = match smooth.first() {
+                Some(&(sm, x)) => (sm * (hi - lo) + lo) / x,
+                None => {
+                    // Any context between the longest "1" wavelength x hi and the shortest
+                    // "factor" wavelength works: take the power of two nearest their middle.
+                    let short = (0..n)
+                        .filter(|&i| is_one(factors[i] as f64))
+                        .map(|i| wavelen(i) * hi)
+                        .fold(1.0, f64::max);
+                    let long = (0..n)
+                        .filter(|&i| is_max(factors[i] as f64))
+                        .map(wavelen)
+                        .fold(f64::INFINITY, f64::min);
+                    let mid = if long.is_finite() {
+                        (short * long).sqrt()
+                    } else {
+                        short * 2.0
+                    };
+                    2f64.powf(mid.log2().round())
+                }
+            };
+            (lo, hi, orig)
+        }
+        many => {
+            let (&(s0, x0), &(s1, x1)) = (many.first()?, many.last()?);
+            let a = (s1 - s0) / (x1 - x0);
+            let b = a * x0 - s0;
+            if !(a > 0.0 && b > 0.0) {
+                return None;
+            }
+            (1.0, 1.0 + 1.0 / b, a / b)
+        }
+    };
+    let s = Llama3RopeScaling {
+        factor: f32_decimal(f),
+        low_freq_factor: lo,
+        high_freq_factor: (hi * 1e3).round() / 1e3,
+        original_max_position_embeddings: orig.round() as usize,
+    };
+    let again = llama3_rope_factors(&s, theta, n);
+    let ok = again
+        .iter()
+        .zip(factors)
+        .all(|(a, &b)| (a - b as f64).abs() <= 1e-3 * a.abs().max(1.0));
+    ok.then_some(s)
+}
+
 /// An HF `config.json` (`LlamaForCausalLM`) equivalent of the file's metadata:
 /// `{arch}.embedding_length` -> `hidden_size`, `block_count`, `attention.head_count(_kv)`,
 /// `feed_forward_length`, `rope.freq_base`, `attention.layer_norm_rms_epsilon`,
@@ -163,15 +262,42 @@ pub fn llama_config_json(file: &GgufFile) -> Result<Value> {
     let eos = file.opt("tokenizer.ggml.eos_token_id", "integer", MetaValue::as_u64)?;
     let attention_bias = file.tensor_info("blk.0.attn_q.bias").is_some();
     let mlp_bias = file.tensor_info("blk.0.ffn_up.bias").is_some();
-    if file.get(&k("rope.scaling.type")).is_some()
-        || file.tensor_info("rope_freqs.weight").is_some()
-    {
+    if let Some(kind) = file.get(&k("rope.scaling.type")) {
+        // Linear / YaRN scaling metadata (not Llama 3's factor tensor).
         return Err(GgufError::Malformed {
             path: file.path().to_path_buf(),
-            what: "rope_freqs.weight / rope.scaling".into(),
-            reason: "RoPE scaling in GGUF files (Llama 3.1+) is not supported yet".into(),
+            what: k("rope.scaling.type"),
+            reason: format!("RoPE scaling {kind:?} is not supported (only Llama 3's rope_freqs)"),
         });
     }
+    let rope_scaling = match file.tensor_info("rope_freqs.weight") {
+        None => Value::Null,
+        Some(_) => {
+            let (factors, _) = file.dequantize("rope_freqs.weight")?;
+            if factors.len() * 2 != head_dim as usize {
+                return Err(GgufError::ShapeMismatch {
+                    path: file.path().to_path_buf(),
+                    tensor: "rope_freqs.weight".into(),
+                    expected: vec![head_dim as usize / 2],
+                    found: vec![factors.len()],
+                });
+            }
+            let s = llama3_scaling_from_factors(&factors, rope_theta).ok_or_else(|| {
+                GgufError::Malformed {
+                    path: file.path().to_path_buf(),
+                    what: "rope_freqs.weight".into(),
+                    reason: "the RoPE factors do not follow Llama 3's scaling rule".into(),
+                }
+            })?;
+            json!({
+                "rope_type": "llama3",
+                "factor": s.factor,
+                "low_freq_factor": s.low_freq_factor,
+                "high_freq_factor": s.high_freq_factor,
+                "original_max_position_embeddings": s.original_max_position_embeddings,
+            })
+        }
+    };
     Ok(json!({
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -184,7 +310,7 @@ pub fn llama_config_json(file: &GgufFile) -> Result<Value> {
         "head_dim": head_dim,
         "rms_norm_eps": eps,
         "rope_theta": rope_theta,
-        "rope_scaling": null,
+        "rope_scaling": rope_scaling,
         "tie_word_embeddings": tied,
         "max_position_embeddings": context,
         "bos_token_id": bos,
@@ -218,7 +344,7 @@ pub fn hf_tensors(file: &GgufFile) -> Result<Vec<HfTensor>> {
     let unknown: Vec<String> = file
         .tensors()
         .iter()
-        .filter(|t| hf_name(&t.name).is_none())
+        .filter(|t| hf_name(&t.name).is_none() && t.name != "rope_freqs.weight")
         .map(|t| t.name.clone())
         .collect();
     if !unknown.is_empty() {
@@ -228,7 +354,12 @@ pub fn hf_tensors(file: &GgufFile) -> Result<Vec<HfTensor>> {
         });
     }
     let mut out = Vec::with_capacity(file.tensors().len());
-    for t in file.tensors() {
+    // `rope_freqs.weight` became `rope_scaling` in the config.
+    for t in file
+        .tensors()
+        .iter()
+        .filter(|t| t.name != "rope_freqs.weight")
+    {
         let (values, shape) = file.dequantize(&t.name)?;
         let name = hf_name(&t.name).unwrap_or_default();
         let n_head = if name.contains(".self_attn.q_proj.") {
@@ -405,6 +536,29 @@ mod tests {
         let gb = numpy_permute(&b, 8, 1, 1);
         assert_eq!(gb, vec![0.0, 4.0, 1.0, 5.0, 2.0, 6.0, 3.0, 7.0]);
         assert_eq!(unpermute_qk_rows(&gb, 1, 1), b);
+    }
+
+    #[test]
+    fn llama3_rope_parameters_come_back_from_the_factors() {
+        // Llama 3.2 1B / 3B and 3.1 8B (factor 32 / 8, original context 8192), head_dim 64
+        // and 128; the factors are stored as f32 like llama.cpp's converter writes them.
+        for (factor, hd) in [(32.0, 64), (8.0, 128), (32.0, 128)] {
+            let want = Llama3RopeScaling {
+                factor,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 8192,
+            };
+            let f: Vec<f32> = llama3_rope_factors(&want, 500_000.0, hd / 2)
+                .into_iter()
+                .map(|x| x as f32)
+                .collect();
+            assert_eq!(llama3_scaling_from_factors(&f, 500_000.0), Some(want));
+        }
+        assert_eq!(
+            llama3_scaling_from_factors(&[1.0, 5.0, 1.0, 8.0], 500_000.0),
+            None
+        );
     }
 
     #[test]
