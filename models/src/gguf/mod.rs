@@ -4,7 +4,7 @@
 //! | file | concern |
 //! | --- | --- |
 //! | [`reader`] | header, metadata (all value types, arrays), tensor index, alignment |
-//! | [`quant`] | ggml types; F32/F16/BF16, Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, Q4_K/Q5_K/Q6_K to f32 |
+//! | [`quant`] | ggml types; F32/F16/BF16, Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, Q2_K..Q6_K to f32 |
 //! | [`llama`] | llama.cpp -> HF tensor names, the Q/K row permutation, a `config.json` |
 //! | [`tokenizer`] | a `tokenizers::Tokenizer` from `tokenizer.ggml.*` |
 //! | [`error`] | [`GgufError`] |

@@ -9,6 +9,8 @@
 //! | Q5_0 | 32 | 22 | f16 `d`, u32 high bits, 16 bytes of nibbles: `x = (q - 16) d` |
 //! | Q5_1 | 32 | 24 | f16 `d`, f16 `m`, u32 high bits, nibbles: `x = q d + m` |
 //! | Q8_0 | 32 | 34 | f16 `d`, 32 i8: `x = q d` |
+//! | Q2_K | 256 | 84 | 16 bytes of 4-bit scale/min pairs, 64 bytes of 2-bit quants, f16 `d`, f16 `dmin` |
+//! | Q3_K | 256 | 110 | 32 bytes of high bits, 64 bytes of 2-bit quants, 12 bytes of 6-bit scales, f16 `d` |
 //! | Q4_K | 256 | 144 | f16 `d`, f16 `dmin`, 12 bytes of 6-bit scales/mins, 128 bytes of nibbles |
 //! | Q5_K | 256 | 176 | as Q4_K plus 32 bytes of fifth bits |
 //! | Q6_K | 256 | 210 | 128 bytes low nibbles, 64 bytes high 2 bits, 16 i8 scales, f16 `d` |
@@ -67,7 +69,7 @@ pub enum GgmlType {
 
 /// The types [`dequantize`] supports, for error messages.
 pub const SUPPORTED_TYPES: &str =
-    "F32, F16, BF16, F64, I8, I16, I32, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K";
+    "F32, F16, BF16, F64, I8, I16, I32, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K";
 
 impl GgmlType {
     /// The type of a `ggml_type` id, or `None` for ids ggml does not define.
@@ -213,7 +215,7 @@ impl GgmlType {
     /// Whether [`dequantize`] supports the type.
     pub fn is_supported(self) -> bool {
         use GgmlType::*;
-        !matches!(self, I64 | Q8_1 | Q2K | Q3K | Q8K | Other(_))
+        !matches!(self, I64 | Q8_1 | Q8K | Other(_))
     }
 
     /// Bytes that `n` elements take, or `None` when `n` is not a whole number of blocks.
@@ -262,6 +264,8 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Option<Vec<f32>> {
         GgmlType::Q5_0 => blocks.for_each(|b| q5(b, false, &mut out)),
         GgmlType::Q5_1 => blocks.for_each(|b| q5(b, true, &mut out)),
         GgmlType::Q8_0 => blocks.for_each(|b| q8_0(b, &mut out)),
+        GgmlType::Q2K => blocks.for_each(|b| q2_k(b, &mut out)),
+        GgmlType::Q3K => blocks.for_each(|b| q3_k(b, &mut out)),
         GgmlType::Q4K => blocks.for_each(|b| q4_k(b, &mut out)),
         GgmlType::Q5K => blocks.for_each(|b| q5_k(b, &mut out)),
         GgmlType::Q6K => blocks.for_each(|b| q6_k(b, &mut out)),
@@ -310,6 +314,52 @@ fn q5(b: &[u8], with_min: bool, out: &mut Vec<f32>) {
 fn q8_0(b: &[u8], out: &mut Vec<f32>) {
     let d = f16_at(b, 0);
     out.extend(b[2..34].iter().map(|&q| q as i8 as f32 * d));
+}
+
+fn q2_k(b: &[u8], out: &mut Vec<f32>) {
+    let scales = &b[0..16];
+    let qs = &b[16..80];
+    let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
+    let mut is = 0;
+    for q in qs.chunks_exact(32) {
+        for shift in [0, 2, 4, 6] {
+            for half in [&q[..16], &q[16..]] {
+                let sc = scales[is];
+                is += 1;
+                let (dl, ml) = (d * (sc & 0x0f) as f32, dmin * (sc >> 4) as f32);
+                out.extend(half.iter().map(|x| dl * ((x >> shift) & 3) as f32 - ml));
+            }
+        }
+    }
+}
+
+fn q3_k(b: &[u8], out: &mut Vec<f32>) {
+    let hmask = &b[0..32];
+    let qs = &b[32..96];
+    let s = &b[96..108];
+    let d = f16_at(b, 108);
+    // 16 6-bit scales: low 4 bits in bytes 0..8 (low nibbles, then high nibbles), high 2
+    // bits in bytes 8..12.
+    let scale = |j: usize| -> i32 {
+        let low = if j < 8 { s[j] & 0x0f } else { s[j - 8] >> 4 };
+        let high = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+        (low | (high << 4)) as i32 - 32
+    };
+    let mut is = 0;
+    let mut m = 1u8;
+    for q in qs.chunks_exact(32) {
+        for shift in [0, 2, 4, 6] {
+            for (lo, hi) in [(0, 16), (16, 32)] {
+                let dl = d * scale(is) as f32;
+                is += 1;
+                for l in lo..hi {
+                    let v = ((q[l] >> shift) & 3) as i32 - if hmask[l] & m != 0 { 0 } else { 4 };
+                    out.push(dl * v as f32);
+                }
+            }
+            m = m.wrapping_shl(1);
+        }
+    }
 }
 
 /// The 6-bit scale and minimum of sub-block `j` (0..8) of a Q4_K/Q5_K super-block.
@@ -452,6 +502,34 @@ mod tests {
     }
 
     #[test]
+    fn q2_k_and_q3_k_blocks_by_hand() {
+        // Every quant byte 0b11_10_01_00: the 2-bit value at shift 2j is j, so the 32-element
+        // groups of a 128-half (one per shift) hold 0, 1, 2, 3.
+        // Q2_K: every scale byte 0x21 (scale 1, min 2), d = 1, dmin = 0.5: x = j - 1.
+        let mut b = vec![0x21u8; 16];
+        b.extend([0xe4u8; 64]);
+        b.extend(h(1.0));
+        b.extend(h(0.5));
+        let x = dequantize(GgmlType::Q2K, &b).unwrap();
+        for (e, v) in x.iter().enumerate() {
+            assert_eq!(*v, ((e % 128) / 32) as f32 - 1.0, "Q2_K element {e}");
+        }
+        // Q3_K: every 6-bit scale 33 (low nibbles 1, high bits 0b10) -> 33 - 32 = 1; d = 0.5;
+        // high-bit mask 0x0f: set for the first half's four shifts (no -4), clear for the
+        // second half's (-4).
+        let mut b = vec![0x0fu8; 32];
+        b.extend([0xe4u8; 64]);
+        b.extend([0x11u8; 8]);
+        b.extend([0xaau8; 4]);
+        b.extend(h(0.5));
+        let x = dequantize(GgmlType::Q3K, &b).unwrap();
+        for (e, v) in x.iter().enumerate() {
+            let q = ((e % 128) / 32) as f32 - if e < 128 { 0.0 } else { 4.0 };
+            assert_eq!(*v, 0.5 * q, "Q3_K element {e}");
+        }
+    }
+
+    #[test]
     fn q4_k_block_by_hand() {
         // d = 1, dmin = 0.5; sub-block scales 1..=8 and mins 0..8 (6-bit packing: sub-blocks
         // 0..4 in the low 6 bits of bytes 0..4 / 4..8, sub-blocks 4..8 split over bytes 8..12
@@ -530,7 +608,7 @@ mod tests {
         assert_eq!(dequantize(GgmlType::BF16, &b[2..]).unwrap(), vec![-3.0]);
         // Not a whole block, unsupported type.
         assert!(dequantize(GgmlType::Q8_0, &[0u8; 33]).is_none());
-        assert!(dequantize(GgmlType::Q2K, &[0u8; 84]).is_none());
+        assert!(dequantize(GgmlType::Q8K, &[0u8; 292]).is_none());
         assert_eq!(GgmlType::from_id(16).unwrap().to_string(), "IQ2_XXS (16)");
         assert!(GgmlType::from_id(4).is_none());
         for id in 0..64 {
