@@ -8,12 +8,14 @@
 //!   global-norm clipping, gradient accumulation, seeded order/ranks/dropout, NaN stop,
 //!   checkpoints and exact resume.
 //! - [`lm`]: the causal-LM objective for `models::llama` (loss on answer tokens).
+//! - [`asr`]: the seq2seq objective for `models::whisper` (loss on transcript tokens).
 //! - [`lr`]: learning-rate schedules.
 //! - [`adalora`]: AdaLoRA's importance scores, cubic budget, pruning and orthogonality penalty.
 //! - [`checkpoint`]: atomic checkpoint directories.
 //! - [`params`]: stable parameter ids, trainable tensors to/from safetensors.
 
 pub mod adalora;
+pub mod asr;
 pub mod checkpoint;
 pub mod config;
 pub mod error;

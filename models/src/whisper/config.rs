@@ -300,6 +300,10 @@ pub struct WhisperAdapter {
     pub alpha: f64,
     /// Rank scale policy.
     pub scale: flexi_burn::ScalePolicy,
+    /// AdaLoRA's SVD form `B diag(E) A` (see [`flexi_burn::FlexiLinearConfig::svd_form`]).
+    pub svd_form: bool,
+    /// Dropout on the adapter input (training only).
+    pub dropout: f64,
 }
 
 impl WhisperAdapter {
@@ -312,6 +316,8 @@ impl WhisperAdapter {
             r_max: 1,
             alpha: 1.0,
             scale: flexi_burn::ScalePolicy::AlphaOverRank,
+            svd_form: false,
+            dropout: 0.0,
         }
     }
 
@@ -324,6 +330,8 @@ impl WhisperAdapter {
             r_max,
             alpha,
             scale: flexi_burn::ScalePolicy::AlphaOverRank,
+            svd_form: false,
+            dropout: 0.0,
         }
     }
 

@@ -99,6 +99,8 @@ impl<B: Backend> Builder<'_, B> {
         let layer = FlexiLinearConfig::new(d_in, d_out, self.adapter.r_max)
             .with_alpha(self.adapter.alpha)
             .with_scale(self.adapter.scale)
+            .with_svd_form(self.adapter.svd_form)
+            .with_dropout(self.adapter.dropout)
             .with_bias(bias)
             .try_wrap(base)?;
         Ok(Proj::Adapted(layer))
