@@ -9,7 +9,6 @@ use flexi_burn::SampleRanks;
 use models::llama::causal_lm_loss;
 use models::whisper::{
     LogMel, MelExtractor, Padding, Task, Whisper, WhisperAdapter, WhisperTokenizer, load_audio,
-    load_whisper,
 };
 
 use crate::config::{Method, TrainConfig};
@@ -142,7 +141,7 @@ pub fn transcribe_prompt(
         .map_err(|e| TrainError::Model(e.to_string()))
 }
 
-/// Loads a Whisper directory ready to train with `config`'s method (adapters on
+/// Loads a Whisper directory (Hugging Face or CTranslate2) ready to train with `config`'s method (adapters on
 /// `adapter.targets` in encoder and decoder, `o_proj` meaning `out_proj`, initialised from the
 /// seed; every weight trainable for full fine-tuning).
 pub fn load_whisper_for_training<B: AutodiffBackend>(
@@ -178,8 +177,8 @@ pub fn load_whisper_for_training<B: AutodiffBackend>(
         a.dropout = config.adapter.dropout;
         a
     };
-    let model =
-        load_whisper::<B>(dir, &adapter, device).map_err(|e| TrainError::Model(e.to_string()))?;
+    let model = models::ct2::load_whisper_any::<B>(dir, &adapter, device)
+        .map_err(|e| TrainError::Model(e.to_string()))?;
     let model = seeded_adapter_init(model, config.seed, adapter.svd_form);
     Ok(stable_param_ids(model, config.method == Method::Full))
 }

@@ -8,6 +8,7 @@ mod demo;
 mod llama;
 mod models_cmd;
 mod pipeline;
+mod speech;
 mod whisper_cmd;
 
 use clap::{Parser, Subcommand};

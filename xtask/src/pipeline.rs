@@ -333,6 +333,9 @@ pub struct RunInfo {
     pub first_loss: f64,
     /// Last step loss.
     pub last_loss: f64,
+    /// A speech (Whisper) run.
+    #[serde(default)]
+    pub speech: bool,
 }
 
 /// Builds the training configuration from the file, the flags and the overrides.
@@ -386,6 +389,36 @@ impl BackendJob for TrainJob {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<RunInfo> {
         let (a, cfg) = (self.0, self.1);
         let examples = read_examples(&a.data, a.common.limit)?;
+        if crate::speech::is_whisper(&a.common.model) {
+            let summary = crate::speech::train::<B>(
+                &a.common.model,
+                &examples,
+                &cfg,
+                &a.out,
+                a.resume,
+                device,
+            )?;
+            let info = RunInfo {
+                model: a.common.model.clone(),
+                config: cfg,
+                router: None,
+                chat: false,
+                examples: examples.len(),
+                seconds: summary.seconds,
+                first_loss: summary.losses.first().copied().unwrap_or(f64::NAN),
+                last_loss: summary.losses.last().copied().unwrap_or(f64::NAN),
+                speech: true,
+            };
+            write_json(&a.out.join("run.json"), &info)?;
+            println!(
+                "trained {} steps in {:.0} s: loss {:.4} -> {:.4}",
+                summary.losses.len(),
+                summary.seconds,
+                info.first_loss,
+                info.last_loss
+            );
+            return Ok(info);
+        }
         let text = a.common.text()?;
         let mut encoded = Vec::with_capacity(examples.len());
         for ex in &examples {
@@ -450,6 +483,7 @@ impl BackendJob for TrainJob {
             seconds: summary.seconds,
             first_loss: summary.losses.first().copied().unwrap_or(f64::NAN),
             last_loss: summary.losses.last().copied().unwrap_or(f64::NAN),
+            speech: false,
         };
         write_json(&a.out.join("run.json"), &info)?;
         println!(
@@ -549,6 +583,12 @@ impl BackendJob for EvalJob {
             (None, true) => (a.model.clone().context("--base needs --model")?, None),
             _ => bail!("give either --run DIR or --base --model PATH"),
         };
+        if info
+            .as_ref()
+            .map_or_else(|| crate::speech::is_whisper(&model_path), |i| i.speech)
+        {
+            return eval_speech::<B>(&a, &model_path, info.as_ref(), device);
+        }
         let text = LmText::load(&model_path, info.as_ref().is_none_or(|i| i.chat))?;
         let settings = EvalSettings {
             batch_size: a.eval_batch,
@@ -647,6 +687,49 @@ impl BackendJob for EvalJob {
         write_json(&out.join("eval.json"), &summary)?;
         Ok(summary)
     }
+}
+
+/// `eval` of a Whisper run (or base model) on LibriSpeech-layout data.
+fn eval_speech<B: AutodiffBackend>(
+    a: &EvalArgs,
+    model_path: &Path,
+    info: Option<&RunInfo>,
+    device: B::Device,
+) -> Result<EvalSummary> {
+    let method = info.map_or_else(|| "base".to_string(), |i| i.config.method.label());
+    let mut reports = Vec::new();
+    for path in &a.data {
+        let examples = read_examples(path, a.limit)?;
+        let run = match (info, &a.run) {
+            (Some(i), Some(dir)) => Some((dir.as_path(), &i.config)),
+            _ => None,
+        };
+        let report =
+            crate::speech::eval::<B>(model_path, run, &examples, a.eval_batch, device.clone())?;
+        print_report(&format!("{method} on {}", path.display()), &report);
+        reports.push(report);
+    }
+    let ranks: Vec<usize> = reports
+        .iter()
+        .flat_map(|r| r.predictions.iter().map(|p| p.rank))
+        .collect();
+    let n = ranks.len().max(1) as f64;
+    let summary = EvalSummary {
+        method,
+        mean_rank: ranks.iter().sum::<usize>() as f64 / n,
+        activated_params: reports.iter().map(|r| r.activated_params).sum::<f64>()
+            / reports.len() as f64,
+        average: reports.iter().map(main_metric).sum::<f64>() / reports.len() as f64,
+        reports,
+    };
+    let out = a
+        .out
+        .clone()
+        .or(a.run.clone())
+        .unwrap_or_else(|| PathBuf::from("."));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    write_json(&out.join("eval.json"), &summary)?;
+    Ok(summary)
 }
 
 /// The first metric of the report's first table's average row (accuracy, F1 or WER).
