@@ -463,16 +463,9 @@ impl<B: AutodiffBackend> ModuleMapper<B> for MaskE<'_> {
             return param;
         }
         let mask: Vec<f32> = keep.iter().map(|k| if *k { 1.0 } else { 0.0 }).collect();
-        param.map(|t| {
-            let require_grad = t.is_require_grad();
-            let device = t.device();
-            let m = Tensor::<B::InnerBackend, D>::from_data(TensorData::new(mask, shape), &device);
-            let masked = Tensor::from_inner(t.inner().mul(m));
-            if require_grad {
-                masked.require_grad()
-            } else {
-                masked
-            }
+        crate::params::replace_values(param, |t| {
+            let m = Tensor::from_data(TensorData::new(mask, shape), &t.device());
+            t.mul(m)
         })
     }
 }

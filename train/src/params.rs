@@ -23,6 +23,23 @@ impl ModulePath {
     }
 }
 
+/// Replaces a parameter's value with `f(old value)` computed outside the autodiff graph,
+/// keeping its id and whether it requires a gradient (a fresh leaf, like an optimizer update).
+pub fn replace_values<B: AutodiffBackend, const D: usize>(
+    param: Param<Tensor<B, D>>,
+    f: impl FnOnce(Tensor<B::InnerBackend, D>) -> Tensor<B::InnerBackend, D>,
+) -> Param<Tensor<B, D>> {
+    param.map(|old| {
+        let require_grad = old.is_require_grad();
+        let new = Tensor::from_inner(f(old.inner()));
+        if require_grad {
+            new.require_grad()
+        } else {
+            new
+        }
+    })
+}
+
 /// FNV-1a of a module path: a parameter id that is the same in every run.
 fn stable_id(path: &str) -> ParamId {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -206,17 +223,9 @@ impl<B: AutodiffBackend> ModuleMapper<B> for LoadTensors<'_> {
         }
         self.loaded.push(name);
         let values = t.values.clone();
-        param.map(|old| {
-            let require_grad = old.is_require_grad();
+        replace_values(param, |old| {
             let device = old.device();
-            let inner =
-                Tensor::<B::InnerBackend, D>::from_data(TensorData::new(values, dims), &device);
-            let new = Tensor::from_inner(inner);
-            if require_grad {
-                new.require_grad()
-            } else {
-                new
-            }
+            Tensor::from_data(TensorData::new(values, dims), &device)
         })
     }
 }
@@ -297,17 +306,9 @@ impl<B: AutodiffBackend> ModuleMapper<B> for SeededInit {
             let bound = 1.0 / (dims[D - 1] as f32).sqrt();
             (0..n).map(|_| rng.random_range(-bound..bound)).collect()
         };
-        param.map(|old| {
-            let require_grad = old.is_require_grad();
+        replace_values(param, |old| {
             let device = old.device();
-            let inner =
-                Tensor::<B::InnerBackend, D>::from_data(TensorData::new(values, dims), &device);
-            let new = Tensor::from_inner(inner);
-            if require_grad {
-                new.require_grad()
-            } else {
-                new
-            }
+            Tensor::from_data(TensorData::new(values, dims), &device)
         })
     }
 }

@@ -338,6 +338,29 @@ pub struct RunInfo {
     pub speech: bool,
 }
 
+impl RunInfo {
+    fn new(
+        a: &TrainArgs,
+        config: TrainConfig,
+        chat: bool,
+        examples: usize,
+        summary: &train::TrainSummary,
+        speech: bool,
+    ) -> Self {
+        Self {
+            model: a.common.model.clone(),
+            config,
+            router: a.router.clone(),
+            chat,
+            examples,
+            seconds: summary.seconds,
+            first_loss: summary.losses.first().copied().unwrap_or(f64::NAN),
+            last_loss: summary.losses.last().copied().unwrap_or(f64::NAN),
+            speech,
+        }
+    }
+}
+
 /// Builds the training configuration from the file, the flags and the overrides.
 pub fn train_config(args: &TrainArgs) -> Result<TrainConfig> {
     let mut cfg = match &args.config {
@@ -398,17 +421,7 @@ impl BackendJob for TrainJob {
                 a.resume,
                 device,
             )?;
-            let info = RunInfo {
-                model: a.common.model.clone(),
-                config: cfg,
-                router: None,
-                chat: false,
-                examples: examples.len(),
-                seconds: summary.seconds,
-                first_loss: summary.losses.first().copied().unwrap_or(f64::NAN),
-                last_loss: summary.losses.last().copied().unwrap_or(f64::NAN),
-                speech: true,
-            };
+            let info = RunInfo::new(&a, cfg, false, examples.len(), &summary, true);
             write_json(&a.out.join("run.json"), &info)?;
             println!(
                 "trained {} steps in {:.0} s: loss {:.4} -> {:.4}",
@@ -474,17 +487,7 @@ impl BackendJob for TrainJob {
             stop_at: None,
         };
         let (_, summary) = trainer.fit(&CausalLm, model, &batches, a.resume)?;
-        let info = RunInfo {
-            model: a.common.model.clone(),
-            config: cfg,
-            router: a.router.clone(),
-            chat: text.chat,
-            examples: examples.len(),
-            seconds: summary.seconds,
-            first_loss: summary.losses.first().copied().unwrap_or(f64::NAN),
-            last_loss: summary.losses.last().copied().unwrap_or(f64::NAN),
-            speech: false,
-        };
+        let info = RunInfo::new(&a, cfg, text.chat, examples.len(), &summary, false);
         write_json(&a.out.join("run.json"), &info)?;
         println!(
             "trained {} steps in {:.0} s: loss {:.4} -> {:.4}; checkpoint {}",
