@@ -31,13 +31,27 @@ fn same_layer<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device) -> 
     l
 }
 
-fn run<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+fn run<B: burn::tensor::backend::AutodiffBackend>(
+    device: &B::Device,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let layer = same_layer::<B>(device);
     let x = Tensor::<B, 3>::from_data(TensorData::new(values(4 * 5 * 64, 9), [4, 5, 64]), device);
     let y = layer.forward(x, &SampleRanks::new(vec![0, 1, 3, 8]));
     let grads = y.clone().powf_scalar(2.0).mean().backward();
-    let ga = layer.lora_a.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
-    let gb = layer.lora_b.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+    let ga = layer
+        .lora_a
+        .grad(&grads)
+        .unwrap()
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    let gb = layer
+        .lora_b
+        .grad(&grads)
+        .unwrap()
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
     (to_vec(y), ga, gb)
 }
 
@@ -47,7 +61,11 @@ fn flexi_linear_agrees_on_flex_and_wgpu() {
     let device = WgpuDevice::default();
     Gpu::seed(&device, 0);
     let gpu = run::<Gpu>(&device);
-    for (name, a, b) in [("output", &cpu.0, &gpu.0), ("dA", &cpu.1, &gpu.1), ("dB", &cpu.2, &gpu.2)] {
+    for (name, a, b) in [
+        ("output", &cpu.0, &gpu.0),
+        ("dA", &cpu.1, &gpu.1),
+        ("dB", &cpu.2, &gpu.2),
+    ] {
         let diff = max_abs_diff(a, b);
         eprintln!("{name}: max abs diff flex vs wgpu {diff:e}");
         assert!(diff <= 1e-4, "{name}: {diff}");
