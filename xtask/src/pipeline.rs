@@ -437,6 +437,7 @@ impl BackendJob for TrainJob {
         for ex in &examples {
             encoded.push(text.encode_train(ex, cfg.max_len)?);
         }
+        let model = load_for_training::<B>(&a.common.model, &cfg, &device)?;
         // Router ranks per example (Flexi-LoRA), from the frozen router.
         let routed: Option<Vec<usize>> = match (&cfg.method, &a.router) {
             (Method::Flexi { .. }, Some(dir)) => {
@@ -448,13 +449,10 @@ impl BackendJob for TrainJob {
                         dir.display()
                     );
                 }
-                let base = models::auto::load_llama_any::<B::InnerBackend>(
-                    &a.common.model,
-                    &AdapterConfig::none(),
-                    &device,
-                )?;
+                // The router reads the frozen token embedding, which the model to train
+                // shares with its base: no second copy of the model is loaded.
                 let refs: Vec<&Example> = examples.iter().collect();
-                let feats = features(&base, &text, &refs, cfg.max_len)?;
+                let feats = features(&model.valid(), &text, &refs, cfg.max_len)?;
                 Some(route(&router, &map, &feats, &device)?)
             }
             _ => None,
@@ -471,7 +469,6 @@ impl BackendJob for TrainJob {
                 b
             })
             .collect();
-        let model = load_for_training::<B>(&a.common.model, &cfg, &device)?;
         println!(
             "train {}: {} examples, {} batches, {} trainable parameters",
             cfg.method.label(),
@@ -567,8 +564,12 @@ pub struct EvalSummary {
 
 struct EvalJob(EvalArgs);
 
-/// Gives the rank policy for a set of evaluation examples (router ranks need the prompts).
-type PolicyFn<'a> = Box<dyn Fn(&[Example]) -> Result<RankPolicy> + 'a>;
+/// How a run picks its inference ranks (router ranks need each file's prompts).
+enum Ranking<B: AutodiffBackend> {
+    Base,
+    Schedule(flexi_burn::RankSchedule, u64),
+    Router(Box<flexi_burn::Router<B>>, flexi_burn::ClassRankMap),
+}
 
 impl BackendJob for EvalJob {
     type Output = Result<EvalSummary>;
@@ -600,19 +601,15 @@ impl BackendJob for EvalJob {
             progress: true,
         };
         // The model: base, or the run's adapter from its newest checkpoint.
-        let (model, method, policy_for): (
-            models::llama::Llama<B::InnerBackend>,
-            String,
-            PolicyFn<'static>,
-        ) = match &info {
+        let (model, method, ranking) = match &info {
             None => (
                 models::auto::load_llama_any::<B::InnerBackend>(
                     &model_path,
                     &AdapterConfig::none(),
                     &device,
                 )?,
-                "base".into(),
-                Box::new(|_| Ok(RankPolicy::Base)),
+                "base".to_string(),
+                Ranking::Base,
             ),
             Some(info) => {
                 let run = a.run.clone().context("run directory")?;
@@ -624,71 +621,46 @@ impl BackendJob for EvalJob {
                 let model =
                     train::params::load_tensors(model, &train::params::read_safetensors(&w)?, &w)?;
                 let method = info.config.method.clone();
-                let seed = info.config.seed;
-                let policy: PolicyFn<'static> = match (&method, &info.router) {
+                let ranking = match (&method, &info.router) {
                     (Method::Flexi { .. }, Some(dir)) => {
                         let (router, map, _) = load_router::<B>(dir, &device)?;
-                        let base = models::auto::load_llama_any::<B::InnerBackend>(
-                            &model_path,
-                            &AdapterConfig::none(),
-                            &device,
-                        )?;
-                        let text = LmText::load(&model_path, info.chat)?;
-                        let max_len = info.config.max_len;
-                        let device = device.clone();
-                        Box::new(move |ex: &[Example]| {
-                            let refs: Vec<&Example> = ex.iter().collect();
-                            let feats = features(&base, &text, &refs, max_len)?;
-                            let ranks = route(&router, &map, &feats, &device)?;
-                            Ok(RankPolicy::PerExample(
-                                ex.iter().map(|e| e.id.clone()).zip(ranks).collect(),
-                            ))
-                        })
+                        Ranking::Router(Box::new(router), map)
                     }
-                    (Method::Full, _) => Box::new(|_| Ok(RankPolicy::Base)),
-                    _ => {
-                        let schedule = method.schedule().context("method without ranks")?;
-                        Box::new(move |_| {
-                            Ok(RankPolicy::Schedule {
-                                schedule: schedule.clone(),
-                                seed,
-                            })
-                        })
-                    }
+                    (Method::Full, _) => Ranking::Base,
+                    _ => Ranking::Schedule(
+                        method.schedule().context("method without ranks")?,
+                        info.config.seed,
+                    ),
                 };
-                (model.valid(), method.label(), policy)
+                (model.valid(), method.label(), ranking)
             }
         };
         let mut reports = Vec::new();
         for path in &a.data {
             let examples = read_examples(path, a.limit)?;
-            let policy = policy_for(&examples)?;
+            let policy = match &ranking {
+                Ranking::Base => RankPolicy::Base,
+                Ranking::Schedule(schedule, seed) => RankPolicy::Schedule {
+                    schedule: schedule.clone(),
+                    seed: *seed,
+                },
+                // The router reads the frozen token embedding, which the adapted model shares
+                // with its base.
+                Ranking::Router(router, map) => {
+                    let refs: Vec<&Example> = examples.iter().collect();
+                    let feats = features(&model, &text, &refs, settings.max_len)?;
+                    let ranks = route(router, map, &feats, &device)?;
+                    RankPolicy::PerExample(
+                        examples.iter().map(|e| e.id.clone()).zip(ranks).collect(),
+                    )
+                }
+            };
             let name = examples[0].source.clone();
             let report = evaluate(&model, &text, &examples, &policy, &settings, &name)?;
             print_report(&format!("{method} on {}", path.display()), &report);
             reports.push(report);
         }
-        let all_ranks: Vec<usize> = reports
-            .iter()
-            .flat_map(|r| r.predictions.iter().map(|p| p.rank))
-            .collect();
-        let n = all_ranks.len().max(1) as f64;
-        let per_rank = flexi_burn::params::lora_params_per_rank(&model);
-        let summary = EvalSummary {
-            method,
-            mean_rank: all_ranks.iter().sum::<usize>() as f64 / n,
-            activated_params: flexi_burn::average_activated_params(per_rank, &all_ranks),
-            average: reports.iter().map(main_metric).sum::<f64>() / reports.len() as f64,
-            reports,
-        };
-        let out = a
-            .out
-            .clone()
-            .or(a.run.clone())
-            .unwrap_or_else(|| PathBuf::from("."));
-        std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-        write_json(&out.join("eval.json"), &summary)?;
-        Ok(summary)
+        finish_eval(&a, method, reports)
     }
 }
 
@@ -712,16 +684,24 @@ fn eval_speech<B: AutodiffBackend>(
         print_report(&format!("{method} on {}", path.display()), &report);
         reports.push(report);
     }
-    let ranks: Vec<usize> = reports
-        .iter()
-        .flat_map(|r| r.predictions.iter().map(|p| p.rank))
-        .collect();
-    let n = ranks.len().max(1) as f64;
+    finish_eval(a, method, reports)
+}
+
+/// Combines the per-file reports (mean rank and activated parameters per input over all
+/// inputs, average of the main metric over files) and writes `eval.json`.
+fn finish_eval(a: &EvalArgs, method: String, reports: Vec<EvalReport>) -> Result<EvalSummary> {
+    let inputs: usize = reports.iter().map(|r| r.predictions.len()).sum();
+    let per_input = |f: fn(&EvalReport) -> f64| {
+        reports
+            .iter()
+            .map(|r| f(r) * r.predictions.len() as f64)
+            .sum::<f64>()
+            / inputs.max(1) as f64
+    };
     let summary = EvalSummary {
         method,
-        mean_rank: ranks.iter().sum::<usize>() as f64 / n,
-        activated_params: reports.iter().map(|r| r.activated_params).sum::<f64>()
-            / reports.len() as f64,
+        mean_rank: per_input(|r| r.mean_rank),
+        activated_params: per_input(|r| r.activated_params),
         average: reports.iter().map(main_metric).sum::<f64>() / reports.len() as f64,
         reports,
     };
