@@ -4,7 +4,7 @@
 use burn::module::Module;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 use flexi_burn::SampleRanks;
 
 use super::linear::Proj;
@@ -57,7 +57,8 @@ impl<B: Backend> KvCache<B> {
 
 /// The additive attention mask `[batch, 1, new, past + new]`: 0 where query `i` (absolute
 /// index `past + i`) may attend key `j` (`j <= past + i` and `key_mask[b][j]`), a large
-/// negative number elsewhere. Rows of padding queries see nothing; their outputs are unused.
+/// negative number elsewhere ([`mask_min`] of the device's float type). Rows of padding queries
+/// see nothing; their outputs are unused.
 pub fn attention_bias<B: Backend>(
     key_mask: &[Vec<bool>],
     new: usize,
@@ -73,11 +74,26 @@ pub fn attention_bias<B: Backend>(
             values.extend(
                 row.iter()
                     .enumerate()
-                    .map(|(j, &keep)| if keep && j <= q { 0.0f32 } else { f32::MIN }),
+                    .map(|(j, &keep)| if keep && j <= q { 0.0f32 } else { 1.0 }),
             );
         }
     }
-    Tensor::from_data(TensorData::new(values, [batch, 1, new, total]), device)
+    let masked = Tensor::<B, 4>::from_data(TensorData::new(values, [batch, 1, new, total]), device);
+    let min = mask_min(masked.dtype());
+    masked.mul_scalar(min)
+}
+
+/// The value the additive mask puts on hidden keys, for the float type scores are computed in:
+/// `f32::MIN` in f32 (transformers' `finfo.min`); half of the type's lowest value in f16 and
+/// bf16, so that `score + mask` stays finite. (`f32::MIN` cast to f16 is `-inf`: a padding
+/// query that sees no key would then softmax to NaN, and the NaN would reach real tokens
+/// through the values of the next layer.)
+pub fn mask_min(dtype: DType) -> f32 {
+    match dtype {
+        DType::F16 => f32::from(half::f16::MIN) / 2.0,
+        DType::BF16 => f32::from(half::bf16::MIN) / 2.0,
+        _ => f32::MIN,
+    }
 }
 
 /// Multi-head attention with `heads` query heads sharing `kv_heads` key/value heads.
@@ -166,4 +182,20 @@ fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
     x.unsqueeze_dim::<5>(2)
         .expand([b, kvh, n_rep, t, d])
         .reshape([b, kvh * n_rep, t, d])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_value_stays_finite_in_every_float_type() {
+        assert_eq!(mask_min(DType::F32), f32::MIN);
+        // f16: lowest finite value -65504, halved; adding a score of -1000 stays finite.
+        assert_eq!(mask_min(DType::F16), -32752.0);
+        assert!(half::f16::from_f32(mask_min(DType::F16) - 1000.0).is_finite());
+        assert!(half::bf16::from_f32(mask_min(DType::BF16) - 1e30).is_finite());
+        // What the mask used to be: f32::MIN is -inf in f16.
+        assert!(half::f16::from_f32(f32::MIN).is_infinite());
+    }
 }
