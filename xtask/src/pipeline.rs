@@ -312,6 +312,9 @@ pub struct TrainArgs {
     /// Continue from the newest checkpoint in `--out`.
     #[arg(long)]
     resume: bool,
+    /// No progress bar or summary lines (callers that print their own).
+    #[arg(skip)]
+    quiet: bool,
 }
 
 /// What `train` leaves for `eval`.
@@ -469,23 +472,28 @@ impl BackendJob for TrainJob {
                 b
             })
             .collect();
-        println!(
-            "train {}: {} examples, {} batches, {} trainable parameters",
-            cfg.method.label(),
-            examples.len(),
-            batches.len(),
-            flexi_burn::ParamCount::of(&model).trainable
-        );
+        if !a.quiet {
+            println!(
+                "train {}: {} examples, {} batches, {} trainable parameters",
+                cfg.method.label(),
+                examples.len(),
+                batches.len(),
+                flexi_burn::ParamCount::of(&model).trainable
+            );
+        }
         let trainer = Trainer::<B> {
             config: &cfg,
             out: a.out.clone(),
             device,
-            progress: true,
+            progress: !a.quiet,
             stop_at: None,
         };
         let (_, summary) = trainer.fit(&CausalLm, model, &batches, a.resume)?;
         let info = RunInfo::new(&a, cfg, text.chat, examples.len(), &summary, false);
         write_json(&a.out.join("run.json"), &info)?;
+        if a.quiet {
+            return Ok(info);
+        }
         println!(
             "trained {} steps in {:.0} s: loss {:.4} -> {:.4}; checkpoint {}",
             summary.losses.len(),
@@ -545,6 +553,9 @@ pub struct EvalArgs {
     /// Where to write `eval.json` (default: the run directory).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// No progress bar or report tables (callers that print their own).
+    #[arg(skip)]
+    quiet: bool,
 }
 
 /// The result of `eval` on every file.
@@ -598,7 +609,7 @@ impl BackendJob for EvalJob {
             batch_size: a.eval_batch,
             max_new_tokens: a.max_new_tokens,
             max_len: info.as_ref().map_or(256, |i| i.config.max_len),
-            progress: true,
+            progress: !a.quiet,
         };
         // The model: base, or the run's adapter from its newest checkpoint.
         let (model, method, ranking) = match &info {
@@ -657,7 +668,9 @@ impl BackendJob for EvalJob {
             };
             let name = examples[0].source.clone();
             let report = evaluate(&model, &text, &examples, &policy, &settings, &name)?;
-            print_report(&format!("{method} on {}", path.display()), &report);
+            if !a.quiet {
+                print_report(&format!("{method} on {}", path.display()), &report);
+            }
             reports.push(report);
         }
         finish_eval(&a, method, reports)
@@ -799,7 +812,14 @@ impl TrainArgs {
             set: Vec::new(),
             out,
             resume: false,
+            quiet: false,
         }
+    }
+
+    /// Without progress bars and summary lines.
+    pub fn quiet(mut self) -> Self {
+        self.quiet = true;
+        self
     }
 }
 
@@ -816,7 +836,26 @@ impl EvalArgs {
             max_new_tokens: 40,
             eval_batch: 8,
             out: Some(out.to_path_buf()),
+            quiet: false,
         }
+    }
+
+    /// Writes `eval.json` into `out` instead.
+    pub fn with_out(mut self, out: &Path) -> Self {
+        self.out = Some(out.to_path_buf());
+        self
+    }
+
+    /// Generates at most `n` answer tokens.
+    pub fn with_max_new_tokens(mut self, n: usize) -> Self {
+        self.max_new_tokens = n;
+        self
+    }
+
+    /// Without progress bars and report tables.
+    pub fn quiet(mut self) -> Self {
+        self.quiet = true;
+        self
     }
 
     /// A trained run on `data`.

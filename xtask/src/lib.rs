@@ -1,0 +1,12 @@
+//! The workflows behind `cargo xtask ...`, as a library: the binary parses the command line
+//! and calls these; tests call them in-process.
+
+pub mod bench;
+pub mod data;
+pub mod demo;
+pub mod llama;
+pub mod models_cmd;
+pub mod pipeline;
+pub mod portability;
+pub mod speech;
+pub mod whisper_cmd;
