@@ -31,7 +31,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use clap::Args;
 use flexi_burn::backend::{BackendKind, DeviceInfo, probe};
 use flexi_burn::{FlexiLinearConfig, SampleRanks, ScalePolicy};
@@ -410,16 +410,28 @@ pub fn tiny_llama<B: AutodiffBackend>(fixtures: &Path, device: &B::Device) -> Re
             0,
         );
         let logits = model.forward(&batch, &SampleRanks::new(vec![4, 1, 0]))?;
-        let dtype = format!("{:?}", logits.dtype());
-        let loss = causal_lm_loss(logits.clone(), batch.labels::<B>(-100, device), -100);
-        let grads = loss.backward();
-        let mut outputs = vec![
-            ("logits".to_string(), host(logits)),
-            ("loss".to_string(), host(loss)),
-        ];
-        outputs.extend(adapter_grads(&model, &grads));
-        Ok((outputs, dtype))
+        let labels = batch.labels::<B>(-100, device);
+        Ok(training_step(&model, logits, labels, -100))
     })
+}
+
+/// Logits, the cross-entropy loss and every adapter gradient of one training step, and the
+/// dtype the logits were computed in.
+fn training_step<B: AutodiffBackend, M: Module<B>>(
+    model: &M,
+    logits: Tensor<B, 3>,
+    labels: Tensor<B, 2, Int>,
+    ignore_index: i64,
+) -> (Vec<(String, Vec<f32>)>, String) {
+    let dtype = format!("{:?}", logits.dtype());
+    let loss = causal_lm_loss(logits.clone(), labels, ignore_index);
+    let grads = loss.backward();
+    let mut outputs = vec![
+        ("logits".to_string(), host(logits)),
+        ("loss".to_string(), host(loss)),
+    ];
+    outputs.extend(adapter_grads(model, &grads));
+    (outputs, dtype)
 }
 
 /// The tiny Whisper, two audio files with ranks [4,1]: logits, loss, adapter gradients.
@@ -447,17 +459,14 @@ pub fn tiny_whisper<B: AutodiffBackend>(
         let mel = model.mel_batch(&batch.mels, device)?;
         let ids = model.ids_tensor(&batch.ids, device)?;
         let logits = model.forward(mel, ids, &SampleRanks::new(vec![4, 1]))?;
-        let dtype = format!("{:?}", logits.dtype());
         let [b, n, _] = logits.dims();
         let labels = Tensor::from_data(TensorData::new(batch.labels.clone(), [b, n]), device);
-        let loss = causal_lm_loss(logits.clone(), labels, train::lm::IGNORE_INDEX);
-        let grads = loss.backward();
-        let mut outputs = vec![
-            ("logits".to_string(), host(logits)),
-            ("loss".to_string(), host(loss)),
-        ];
-        outputs.extend(adapter_grads(&model, &grads));
-        Ok((outputs, dtype))
+        Ok(training_step(
+            &model,
+            logits,
+            labels,
+            train::lm::IGNORE_INDEX,
+        ))
     })
 }
 
