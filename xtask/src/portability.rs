@@ -1064,3 +1064,150 @@ impl Drop for Scratch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(check: &str, dtype: &str, outputs: Vec<(&str, Vec<f32>)>) -> CheckOutput {
+        CheckOutput {
+            check: check.into(),
+            outputs: outputs
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v))
+                .collect(),
+            long_sums: check == "whisper",
+            dtype: dtype.into(),
+            seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn f32_tolerance_scales_with_the_reference() {
+        let reference = [out("llama", "F32", vec![("logits", vec![10.0, -2.0])])];
+        // 1e-4 x max(1, 10) = 1e-3.
+        let ok = compare(
+            "wgpu",
+            Precision::F32,
+            &reference,
+            &[out("llama", "F32", vec![("logits", vec![10.0005, -2.0])])],
+        );
+        assert_eq!(ok[0].status, "pass");
+        assert!((ok[0].tolerance - 1e-3).abs() < 1e-12);
+        assert!((ok[0].max_abs_diff - 5e-4).abs() < 1e-6);
+        let bad = compare(
+            "wgpu",
+            Precision::F32,
+            &reference,
+            &[out("llama", "F32", vec![("logits", vec![10.002, -2.0])])],
+        );
+        assert_eq!(bad[0].status, "FAIL");
+    }
+
+    #[test]
+    fn wrong_dtype_nan_or_missing_outputs_fail() {
+        let reference = [out(
+            "llama",
+            "F32",
+            vec![("logits", vec![1.0]), ("loss", vec![2.0])],
+        )];
+        // Asked for f16 but computed in f32: the half run did not happen.
+        let r = compare(
+            "wgpu",
+            Precision::F16,
+            &reference,
+            &[out(
+                "llama",
+                "F32",
+                vec![("logits", vec![1.0]), ("loss", vec![2.0])],
+            )],
+        );
+        assert_eq!(r[0].status, "FAIL");
+        assert!(r[0].note.contains("expected F16"), "{}", r[0].note);
+        let r = compare(
+            "wgpu",
+            Precision::F32,
+            &reference,
+            &[out(
+                "llama",
+                "F32",
+                vec![("logits", vec![f32::NAN]), ("loss", vec![2.0])],
+            )],
+        );
+        assert_eq!(r[0].status, "FAIL");
+        assert!(r[0].note.contains("NaN"), "{}", r[0].note);
+        let r = compare(
+            "wgpu",
+            Precision::F32,
+            &reference,
+            &[out("llama", "F32", vec![("logits", vec![1.0])])],
+        );
+        assert_eq!(r[0].status, "FAIL");
+        assert!(r[0].note.contains("missing outputs"), "{}", r[0].note);
+        let r = compare("wgpu", Precision::F32, &reference, &[]);
+        assert_eq!(r[0].status, "FAIL");
+    }
+
+    #[test]
+    fn long_sum_gradients_get_the_wider_f32_bound_and_are_not_gated_in_half() {
+        let reference = [out(
+            "whisper",
+            "F32",
+            vec![("logits", vec![1.0]), ("grad A encoder", vec![0.5])],
+        )];
+        // f32: 10 x 1e-4.
+        let r = compare(
+            "wgpu",
+            Precision::F32,
+            &reference,
+            &[out(
+                "whisper",
+                "F32",
+                vec![("logits", vec![1.0]), ("grad A encoder", vec![0.5005])],
+            )],
+        );
+        assert_eq!(r[0].status, "pass");
+        assert!((r[0].outputs[1].2 - 1e-3).abs() < 1e-12);
+        // f16: the gradient is reported (even NaN) but does not fail the row.
+        let r = compare(
+            "wgpu",
+            Precision::F16,
+            &reference,
+            &[out(
+                "whisper",
+                "F16",
+                vec![("logits", vec![1.001]), ("grad A encoder", vec![f32::NAN])],
+            )],
+        );
+        assert_eq!(r[0].status, "pass", "{:?}", r[0]);
+        assert_eq!(r[0].outputs[1].0, "grad A encoder (not gated)");
+        // f16 tolerance: 64 x 2^-11 x max(1, 1) = 0.03125.
+        assert_eq!(r[0].outputs[0].2, 0.03125);
+    }
+
+    #[test]
+    fn outputs_and_rows_survive_json_with_nan() {
+        let o = out(
+            "llama",
+            "F16",
+            vec![("logits", vec![f32::NAN, f32::INFINITY, 1.5])],
+        );
+        let back: CheckOutput = serde_json::from_slice(&serde_json::to_vec(&o).unwrap()).unwrap();
+        let v = &back.outputs[0].1;
+        assert!(v[0].is_nan() && v[1] == f32::INFINITY && v[2] == 1.5);
+        let row = skipped("cuda", "f32", "all", "no driver");
+        let back: Row = serde_json::from_slice(&serde_json::to_vec(&row).unwrap()).unwrap();
+        assert!(back.max_abs_diff.is_nan() && back.tolerance.is_nan());
+        assert_eq!(back.status, "skipped");
+    }
+
+    #[test]
+    fn deterministic_values_are_in_range_and_seeded() {
+        let a = values(1000, 3);
+        assert_eq!(a, values(1000, 3));
+        assert_ne!(a, values(1000, 4));
+        assert!(a.iter().all(|v| (-1.0..1.0).contains(v)));
+        let mean = a.iter().sum::<f32>() / 1000.0;
+        assert!(mean.abs() < 0.1, "{mean}");
+    }
+}
