@@ -262,19 +262,24 @@ impl Checkpoint {
     }
 }
 
-/// Builds modules from checkpoint tensors on one device.
-struct Builder<'a, B: Backend> {
-    ckpt: &'a mut Checkpoint,
-    device: &'a B::Device,
+/// Builds modules from checkpoint tensors on one device (Llama's loader, and the base of
+/// Whisper's).
+pub(crate) struct Builder<'a, B: Backend> {
+    pub(crate) ckpt: &'a mut Checkpoint,
+    pub(crate) device: &'a B::Device,
 }
 
 impl<B: Backend> Builder<'_, B> {
-    fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>> {
+    pub(crate) fn tensor<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+    ) -> Result<Tensor<B, D>> {
         let data = self.ckpt.take(name, &shape)?;
         Ok(Tensor::from_data(data, self.device))
     }
 
-    fn frozen<const D: usize>(
+    pub(crate) fn frozen<const D: usize>(
         &mut self,
         name: &str,
         shape: [usize; D],
@@ -283,7 +288,13 @@ impl<B: Backend> Builder<'_, B> {
     }
 
     /// A frozen Linear from HF `{prefix}.weight [d_out, d_in]` (+ `{prefix}.bias [d_out]`).
-    fn linear(&mut self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>> {
+    pub(crate) fn linear(
+        &mut self,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<Linear<B>> {
         // Transposed on the host, once: a strided [in, out] view would be made contiguous
         // again by every matmul.
         let hf = self

@@ -22,66 +22,34 @@
 
 use std::path::Path;
 
-use burn::module::{Module, Param};
+use burn::module::Param;
 use burn::nn::conv::Conv1d;
-use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear, PaddingConfig1d};
+use burn::nn::{Embedding, LayerNorm, LayerNormConfig, PaddingConfig1d};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use flexi_burn::FlexiLinearConfig;
 
 use super::attention::WhisperAttention;
 use super::config::{WhisperAdapter, WhisperConfig, WhisperTarget};
 use super::decoder::{DecoderLayer, WhisperDecoder};
 use super::encoder::{EncoderLayer, WhisperEncoder};
-use super::error::{Result, WhisperError};
+use super::error::Result;
 use super::model::Whisper;
 use crate::llama::{Checkpoint, Proj};
 
+/// Llama's checkpoint builder (frozen tensors, host-transposed linears) plus the adapter.
 struct Builder<'a, B: Backend> {
-    ckpt: &'a mut Checkpoint,
+    base: crate::llama::load::Builder<'a, B>,
     adapter: &'a WhisperAdapter,
-    device: &'a B::Device,
 }
 
 impl<B: Backend> Builder<'_, B> {
-    fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>> {
-        let data = self.ckpt.take(name, &shape)?;
-        Ok(Tensor::from_data(data, self.device))
-    }
-
     fn frozen<const D: usize>(
         &mut self,
         name: &str,
         shape: [usize; D],
     ) -> Result<Param<Tensor<B, D>>> {
-        Ok(Param::from_tensor(self.tensor(name, shape)?).set_require_grad(false))
-    }
-
-    fn linear(&mut self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>> {
-        // Transposed on the host, once: a strided [in, out] view would be made contiguous
-        // again by every matmul.
-        let hf = self
-            .ckpt
-            .take(&format!("{prefix}.weight"), &[d_out, d_in])?; // [out, in]
-        let values: Vec<f32> = hf.into_vec::<f32>().map_err(|e| {
-            WhisperError::InvalidInput(format!("{prefix}.weight: reading values: {e:?}"))
-        })?;
-        let mut t = vec![0.0f32; values.len()];
-        for (o, row) in values.chunks_exact(d_in).enumerate() {
-            for (i, &v) in row.iter().enumerate() {
-                t[i * d_out + o] = v;
-            }
-        }
-        let w = Tensor::<B, 2>::from_data(TensorData::new(t, [d_in, d_out]), self.device);
-        let bias = match bias {
-            true => Some(self.frozen(&format!("{prefix}.bias"), [d_out])?),
-            false => None,
-        };
-        Ok(Linear {
-            weight: Param::from_tensor(w),
-            bias,
-        }
-        .no_grad())
+        Ok(self.base.frozen(name, shape)?)
     }
 
     fn proj(
@@ -92,7 +60,9 @@ impl<B: Backend> Builder<'_, B> {
         (d_in, d_out): (usize, usize),
         bias: bool,
     ) -> Result<Proj<B>> {
-        let base = self.linear(&format!("{prefix}.{}", target.name()), d_in, d_out, bias)?;
+        let base = self
+            .base
+            .linear(&format!("{prefix}.{}", target.name()), d_in, d_out, bias)?;
         if !self.adapter.adapts(target, encoder) {
             return Ok(Proj::Plain(base));
         }
@@ -109,7 +79,7 @@ impl<B: Backend> Builder<'_, B> {
     fn norm(&mut self, prefix: &str, dim: usize, eps: f64) -> Result<LayerNorm<B>> {
         let mut ln = LayerNormConfig::new(dim)
             .with_epsilon(eps)
-            .init::<B>(self.device);
+            .init::<B>(self.base.device);
         ln.gamma = self.frozen(&format!("{prefix}.weight"), [dim])?;
         ln.beta = Some(self.frozen(&format!("{prefix}.bias"), [dim])?);
         Ok(ln)
@@ -178,9 +148,8 @@ pub fn build_whisper<B: Backend>(
     let d = c.d_model;
     let eps = c.layer_norm_eps;
     let mut b = Builder::<B> {
-        ckpt,
+        base: crate::llama::load::Builder { ckpt, device },
         adapter,
-        device,
     };
 
     let conv1 = b.conv("model.encoder.conv1", c.num_mel_bins, d, 1)?;
