@@ -20,6 +20,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::params::HostTensor;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -147,28 +148,12 @@ impl PathTracker {
 }
 
 /// Host copy of one parameter: values and shape.
-#[derive(Clone, Debug)]
-struct HostParam {
-    shape: Vec<usize>,
-    values: Vec<f32>,
-}
-
-fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> HostParam {
-    let shape = t.dims().to_vec();
-    let values = t
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .unwrap_or_default();
-    HostParam { shape, values }
-}
-
 /// Collects FlexiLinear factors (values, or gradients) of a module.
 struct Collect<'a, B: AutodiffBackend> {
     _backend: std::marker::PhantomData<B>,
     path: PathTracker,
     grads: Option<&'a GradientsParams>,
-    out: BTreeMap<(String, Factor), HostParam>,
+    out: BTreeMap<(String, Factor), HostTensor>,
 }
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
@@ -186,10 +171,10 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
         };
         let value = match self.grads {
             Some(grads) => match grads.get::<B::InnerBackend, D>(param.id) {
-                Some(g) => host(g),
+                Some(g) => HostTensor::of(g),
                 None => return,
             },
-            None => host(param.val().inner()),
+            None => HostTensor::of(param.val().inner()),
         };
         self.out.insert(key, value);
     }
@@ -197,7 +182,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
 
 /// Gradients of the FlexiLinear factors, copied to the host before the optimizer consumes them.
 #[derive(Clone, Debug, Default)]
-pub struct GradSnapshot(BTreeMap<(String, Factor), HostParam>);
+pub struct GradSnapshot(BTreeMap<(String, Factor), HostTensor>);
 
 /// Importance state and pruning of AdaLoRA.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -294,7 +279,7 @@ impl AdaLoraAllocator {
 
     fn update_importance(
         &mut self,
-        values: &BTreeMap<(String, Factor), HostParam>,
+        values: &BTreeMap<(String, Factor), HostTensor>,
         grads: &GradSnapshot,
     ) {
         let (b1, b2) = (self.config.beta1 as f32, self.config.beta2 as f32);
@@ -343,7 +328,7 @@ impl AdaLoraAllocator {
     fn select(
         &self,
         layers: &[String],
-        values: &BTreeMap<(String, Factor), HostParam>,
+        values: &BTreeMap<(String, Factor), HostTensor>,
         budget: usize,
     ) -> BTreeMap<String, Vec<bool>> {
         let mut all: Vec<(f32, usize, usize)> = Vec::new(); // (score, layer, triplet)

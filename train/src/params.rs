@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -95,6 +95,19 @@ pub struct HostTensor {
     pub values: Vec<f32>,
 }
 
+impl HostTensor {
+    /// Copies a tensor of any backend and float type to the host as f32.
+    pub fn of<B: Backend, const D: usize>(t: Tensor<B, D>) -> Self {
+        let shape = t.dims().to_vec();
+        let values = t
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .unwrap_or_default();
+        Self { shape, values }
+    }
+}
+
 struct CollectTrainable {
     path: ModulePath,
     out: BTreeMap<String, HostTensor>,
@@ -113,15 +126,8 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for CollectTrainable {
         if !param.is_require_grad() {
             return;
         }
-        let t = param.val().inner();
-        let shape = t.dims().to_vec();
-        let values = t
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .unwrap_or_default();
         self.out
-            .insert(self.path.join(), HostTensor { shape, values });
+            .insert(self.path.join(), HostTensor::of(param.val().inner()));
     }
 }
 

@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use train::asr::{AsrBatch, load_whisper_for_training, transcribe_prompt};
 use train::config::AdapterSettings;
 use train::lm::load_for_training;
-use train::params::{load_tensors, read_safetensors, trainable_tensors};
+use train::params::{HostTensor, load_tensors, read_safetensors, trainable_tensors};
 use train::trainer::mix;
 use train::{Method, TrainConfig};
 
@@ -269,10 +269,7 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
 }
 
 fn host<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .unwrap_or_default()
+    HostTensor::of(t).values
 }
 
 /// Every trainable adapter factor set to deterministic values of scale `s` (B is zero after
