@@ -21,7 +21,7 @@ use datasets::labels::{LabelRule, balanced_split, count, label_scores, read_json
 use datasets::{Example, ReadOptions, read_all};
 use flexi_burn::backend::{self, BackendJob, BackendKind};
 use infer::{EvalReport, EvalSettings, LmText, RankPolicy, evaluate};
-use models::llama::AdapterConfig;
+use models::llama::{AdapterConfig, Llama};
 use serde::{Deserialize, Serialize};
 use train::lm::{CausalLm, LmBatch, load_for_training};
 use train::router::{
@@ -63,6 +63,15 @@ impl Common {
     fn text(&self) -> Result<LmText> {
         LmText::load(&self.model, !self.no_chat)
             .with_context(|| format!("loading the tokenizer of {}", self.model.display()))
+    }
+
+    /// The base model, without adapters.
+    fn base_model<B: burn::tensor::backend::Backend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<Llama<B>> {
+        models::auto::load_llama_any::<B>(&self.model, &AdapterConfig::none(), device)
+            .with_context(|| format!("loading {}", self.model.display()))
     }
 
     fn settings(&self) -> EvalSettings {
@@ -123,12 +132,7 @@ impl BackendJob for LabelJob {
         let a = self.0;
         let examples = read_examples(&a.data, a.common.limit)?;
         let text = a.common.text()?;
-        let model = models::auto::load_llama_any::<B::InnerBackend>(
-            &a.common.model,
-            &AdapterConfig::none(),
-            &device,
-        )
-        .with_context(|| format!("loading {}", a.common.model.display()))?;
+        let model = a.common.base_model::<B::InnerBackend>(&device)?;
         let report = evaluate(
             &model,
             &text,
@@ -237,12 +241,7 @@ impl BackendJob for RouterJob {
             classes.push(l.label.class());
         }
         let text = a.common.text()?;
-        let model = models::auto::load_llama_any::<B::InnerBackend>(
-            &a.common.model,
-            &AdapterConfig::none(),
-            &device,
-        )
-        .with_context(|| format!("loading {}", a.common.model.display()))?;
+        let model = a.common.base_model::<B::InnerBackend>(&device)?;
         let feats = features(&model, &text, &chosen, a.common.max_len)?;
         let training = RouterTraining {
             hidden: (a.hidden > 0).then_some(a.hidden),
