@@ -25,8 +25,8 @@ use std::path::Path;
 use burn::module::Param;
 use burn::nn::conv::Conv1d;
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, PaddingConfig1d};
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
 use flexi_burn::FlexiLinearConfig;
 
 use super::attention::WhisperAttention;
