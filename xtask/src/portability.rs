@@ -681,7 +681,7 @@ fn run_child(args: &PortabilityArgs, spec: &str) -> Result<()> {
 
 /// Runs the tensor checks for `kind`/`precision` in a child process of this binary.
 fn half_in_child(
-    args: &PortabilityArgs,
+    fixtures: &Path,
     kind: BackendKind,
     precision: Precision,
     work: &Path,
@@ -694,7 +694,7 @@ fn half_in_child(
         .arg("--child-out")
         .arg(&out)
         .arg("--fixtures")
-        .arg(fixtures(args).map_err(|e| e.to_string())?);
+        .arg(fixtures);
     let o = cmd
         .output()
         .map_err(|e| format!("starting the child: {e}"))?;
@@ -802,15 +802,15 @@ fn same_eval(a: &EvalSummary, b: &EvalSummary) -> (bool, String) {
 
 fn round_trip(
     args: &PortabilityArgs,
+    fixtures: &Path,
     others: &[BackendKind],
     work: &Path,
     rows: &mut Vec<Row>,
 ) -> Result<()> {
-    let fixtures = fixtures(args)?;
     let data = work.join("sums.jsonl");
     write_round_trip_data(&data)?;
     let flex_run = work.join("run-flex");
-    let secs = train_run(BackendKind::Flex, &fixtures, &data, &flex_run, args.steps)?;
+    let secs = train_run(BackendKind::Flex, fixtures, &data, &flex_run, args.steps)?;
     let (flex_eval, eval_secs) = eval_run(
         &flex_run,
         &data,
@@ -842,7 +842,7 @@ fn round_trip(
     for &kind in others {
         let run = work.join(format!("run-{kind}"));
         let t = Instant::now();
-        let train_secs = train_run(kind, &fixtures, &data, &run, args.steps)?;
+        let train_secs = train_run(kind, fixtures, &data, &run, args.steps)?;
         // The run trained on `kind`, evaluated on flex and on `kind`.
         let (on_flex, _) = eval_run(
             &run,
@@ -1020,7 +1020,7 @@ pub fn run(args: PortabilityArgs) -> Result<()> {
                 "{kind}: tensor checks in {} (child process)",
                 precision.name()
             );
-            match half_in_child(&args, *kind, precision, &scratch.0) {
+            match half_in_child(&fixtures, *kind, precision, &scratch.0) {
                 Ok(got) => rows.extend(compare(&kind.to_string(), precision, &reference, &got)),
                 Err(e) => rows.push(Row {
                     status: "FAIL".into(),
@@ -1032,7 +1032,7 @@ pub fn run(args: PortabilityArgs) -> Result<()> {
     if !args.no_round_trip {
         println!("round trip: train, save, load and evaluate across backends");
         let others: Vec<BackendKind> = ready.iter().map(|(k, _)| *k).collect();
-        round_trip(&args, &others, &scratch.0, &mut rows)?;
+        round_trip(&args, &fixtures, &others, &scratch.0, &mut rows)?;
     }
 
     print_table(&rows, args.verbose);
