@@ -69,6 +69,8 @@ pub struct Checkpoint {
     location: HashMap<String, usize>,
     /// Tensors held in memory (e.g. dequantised from GGUF), looked up before the shards.
     memory: HashMap<String, TensorData>,
+    /// A random checkpoint ([`Checkpoint::random`]): the seed every tensor is drawn from.
+    random: Option<u64>,
     used: BTreeSet<String>,
 }
 
@@ -112,6 +114,7 @@ impl Checkpoint {
             shards: vec![shard],
             location,
             memory: HashMap::new(),
+            random: None,
             used: BTreeSet::new(),
         })
     }
@@ -156,6 +159,7 @@ impl Checkpoint {
             shards,
             location,
             memory: HashMap::new(),
+            random: None,
             used: BTreeSet::new(),
         })
     }
@@ -171,17 +175,57 @@ impl Checkpoint {
             shards: Vec::new(),
             location: HashMap::new(),
             memory: tensors.into_iter().collect(),
+            random: None,
             used: BTreeSet::new(),
         }
     }
 
+    /// A checkpoint of random weights for benchmarks and shape experiments: every tensor the
+    /// builder asks for exists with the asked shape, drawn from `seed` and the tensor's name
+    /// (so a tensor is the same whatever order it is read in). Norm weights (`*norm.weight`)
+    /// are 1, biases 0, everything else `N(0, 0.02)` (transformers' `initializer_range`).
+    pub fn random(seed: u64) -> Self {
+        Self {
+            origin: PathBuf::from(format!("<random weights, seed {seed}>")),
+            shards: Vec::new(),
+            location: HashMap::new(),
+            memory: HashMap::new(),
+            random: Some(seed),
+            used: BTreeSet::new(),
+        }
+    }
+
+    fn random_tensor(seed: u64, name: &str, shape: &[usize]) -> TensorData {
+        use rand::SeedableRng;
+        use rand_distr::Distribution;
+        let n: usize = shape.iter().product();
+        let values = if name.ends_with("norm.weight") {
+            vec![1.0f32; n]
+        } else if name.ends_with(".bias") {
+            vec![0.0f32; n]
+        } else {
+            // FNV-1a of the name, mixed with the seed.
+            let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+            });
+            let mut rng = rand::rngs::StdRng::seed_from_u64(h ^ seed);
+            let normal = rand_distr::Normal::new(0.0f32, 0.02).expect("finite std");
+            (0..n).map(|_| normal.sample(&mut rng)).collect()
+        };
+        TensorData::new(values, shape.to_vec())
+    }
+
     /// Whether the checkpoint has a tensor of this name.
     pub fn contains(&self, name: &str) -> bool {
-        self.location.contains_key(name) || self.memory.contains_key(name)
+        self.random.is_some() || self.location.contains_key(name) || self.memory.contains_key(name)
     }
 
     /// Reads tensor `name`, checks it has shape `expected`, and converts it to f32.
     pub fn take(&mut self, name: &str, expected: &[usize]) -> Result<TensorData> {
+        if let Some(seed) = self.random {
+            self.used.insert(name.to_string());
+            return Ok(Self::random_tensor(seed, name, expected));
+        }
         if let Some(data) = self.memory.get(name) {
             if data.shape.as_slice() != expected {
                 return Err(LlamaError::ShapeMismatch {
