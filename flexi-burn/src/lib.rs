@@ -23,7 +23,7 @@ pub mod schedule;
 
 pub use backend::{BackendJob, BackendKind};
 pub use error::{FlexiError, Result};
-pub use lora::{FlexiLinear, FlexiLinearConfig, SampleRanks, ScalePolicy};
+pub use lora::{FlexiLinear, FlexiLinearConfig, SampleRanks, ScalePolicy, linear_nd, linear_rows};
 pub use params::{
     AdaptedLinear, LlamaShape, ParamCount, average_activated_params, params_per_rank,
 };

@@ -19,6 +19,25 @@ use burn::tensor::{Tensor, TensorData};
 
 use crate::error::FlexiError;
 
+/// `x [rows, d_in]` through a [`Linear`] (Burn layout `[d_in, d_out]`) as one 2-D matmul.
+///
+/// Prefer this over `Linear::forward` on `[batch, seq, d_in]`: Burn 0.21's generic linear
+/// unsqueezes the weight to the input's rank, which makes its backward copy the transposed
+/// weight into a contiguous buffer on every call, and runs a batched gemm per sample.
+pub fn linear_rows<B: Backend>(x: Tensor<B, 2>, layer: &Linear<B>) -> Tensor<B, 2> {
+    linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
+}
+
+/// [`linear_rows`] for any input rank: `[..., d_in] -> [..., d_out]` through the 2-D view.
+pub fn linear_nd<B: Backend, const D: usize>(x: Tensor<B, D>, layer: &Linear<B>) -> Tensor<B, D> {
+    let mut dims = x.dims();
+    let d_in = dims[D - 1];
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let y = linear_rows(x.reshape([rows, d_in]), layer);
+    dims[D - 1] = y.dims()[1];
+    y.reshape(dims)
+}
+
 /// How the LoRA update is scaled for a given rank `r`.
 #[derive(Config, Debug, Copy, PartialEq)]
 pub enum ScalePolicy {
@@ -332,7 +351,7 @@ impl<B: Backend> FlexiLinear<B> {
 
     /// Forward pass of the base layer alone.
     pub fn forward_base<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        self.base.forward(x)
+        linear_nd(x, &self.base)
     }
 
     /// Adapted forward pass. `x` is `[batch, ..., d_in]`; `ranks` has one entry per sample
@@ -372,35 +391,47 @@ impl<B: Backend> FlexiLinear<B> {
         }
         ranks.validate(batch, self.r_max())?;
 
-        let base = self.base.forward(x.clone());
+        // Every matmul runs on the 2-D view `[rows, d_in]` (rows = all leading dimensions):
+        // one large gemm instead of a batched one, and Burn's linear backward then needs no
+        // contiguous copy of the transposed weight (it copies it for inputs of rank > 2).
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let x2 = x.reshape([rows, self.d_input()]);
+        let base = linear_rows(x2.clone(), &self.base);
+        let out_dims = {
+            let mut d = dims;
+            d[D - 1] = self.d_output();
+            d
+        };
         let r_hi = ranks.max();
         if r_hi == 0 {
-            return Ok(base);
+            return Ok(base.reshape(out_dims));
         }
         let (a, b) = self.factors(r_hi, ranks.frozen_prefix());
         let uniform = ranks.as_slice().iter().all(|r| *r == r_hi);
 
-        let mut h = linear(self.dropout.forward(x), a.transpose(), None); // [batch, ..., r_hi]
+        let mut h = linear(self.dropout.forward(x2), a.transpose(), None); // [rows, r_hi]
         if let Some(e) = &self.lora_e {
-            let mut shape = [1usize; D];
-            shape[D - 1] = r_hi;
-            h = h.mul(e.val().slice(0..r_hi).reshape(shape));
+            h = h.mul(e.val().slice(0..r_hi).reshape([1, r_hi]));
         }
-        let delta = if uniform {
-            let h = match &self.rank_scale {
+        let h = if uniform {
+            match &self.rank_scale {
                 None => h.mul_scalar(self.scale.scale(self.alpha, r_hi)),
-                Some(_) => h.mul(self.learned_scale::<D>(ranks.as_slice())),
-            };
-            linear(h, b.transpose(), None)
-        } else {
-            let mask = self.prefix_mask::<D>(ranks.as_slice(), r_hi, &h.device());
-            let mut h = h.mul(mask);
-            if self.rank_scale.is_some() {
-                h = h.mul(self.learned_scale::<D>(ranks.as_slice()));
+                Some(_) => h
+                    .reshape([batch, rows / batch, r_hi])
+                    .mul(self.learned_scale::<3>(ranks.as_slice()))
+                    .reshape([rows, r_hi]),
             }
-            linear(h, b.transpose(), None)
+        } else {
+            // Per-sample prefix mask (carrying s(r_i)), broadcast over the sample's rows.
+            let mask = self.prefix_mask::<3>(ranks.as_slice(), r_hi, &h.device());
+            let mut h = h.reshape([batch, rows / batch, r_hi]).mul(mask);
+            if self.rank_scale.is_some() {
+                h = h.mul(self.learned_scale::<3>(ranks.as_slice()));
+            }
+            h.reshape([rows, r_hi])
         };
-        Ok(base.add(delta))
+        let delta = linear(h, b.transpose(), None); // [rows, d_out]
+        Ok(base.add(delta).reshape(out_dims))
     }
 
     /// The first `rank` components: `A[:rank] [rank, d_in]`, `B[:, :rank] [d_out, rank]`.

@@ -9,8 +9,8 @@ use burn::tensor::backend::Backend;
 use common::{RefTensor, fixture, reference, rows};
 use flexi_burn::SampleRanks;
 use models::llama::{
-    AdapterConfig, GenerationConfig, Llama, PaddedBatch, Target, causal_lm_loss, generate,
-    load_llama, load_llama_with_peft,
+    AdapterConfig, GenerationConfig, Llama, PaddedBatch, Target, causal_lm_loss,
+    causal_lm_loss_from_hidden, generate, load_llama, load_llama_with_peft,
 };
 
 type B = Flex;
@@ -190,14 +190,33 @@ fn lora_logits_loss_and_gradients_match_peft() {
 
     // labels = ids, -100 on padding and each row's first token (HF shifts them in the loss).
     let labels = batch.labels::<Ad>(-100, &device);
-    let loss = causal_lm_loss(logits, labels, -100);
-    let ours = to_vec(loss.clone())[0];
-    let want = refs["lora_loss"].f[0];
-    let rel = ((ours - want) / want).abs();
-    println!("lora loss: ours {ours:.7} peft {want:.7} rel {rel:.3e}");
-    assert!(rel <= 1e-4);
+    let host_labels: Vec<i64> = labels
+        .clone()
+        .into_data()
+        .convert::<i64>()
+        .into_vec()
+        .unwrap();
+    // The two loss paths: full logits (`causal_lm_loss`), and the training path that runs the
+    // LM head only where a label is read (`causal_lm_loss_from_hidden`).
+    let full = causal_lm_loss(logits, labels, -100);
+    let hidden = model.hidden(&batch, &ranks).unwrap();
+    let selected = causal_lm_loss_from_hidden(&model, hidden, &host_labels, -100).unwrap();
+    for (name, loss) in [("full logits", full), ("labelled rows", selected)] {
+        let ours = to_vec(loss.clone())[0];
+        let want = refs["lora_loss"].f[0];
+        let rel = ((ours - want) / want).abs();
+        println!("lora loss ({name}): ours {ours:.7} peft {want:.7} rel {rel:.3e}");
+        assert!(rel <= 1e-4);
+        check_lora_grads(&model, &refs, loss.backward());
+    }
+}
 
-    let grads = loss.backward();
+/// Every LoRA gradient of `grads` against PEFT's (relative to each tensor's largest value).
+fn check_lora_grads(
+    model: &Llama<Ad>,
+    refs: &std::collections::HashMap<String, RefTensor>,
+    grads: <Ad as burn::tensor::backend::AutodiffBackend>::Gradients,
+) {
     let mut worst = 0f32;
     for (i, layer) in model.layers.iter().enumerate() {
         for (path, proj) in [
@@ -226,6 +245,69 @@ fn lora_logits_loss_and_gradients_match_peft() {
         assert!(layer.mlp.up_proj.adapter().is_none());
     }
     assert!(worst <= 1e-4, "worst relative gradient error {worst}");
+}
+
+/// The preallocated KV cache grows (in chunks of 256 positions) without changing a logit:
+/// every cached step equals a full recompute, across the growth.
+#[test]
+fn kv_cache_grows_past_its_capacity_and_equals_recompute() {
+    let dir = fixture("tiny_tied");
+    let mut config = models::llama::LlamaConfig::from_dir(&dir).unwrap();
+    config.max_position_embeddings = 1024;
+    let adapter = AdapterConfig::new(vec![Target::Q, Target::V], 4, 8.0);
+    let device = Default::default();
+    let mut ckpt = models::llama::Checkpoint::random(5);
+    let model = models::llama::build_llama::<B>(&config, &mut ckpt, &adapter, &device).unwrap();
+    let ranks = SampleRanks::new(vec![4, 2]);
+    let vocab = config.vocab_size as u32;
+    // Two samples, the second left-padded by 3.
+    let seq = |n: usize, k: u32| {
+        (0..n as u32)
+            .map(|t| (t * 7 + k) % vocab)
+            .collect::<Vec<_>>()
+    };
+    let prompts = [seq(250, 1), seq(247, 2)];
+    let mut full = PaddedBatch::left_pad(&prompts, 0);
+    let mut cache = model.new_cache();
+    let mut last = model
+        .forward_last(
+            &full,
+            &full.mask,
+            &full.positions(),
+            Some(&mut cache),
+            &ranks,
+        )
+        .unwrap();
+    let mut next_pos: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    for step in 0..300usize {
+        if [0, 5, 261, 262, 299].contains(&step) {
+            // Recompute everything without a cache and compare the last position.
+            let want = model
+                .forward_last(&full, &full.mask, &full.positions(), None, &ranks)
+                .unwrap();
+            let d = to_vec(last.clone())
+                .iter()
+                .zip(to_vec(want))
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            println!("step {step} (cached {}): max abs diff {d:.3e}", cache.len());
+            assert!(d <= 1e-5, "step {step}: cached logits differ by {d}");
+        }
+        let new: Vec<u32> = (0..2).map(|i| (step as u32 * 13 + i) % vocab).collect();
+        for (i, &t) in new.iter().enumerate() {
+            full.ids[i].push(t);
+            full.mask[i].push(true);
+        }
+        let step_batch = PaddedBatch {
+            ids: new.iter().map(|&t| vec![t]).collect(),
+            mask: vec![vec![true]; 2],
+        };
+        let pos: Vec<Vec<usize>> = next_pos.iter().map(|&p| vec![p]).collect();
+        next_pos.iter_mut().for_each(|p| *p += 1);
+        last = model
+            .forward_last(&step_batch, &full.mask, &pos, Some(&mut cache), &ranks)
+            .unwrap();
+    }
+    assert_eq!(cache.len(), 250 + 300);
 }
 
 #[test]

@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
+use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Int, Tensor, TensorData};
 use flexi_burn::SampleRanks;
-use models::llama::{AdapterConfig, Llama, PaddedBatch, causal_lm_loss};
+use models::llama::{AdapterConfig, Llama, PaddedBatch, causal_lm_loss_from_hidden};
 
 use crate::config::{Method, TrainConfig};
 use crate::error::{Result, TrainError};
@@ -72,15 +72,13 @@ impl<B: AutodiffBackend> Objective<B> for CausalLm {
     type Batch = LmBatch;
 
     fn loss(&self, model: &Llama<B>, batch: &LmBatch, ranks: &SampleRanks) -> Result<Tensor<B, 1>> {
-        let logits = model
-            .forward(&batch.batch, ranks)
+        // The LM head runs only on positions that predict a label (the answer), not on the
+        // prompt: same loss as `causal_lm_loss` over full logits, a fraction of the work.
+        let hidden = model
+            .hidden(&batch.batch, ranks)
             .map_err(|e| TrainError::Model(e.to_string()))?;
-        let [b, s, _] = logits.dims();
-        let labels = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(batch.labels.clone(), [b, s]),
-            &logits.device(),
-        );
-        Ok(causal_lm_loss(logits, labels, IGNORE_INDEX))
+        causal_lm_loss_from_hidden(model, hidden, &batch.labels, IGNORE_INDEX)
+            .map_err(|e| TrainError::Model(e.to_string()))
     }
 
     fn batch_len(&self, batch: &LmBatch) -> usize {

@@ -8,14 +8,28 @@ use burn::tensor::{DType, Tensor, TensorData};
 use flexi_burn::SampleRanks;
 
 use super::linear::Proj;
-use super::rope::apply_rotary;
+use super::rope::{RopeTables, apply_rotary};
 
-/// Keys and values of earlier positions, one entry per layer: `k, v [batch, kv_heads, past,
-/// head_dim]`, after RoPE and before the GQA repeat.
+/// Keys and values of earlier positions, one entry per layer, after RoPE and before any
+/// GQA sharing, in the projections' own layout `[batch, capacity, kv_heads, head_dim]`.
+///
+/// Each layer's buffer is allocated with room to spare and new positions are written in
+/// place (`slice_assign` on a buffer nobody else holds), so a decoding step copies only its
+/// own keys and values instead of concatenating the whole history (quadratic in length).
 #[derive(Clone, Debug)]
 pub struct KvCache<B: Backend> {
-    layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    layers: Vec<Option<LayerKv<B>>>,
 }
+
+#[derive(Clone, Debug)]
+struct LayerKv<B: Backend> {
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    len: usize,
+}
+
+/// Capacity grows in steps of this many positions.
+const CACHE_CHUNK: usize = 256;
 
 impl<B: Backend> KvCache<B> {
     /// An empty cache for `layers` decoder layers.
@@ -30,7 +44,7 @@ impl<B: Backend> KvCache<B> {
         self.layers
             .first()
             .and_then(|l| l.as_ref())
-            .map_or(0, |(k, _)| k.dims()[2])
+            .map_or(0, |l| l.len)
     }
 
     /// Whether nothing is cached yet.
@@ -38,37 +52,73 @@ impl<B: Backend> KvCache<B> {
         self.len() == 0
     }
 
-    /// Appends `k, v [batch, kv_heads, new, head_dim]` to layer `layer`, returning the full
-    /// `[batch, kv_heads, past + new, head_dim]` tensors.
+    /// Writes `k, v [batch, new, kv_heads, head_dim]` after the cached positions of layer
+    /// `layer`, returning views of all of them, `[batch, past + new, kv_heads, head_dim]`.
     fn append(
         &mut self,
         layer: usize,
         k: Tensor<B, 4>,
         v: Tensor<B, 4>,
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let (k, v) = match self.layers[layer].take() {
-            None => (k, v),
-            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+        let [b, new, kvh, d] = k.dims();
+        let mut entry = match self.layers[layer].take() {
+            Some(e) => e,
+            None => {
+                let cap = (new + CACHE_CHUNK).next_multiple_of(CACHE_CHUNK);
+                let device = k.device();
+                LayerKv {
+                    k: Tensor::zeros([b, cap, kvh, d], &device),
+                    v: Tensor::zeros([b, cap, kvh, d], &device),
+                    len: 0,
+                }
+            }
         };
-        self.layers[layer] = Some((k.clone(), v.clone()));
-        (k, v)
+        let (past, total) = (entry.len, entry.len + new);
+        let cap = entry.k.dims()[1];
+        if total > cap {
+            let cap = (total + CACHE_CHUNK).next_multiple_of(CACHE_CHUNK);
+            let grow = |t: Tensor<B, 4>| {
+                let device = t.device();
+                Tensor::zeros([b, cap, kvh, d], &device).slice_assign(
+                    [0..b, 0..past, 0..kvh, 0..d],
+                    t.slice([0..b, 0..past, 0..kvh, 0..d]),
+                )
+            };
+            entry.k = grow(entry.k);
+            entry.v = grow(entry.v);
+        }
+        let range = [0..b, past..total, 0..kvh, 0..d];
+        entry.k = entry.k.slice_assign(range.clone(), k);
+        entry.v = entry.v.slice_assign(range, v);
+        entry.len = total;
+        let all = [0..b, 0..total, 0..kvh, 0..d];
+        let out = (
+            entry.k.clone().slice(all.clone()),
+            entry.v.clone().slice(all),
+        );
+        self.layers[layer] = Some(entry);
+        out
     }
 }
 
-/// The additive attention mask `[batch, 1, new, past + new]`: 0 where query `i` (absolute
-/// index `past + i`) may attend key `j` (`j <= past + i` and `key_mask[b][j]`), a large
-/// negative number elsewhere ([`mask_min`] of the device's float type). Rows of padding queries
-/// see nothing; their outputs are unused.
+/// The additive attention mask, `[batch, heads, new, past + new]` (the same for every head,
+/// written out so that adding it to the scores is a same-shape elementwise sum): 0 where query
+/// `i` (absolute index `past + i`) may attend key `j` (`j <= past + i` and
+/// `key_mask[b][j]`), a large negative number elsewhere ([`mask_min`] of the device's float
+/// type). Rows of padding queries see nothing; their outputs are unused. Built once per
+/// forward pass and shared by every layer.
 pub fn attention_bias<B: Backend>(
     key_mask: &[Vec<bool>],
     new: usize,
+    heads: usize,
     device: &B::Device,
 ) -> Tensor<B, 4> {
     let batch = key_mask.len();
     let total = key_mask.first().map_or(0, Vec::len);
     let past = total - new;
-    let mut values = Vec::with_capacity(batch * new * total);
+    let mut values = Vec::with_capacity(batch * heads * new * total);
     for row in key_mask {
+        let start = values.len();
         for i in 0..new {
             let q = past + i;
             values.extend(
@@ -77,8 +127,12 @@ pub fn attention_bias<B: Backend>(
                     .map(|(j, &keep)| if keep && j <= q { 0.0f32 } else { 1.0 }),
             );
         }
+        for _ in 1..heads {
+            values.extend_from_within(start..start + new * total);
+        }
     }
-    let masked = Tensor::<B, 4>::from_data(TensorData::new(values, [batch, 1, new, total]), device);
+    let masked =
+        Tensor::<B, 4>::from_data(TensorData::new(values, [batch, heads, new, total]), device);
     let min = mask_min(masked.dtype());
     masked.mul_scalar(min)
 }
@@ -118,70 +172,58 @@ pub struct Attention<B: Backend> {
 impl<B: Backend> Attention<B> {
     /// `x [batch, seq, hidden]` -> `[batch, seq, hidden]`.
     ///
-    /// `cos, sin [batch, 1, seq, head_dim]` are the RoPE tables of the new positions, `bias`
-    /// the additive mask `[batch, 1, seq, past + seq]` ([`attention_bias`]); with a cache,
-    /// the new keys and values are appended to layer `layer` and attention covers all of them.
-    #[allow(clippy::too_many_arguments)]
+    /// `rope` holds the rotation tables of the new positions, `bias` the additive mask
+    /// `[batch, heads, seq, past + seq]` ([`attention_bias`]); with a cache, the new keys and
+    /// values are appended to layer `layer` and attention covers all of them.
+    ///
+    /// Layouts avoid copies: q, k, v stay `[batch, seq, heads, head_dim]` as the projections
+    /// write them (RoPE is then a same-shape product); the query heads of each KV group are
+    /// viewed as `[batch, kv_heads, n_rep, seq, head_dim]` and multiplied with the group's
+    /// keys broadcast over `n_rep`, so keys and values are never repeated (HF's `repeat_kv`)
+    /// nor transposed into new buffers. Only the attention output is copied once into
+    /// `[batch, seq, heads * head_dim]` for `o_proj`.
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        cos: &Tensor<B, 4>,
-        sin: &Tensor<B, 4>,
+        rope: &RopeTables<B>,
         bias: Tensor<B, 4>,
         cache: Option<(&mut KvCache<B>, usize)>,
         ranks: &SampleRanks,
     ) -> Tensor<B, 3> {
         let [b, s, _] = x.dims();
         let (h, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
+        let n_rep = h / kvh;
 
-        // [b, s, h * d] -> [b, h, s, d]
-        let q = self
-            .q_proj
-            .forward(x.clone(), ranks)
-            .reshape([b, s, h, d])
-            .swap_dims(1, 2);
+        let q = self.q_proj.forward(x.clone(), ranks).reshape([b, s, h, d]);
         let k = self
             .k_proj
             .forward(x.clone(), ranks)
-            .reshape([b, s, kvh, d])
-            .swap_dims(1, 2);
-        let v = self
-            .v_proj
-            .forward(x, ranks)
-            .reshape([b, s, kvh, d])
-            .swap_dims(1, 2);
-        let q = apply_rotary(q, cos, sin);
-        let k = apply_rotary(k, cos, sin);
+            .reshape([b, s, kvh, d]);
+        let v = self.v_proj.forward(x, ranks).reshape([b, s, kvh, d]);
+        // HF scales the scores by 1/sqrt(d); scaling q first is the same product (exact for
+        // a power-of-two d) on fewer elements.
+        let q = apply_rotary(q, &rope.cos_q, &rope.sin_q).mul_scalar((d as f64).powf(-0.5));
+        let k = apply_rotary(k, &rope.cos_k, &rope.sin_k);
 
-        // [b, kvh, t, d] with t = past + s
+        // [b, t, kvh, d] with t = past + s
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, k, v),
             None => (k, v),
         };
-        let k = repeat_kv(k, h / kvh); // [b, h, t, d]
-        let v = repeat_kv(v, h / kvh);
+        let t = k.dims()[1];
+        // Views: q [b, kvh, n_rep, s, d]; k^T [b, kvh, 1, d, t]; v [b, kvh, 1, t, d].
+        let q = q.reshape([b, s, kvh, n_rep, d]).permute([0, 2, 3, 1, 4]);
+        let kt = k.reshape([b, t, kvh, 1, d]).permute([0, 2, 3, 4, 1]);
+        let v = v.reshape([b, t, kvh, 1, d]).permute([0, 2, 3, 1, 4]);
 
         let scores = q
-            .matmul(k.swap_dims(2, 3))
-            .mul_scalar((d as f64).powf(-0.5))
-            .add(bias); // [b, h, s, t]
-        let probs = softmax(scores, 3);
-        let out = probs.matmul(v); // [b, h, s, d]
-        let out = out.swap_dims(1, 2).reshape([b, s, h * d]);
+            .matmul(kt) // [b, kvh, n_rep, s, t]
+            .add(bias.reshape([b, kvh, n_rep, s, t]));
+        let probs = softmax(scores, 4);
+        let out = probs.matmul(v); // [b, kvh, n_rep, s, d]
+        let out = out.permute([0, 3, 1, 2, 4]).reshape([b, s, h * d]);
         self.o_proj.forward(out, ranks)
     }
-}
-
-/// `[b, kv_heads, t, d] -> [b, kv_heads * n_rep, t, d]`, each KV head repeated for the
-/// `n_rep` query heads of its group (HF's `repeat_kv`).
-fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
-    if n_rep == 1 {
-        return x;
-    }
-    let [b, kvh, t, d] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, kvh, n_rep, t, d])
-        .reshape([b, kvh * n_rep, t, d])
 }
 
 #[cfg(test)]

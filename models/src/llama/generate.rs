@@ -118,12 +118,12 @@ pub fn generate<B: Backend>(
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let budget = config.max_new_tokens.min(ctx - longest);
     for _ in 0..budget {
-        let logits = match cache.as_mut() {
-            Some(cache) => model.forward_step(&step, &full.mask, &step_pos, Some(cache), ranks)?,
-            None => model.forward_step(&full, &full.mask, &full.positions(), None, ranks)?,
+        // Logits of the last position only: no LM head over the prompt.
+        let last = match cache.as_mut() {
+            Some(cache) => model.forward_last(&step, &full.mask, &step_pos, Some(cache), ranks)?,
+            None => model.forward_last(&full, &full.mask, &full.positions(), None, ranks)?,
         };
-        let [b, s, v] = logits.dims();
-        let last = logits.slice([0..b, s - 1..s, 0..v]).reshape([b, v]);
+        let v = last.dims()[1];
         let last: Vec<f32> = last
             .into_data()
             .convert::<f32>()

@@ -165,7 +165,7 @@ impl<B: Backend> Proj<B> {
     /// `x [batch, seq, d_in] -> [batch, seq, d_out]`; `ranks` is ignored by a plain projection.
     pub fn forward(&self, x: Tensor<B, 3>, ranks: &SampleRanks) -> Tensor<B, 3> {
         match self {
-            Proj::Plain(l) => l.forward(x),
+            Proj::Plain(l) => flexi_burn::linear_nd(x, l),
             Proj::Adapted(l) => l.forward(x, ranks),
         }
     }

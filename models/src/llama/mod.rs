@@ -43,6 +43,8 @@ pub use linear::{AdapterConfig, Proj, Target};
 pub use load::{
     Checkpoint, PeftAdapter, build_llama, load_llama, load_llama_with_peft, load_peft_adapter,
 };
-pub use model::{DecoderLayer, Llama, PaddedBatch, RmsNorm, causal_lm_loss};
+pub use model::{
+    DecoderLayer, Llama, PaddedBatch, RmsNorm, causal_lm_loss, causal_lm_loss_from_hidden,
+};
 pub use rope::RotaryEmbedding;
 pub use tokenizer::{ChatTemplate, Message, Tokenizer};

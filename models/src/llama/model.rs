@@ -21,7 +21,7 @@ use super::attention::{Attention, KvCache, attention_bias};
 use super::config::LlamaConfig;
 use super::error::{LlamaError, Result};
 use super::mlp::Mlp;
-use super::rope::RotaryEmbedding;
+use super::rope::{RopeTables, RotaryEmbedding};
 
 /// Root-mean-square layer norm: `x / sqrt(mean(x^2) + eps) * weight`.
 #[derive(Module, Debug)]
@@ -63,15 +63,14 @@ impl<B: Backend> DecoderLayer<B> {
     fn forward(
         &self,
         x: Tensor<B, 3>,
-        rope: &(Tensor<B, 4>, Tensor<B, 4>),
+        rope: &RopeTables<B>,
         bias: Tensor<B, 4>,
         cache: Option<(&mut KvCache<B>, usize)>,
         ranks: &SampleRanks,
     ) -> Tensor<B, 3> {
         let h = self.self_attn.forward(
             self.input_layernorm.forward(x.clone()),
-            &rope.0,
-            &rope.1,
+            rope,
             bias,
             cache,
             ranks,
@@ -285,6 +284,44 @@ impl<B: Backend> Llama<B> {
         batch: &PaddedBatch,
         key_mask: &[Vec<bool>],
         positions: &[Vec<usize>],
+        cache: Option<&mut KvCache<B>>,
+        ranks: &SampleRanks,
+    ) -> Result<Tensor<B, 3>> {
+        let h = self.hidden_step(batch, key_mask, positions, cache, ranks)?;
+        Ok(self.lm_head(h))
+    }
+
+    /// Like [`Llama::forward_step`], but the logits `[b, vocab]` of the last new position
+    /// only (transformers' `logits_to_keep = 1`): what generation needs, without the LM head
+    /// over the whole prompt.
+    pub fn forward_last(
+        &self,
+        batch: &PaddedBatch,
+        key_mask: &[Vec<bool>],
+        positions: &[Vec<usize>],
+        cache: Option<&mut KvCache<B>>,
+        ranks: &SampleRanks,
+    ) -> Result<Tensor<B, 2>> {
+        let h = self.hidden_step(batch, key_mask, positions, cache, ranks)?;
+        let [b, s, d] = h.dims();
+        let last = h.slice([0..b, s - 1..s, 0..d]);
+        Ok(self.lm_head_rows(last.reshape([b, d])))
+    }
+
+    /// The final hidden states `[batch, seq, hidden]` (after the last RMSNorm, before the LM
+    /// head) of a left-padded batch, no cache.
+    pub fn hidden(&self, batch: &PaddedBatch, ranks: &SampleRanks) -> Result<Tensor<B, 3>> {
+        batch.check()?;
+        self.hidden_step(batch, &batch.mask, &batch.positions(), None, ranks)
+    }
+
+    /// [`Llama::forward_step`] before the LM head: the final-normed hidden states
+    /// `[b, new, hidden]`.
+    pub fn hidden_step(
+        &self,
+        batch: &PaddedBatch,
+        key_mask: &[Vec<bool>],
+        positions: &[Vec<usize>],
         mut cache: Option<&mut KvCache<B>>,
         ranks: &SampleRanks,
     ) -> Result<Tensor<B, 3>> {
@@ -326,36 +363,33 @@ impl<B: Backend> Llama<B> {
         };
         ranks.validate(b, r_max)?;
 
-        let rope = self.rope.tables::<B>(positions, &device); // [b, 1, new, head_dim] x2
-        let bias = attention_bias::<B>(key_mask, new, &device); // [b, 1, new, total]
+        let c = &self.config;
+        let (heads, kv_heads) = (c.num_attention_heads, c.num_key_value_heads);
+        let rope = self.rope.tables::<B>(positions, heads, kv_heads, &device); // [b, new, h, d]
+        let bias = attention_bias::<B>(key_mask, new, heads, &device); // [b, heads, new, total]
         let mut x = self.embed_tokens.forward(batch.ids_tensor(&device)); // [b, new, hidden]
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
             x = layer.forward(x, &rope, bias.clone(), layer_cache, ranks);
         }
-        let x = self.norm.forward(x);
-        Ok(self.lm_head(x))
+        Ok(self.norm.forward(x))
     }
 
     /// `h [b, s, hidden] -> logits [b, s, vocab]`, through the untied head or `embed^T`.
     pub fn lm_head(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, s, d] = h.dims();
+        let logits = self.lm_head_rows(h.reshape([b * s, d]));
+        let v = logits.dims()[1];
+        logits.reshape([b, s, v])
+    }
+
+    /// `h [rows, hidden] -> logits [rows, vocab]` as one 2-D matmul. The tied head multiplies
+    /// by the strided view `embed^T` directly (the CPU gemm reads any strides; a 3-D input
+    /// would make Burn copy the whole transposed embedding on every call).
+    pub fn lm_head_rows(&self, h: Tensor<B, 2>) -> Tensor<B, 2> {
         match &self.lm_head {
-            Some(head) => head.forward(h),
-            None => {
-                let [b, s, d] = h.dims();
-                let embed = self.embed_tokens.weight.val(); // [vocab, hidden]
-                if b * s < d {
-                    // Few positions (decoding): `E h^T` reads E as stored; transposing E
-                    // instead would copy all of it on every step.
-                    let v = embed.dims()[0];
-                    embed
-                        .matmul(h.reshape([b * s, d]).transpose()) // [vocab, b*s]
-                        .transpose()
-                        .reshape([b, s, v])
-                } else {
-                    linear(h, embed.transpose(), None)
-                }
-            }
+            Some(head) => flexi_burn::linear_rows(h, head),
+            None => linear(h, self.embed_tokens.weight.val().transpose(), None),
         }
     }
 
@@ -392,6 +426,60 @@ fn int_rows<B: Backend>(t: Tensor<B, 2, Int>, b: usize, s: usize) -> Result<Vec<
         .into_vec::<i64>()
         .map_err(|e| LlamaError::InvalidInput(format!("cannot read int tensor: {e:?}")))?;
     Ok((0..b).map(|i| data[i * s..(i + 1) * s].to_vec()).collect())
+}
+
+/// [`causal_lm_loss`] from the final hidden states, with the LM head applied only where a
+/// label is read: the same mean cross-entropy (up to f32 summation order) without the
+/// `[b, s, vocab]` logits of positions that predict nothing (the prompt of a fine-tuning
+/// example, padding). `labels [b * s]` are row-major on the host, `ignore_index` skipped;
+/// position `t` predicts `labels[t + 1]`.
+///
+/// # Errors
+/// When `labels` is not `b * s` long or no position carries a label.
+pub fn causal_lm_loss_from_hidden<B: Backend>(
+    model: &Llama<B>,
+    hidden: Tensor<B, 3>,
+    labels: &[i64],
+    ignore_index: i64,
+) -> Result<Tensor<B, 1>> {
+    let [b, s, d] = hidden.dims();
+    if labels.len() != b * s {
+        return Err(LlamaError::InvalidInput(format!(
+            "labels hold {} values for a [{b}, {s}] batch",
+            labels.len()
+        )));
+    }
+    let mut rows = Vec::new();
+    let mut targets = Vec::new();
+    for i in 0..b {
+        for t in 0..s.saturating_sub(1) {
+            let label = labels[i * s + t + 1];
+            if label != ignore_index {
+                if label < 0 || label as usize >= model.config.vocab_size {
+                    return Err(LlamaError::TokenOutOfRange {
+                        sample: i,
+                        id: label,
+                        vocab: model.config.vocab_size,
+                    });
+                }
+                rows.push((i * s + t) as i64);
+                targets.push(label);
+            }
+        }
+    }
+    let n = rows.len();
+    if n == 0 {
+        return Err(LlamaError::InvalidInput(
+            "no position of the batch carries a label".into(),
+        ));
+    }
+    let device = hidden.device();
+    let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &device);
+    let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, 1]), &device);
+    let h = hidden.reshape([b * s, d]).select(0, rows); // [n, hidden]
+    let logits = model.lm_head_rows(h); // [n, vocab]
+    let logp = log_softmax(logits, 1).gather(1, targets); // [n, 1]
+    Ok(logp.mean().neg())
 }
 
 /// Causal LM cross-entropy as transformers computes it: logits `[b, s, v]` at position `t`
