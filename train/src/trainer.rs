@@ -87,6 +87,9 @@ pub struct TrainSummary {
     pub start_step: usize,
     /// Loss of each step this process ran.
     pub losses: Vec<f64>,
+    /// Wall time of each step this process ran (forward, backward, clipping, optimizer), in
+    /// seconds; checkpoint writes are not included.
+    pub step_seconds: Vec<f64>,
     /// Ranks used by every training sample this process saw.
     pub ranks: Vec<usize>,
     /// Wall time in seconds.
@@ -108,6 +111,8 @@ pub struct Trainer<'a, B: AutodiffBackend> {
     /// Stop after this many optimizer steps of the whole run (tests of resume); `None` runs to
     /// the end.
     pub stop_at: Option<usize>,
+    /// Write checkpoints (periodic and final). Only benchmarks turn this off.
+    pub save_checkpoints: bool,
 }
 
 /// Mixes a seed and a counter (SplitMix64), so each step has its own stream.
@@ -358,11 +363,12 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
             ));
             pb.inc(1);
             summary.losses.push(step_loss);
+            summary.step_seconds.push(secs);
             summary.ranks.extend(step_ranks);
 
             let done = step + 1;
             let periodic = c.save_every > 0 && done % c.save_every == 0;
-            if periodic || done == end {
+            if self.save_checkpoints && (periodic || done == end) {
                 summary.checkpoint = Some(self.save(
                     &checkpoints,
                     &model,

@@ -80,6 +80,7 @@ fn run(
         device,
         progress: false,
         stop_at,
+        save_checkpoints: true,
     };
     trainer.fit(&CausalLm, model, batches, resume)
 }

@@ -73,6 +73,7 @@ fn whisper_methods_lower_the_transcript_loss() {
             device,
             progress: false,
             stop_at: None,
+            save_checkpoints: true,
         };
         let (_, s) = trainer.fit(&Seq2Seq, model, &data, false).unwrap();
         let (first, last) = (s.losses[0], *s.losses.last().unwrap());

@@ -1,6 +1,9 @@
 //! `cargo xtask bench ...`: speed measurements (never in timed tests).
 //!
-//! `bench flexi` times one adapted layer (default: Llama-3.2-1B q_proj, 2048x2048, a batch of
+//! `bench train|decode|prefill|whisper` time whole models, one case per process, with the
+//! same semantics as `tools/bench_torch.py` (see [`crate::bench_models`] and BENCHMARKS.md).
+//!
+//! `bench layer` (alias `flexi`) times one adapted layer (default: Llama-3.2-1B q_proj, 2048x2048, a batch of
 //! 8 x 256 tokens) for the base linear alone, LoRA at a fixed rank, and a mixed batch of ranks,
 //! forward only and forward + backward, and prints medians and ratios.
 
@@ -26,7 +29,16 @@ pub struct BenchArgs {
 #[derive(Subcommand)]
 enum BenchTarget {
     /// One adapted layer: base vs LoRA-r vs a mixed-rank batch, forward and forward+backward.
-    Flexi(FlexiArgs),
+    #[command(alias = "flexi")]
+    Layer(FlexiArgs),
+    /// Optimizer steps of the real trainer on a Llama shape (LoRA, Flexi, DyLoRA, full, ...).
+    Train(crate::bench_models::TrainBench),
+    /// Greedy decoding with the KV cache (LoRA-8 unmerged).
+    Decode(crate::bench_models::DecodeBench),
+    /// One cached forward of a long prompt, last position's logits.
+    Prefill(crate::bench_models::PrefillBench),
+    /// Whisper tiny.en: encode 30 s and decode greedily.
+    Whisper(crate::bench_models::WhisperBench),
 }
 
 #[derive(Args, Clone, Debug, Serialize)]
@@ -68,7 +80,11 @@ struct FlexiArgs {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     match args.target {
-        BenchTarget::Flexi(a) => bench_flexi(a),
+        BenchTarget::Layer(a) => bench_flexi(a),
+        BenchTarget::Train(a) => crate::bench_models::run_train(a),
+        BenchTarget::Decode(a) => crate::bench_models::run_decode(a),
+        BenchTarget::Prefill(a) => crate::bench_models::run_prefill(a),
+        BenchTarget::Whisper(a) => crate::bench_models::run_whisper(a),
     }
 }
 
@@ -215,7 +231,7 @@ fn sync<B: Backend>(t: Tensor<B, 3>) -> Result<()> {
     Ok(())
 }
 
-fn time(
+pub(crate) fn time(
     case: &str,
     what: &str,
     warmup: usize,
@@ -244,7 +260,7 @@ fn time(
     Ok(times)
 }
 
-fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();

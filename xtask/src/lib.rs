@@ -2,6 +2,7 @@
 //! and calls these; tests call them in-process.
 
 pub mod bench;
+pub mod bench_models;
 pub mod data;
 pub mod demo;
 pub mod llama;

@@ -4,6 +4,28 @@
 //! workflows in-process) with a clap `Args` struct and a `run` function.
 
 use clap::{Parser, Subcommand};
+
+/// Tensor buffers are allocated and freed by the thousand per training step; mimalloc keeps
+/// freed pages for reuse (the system allocator returns large blocks to the kernel, and every
+/// new one then page-faults in zeroed memory).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mi_option_purge_delay` in mimalloc.h's `mi_option_e` (default 10 ms; -1: never purge).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Never hand freed pages back to the kernel: by default mimalloc purges them after 10 ms,
+/// and the next step's buffers then fault in freshly zeroed pages (`clear_page_erms` was a
+/// third of the training step's main thread; the training step gains ~30 %, BENCHMARKS.md).
+/// The resident set stays at its high-water mark, which is the peak anyway.
+fn keep_freed_pages() {
+    // SAFETY: sets a process-wide allocator option; mimalloc documents options as settable
+    // at any time, and no other thread exists yet.
+    unsafe {
+        debug_assert_eq!(libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY), 10);
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+    }
+}
 use xtask::{bench, data, demo, llama, models_cmd, pipeline, portability, whisper_cmd};
 
 #[derive(Parser)]
@@ -43,6 +65,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    keep_freed_pages();
     match Cli::parse().command {
         Command::Demo(args) => demo::run(args),
         Command::Label(args) => pipeline::run_label(args),

@@ -486,6 +486,7 @@ impl BackendJob for TrainJob {
             device,
             progress: !a.quiet,
             stop_at: None,
+            save_checkpoints: true,
         };
         let (_, summary) = trainer.fit(&CausalLm, model, &batches, a.resume)?;
         let info = RunInfo::new(&a, cfg, text.chat, examples.len(), &summary, false);

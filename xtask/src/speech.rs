@@ -88,6 +88,7 @@ pub fn train<B: AutodiffBackend>(
         device,
         progress: true,
         stop_at: None,
+        save_checkpoints: true,
     };
     let (_, summary) = trainer.fit(&Seq2Seq, model, &batches, resume)?;
     Ok(summary)
