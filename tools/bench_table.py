@@ -117,12 +117,35 @@ def table(results):
     return "\n".join(lines) + "\n"
 
 
+def relative_to_lora(results):
+    """flexi-burn's other training methods against its own LoRA step of the same shape (the
+    Flexi-LoRA goal: a mixed-rank step within 2 % of LoRA-8's)."""
+    ours = [r for r in results if r.get("side") == "flexi-burn"]
+    lines = []
+    for r in ours:
+        case = r.get("case", "")
+        if not case.startswith("train-") or case == "train-lora":
+            continue
+        key = {k: r["params"].get(k) for k in ("shape", "batch", "seq")}
+        base = [x for x in ours if x.get("case") == "train-lora"
+                and all(x["params"].get(k) == v for k, v in key.items())]
+        if base:
+            ratio = r["ms_median"] / base[0]["ms_median"]
+            lines.append(f"| {case} | {r['ms_median']:.0f} | {base[0]['ms_median']:.0f} | {ratio:.3f} |")
+    if not lines:
+        return ""
+    head = ("\nflexi-burn step time relative to its own LoRA step (same shape and batch):\n\n"
+            "| case | ms / step | train-lora ms / step | ratio |\n|---|---|---|---|\n")
+    return head + "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Markdown table of PyTorch vs flexi-burn results.")
     p.add_argument("results", nargs="+", metavar="RESULT.json")
     p.add_argument("--out", metavar="FILE", help="also write the table here")
     a = p.parse_args(argv)
-    text = table(load(a.results))
+    results = load(a.results)
+    text = table(results) + relative_to_lora(results)
     sys.stdout.write(text)
     if a.out:
         with open(a.out, "w") as f:

@@ -130,6 +130,21 @@ impl<B: AutodiffBackend> Objective<B> for Seq2Seq {
     fn routed_ranks<'a>(&self, batch: &'a AsrBatch) -> Option<&'a [usize]> {
         batch.routed.as_deref()
     }
+
+    fn shard(&self, batch: &AsrBatch, range: std::ops::Range<usize>) -> Option<AsrBatch> {
+        let n = batch.ids.first().map_or(0, Vec::len);
+        Some(AsrBatch {
+            mels: batch.mels[range.clone()].to_vec(),
+            ids: batch.ids[range.clone()].to_vec(),
+            labels: batch.labels[range.start * n..range.end * n].to_vec(),
+            example_ids: batch.example_ids[range.clone()].to_vec(),
+            routed: batch.routed.as_ref().map(|r| r[range].to_vec()),
+        })
+    }
+
+    fn loss_targets(&self, batch: &AsrBatch) -> usize {
+        crate::lm::shifted_targets(&batch.labels, batch.ids.first().map_or(0, Vec::len))
+    }
 }
 
 /// The decoder prompt for transcription (English; no language/task tokens for `.en` models).

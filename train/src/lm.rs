@@ -57,6 +57,20 @@ impl LmBatch {
         self.batch.ids.len()
     }
 
+    /// Samples `range` as a batch of their own (same padded length).
+    pub fn rows(&self, range: std::ops::Range<usize>) -> LmBatch {
+        let s = self.batch.seq_len();
+        LmBatch {
+            batch: PaddedBatch {
+                ids: self.batch.ids[range.clone()].to_vec(),
+                mask: self.batch.mask[range.clone()].to_vec(),
+            },
+            labels: self.labels[range.start * s..range.end * s].to_vec(),
+            example_ids: self.example_ids[range.clone()].to_vec(),
+            routed: self.routed.as_ref().map(|r| r[range].to_vec()),
+        }
+    }
+
     /// Whether the batch is empty.
     pub fn is_empty(&self) -> bool {
         self.batch.ids.is_empty()
@@ -96,6 +110,26 @@ impl<B: AutodiffBackend> Objective<B> for CausalLm {
     fn routed_ranks<'a>(&self, batch: &'a LmBatch) -> Option<&'a [usize]> {
         batch.routed.as_deref()
     }
+
+    fn shard(&self, batch: &LmBatch, range: std::ops::Range<usize>) -> Option<LmBatch> {
+        Some(batch.rows(range))
+    }
+
+    fn loss_targets(&self, batch: &LmBatch) -> usize {
+        shifted_targets(&batch.labels, batch.batch.seq_len())
+    }
+}
+
+/// Labels a causal LM loss reads: position `t` of a row predicts label `t + 1`, so the first
+/// label of every row is never a target.
+pub fn shifted_targets(labels: &[i64], seq: usize) -> usize {
+    if seq == 0 {
+        return 0;
+    }
+    labels
+        .chunks_exact(seq)
+        .map(|row| row[1..].iter().filter(|l| **l != IGNORE_INDEX).count())
+        .sum()
 }
 
 /// The adapter a method needs on a Llama: none for full fine-tuning, `r_max` of the method

@@ -86,6 +86,25 @@ pub fn stable_param_ids<B: AutodiffBackend, M: Module<B>>(model: M, unfreeze: bo
     })
 }
 
+struct FreshLeaves;
+
+impl<B: AutodiffBackend> ModuleMapper<B> for FreshLeaves {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        if !param.is_require_grad() {
+            return param;
+        }
+        param.map(|t| t.detach().require_grad())
+    }
+}
+
+/// The same model with every trainable parameter as a new autodiff leaf (same values, same
+/// [`ParamId`]s). Two such copies build independent autodiff graphs, which Burn runs on
+/// separate threads without sharing a graph lock; their gradients still map to the original
+/// parameters through the ids.
+pub fn fresh_leaves<B: AutodiffBackend, M: Module<B>>(model: M) -> M {
+    model.map(&mut FreshLeaves)
+}
+
 /// A tensor on the host: shape and f32 values.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostTensor {

@@ -32,11 +32,11 @@ use crate::lr::LrSchedule;
 use crate::params::{load_tensors, read_safetensors, to_safetensors, trainable_tensors};
 
 /// A model and its loss on a batch: what the loop needs to know about a task.
-pub trait Objective<B: AutodiffBackend> {
+pub trait Objective<B: AutodiffBackend>: Sync {
     /// The model being trained.
-    type Model: AutodiffModule<B> + Clone;
+    type Model: AutodiffModule<B> + Clone + Send;
     /// A prepared batch.
-    type Batch;
+    type Batch: Send;
 
     /// Mean loss of `batch` with per-sample `ranks`.
     fn loss(
@@ -57,6 +57,18 @@ pub trait Objective<B: AutodiffBackend> {
 
     /// Ranks the router assigned to the batch's samples (Flexi-LoRA).
     fn routed_ranks<'a>(&self, batch: &'a Self::Batch) -> Option<&'a [usize]>;
+
+    /// Samples `range` of `batch` as a batch of their own, for computing one batch on several
+    /// threads (see [`Trainer::shards`]). `None` (the default): the batch cannot be split.
+    fn shard(&self, _batch: &Self::Batch, _range: std::ops::Range<usize>) -> Option<Self::Batch> {
+        None
+    }
+
+    /// The number of targets the mean loss of `batch` divides by, so that shard losses can be
+    /// weighted into exactly the loss of the whole batch.
+    fn loss_targets(&self, _batch: &Self::Batch) -> usize {
+        0
+    }
 }
 
 /// One line of `metrics.jsonl`.
@@ -113,6 +125,25 @@ pub struct Trainer<'a, B: AutodiffBackend> {
     pub stop_at: Option<usize>,
     /// Write checkpoints (periodic and final). Only benchmarks turn this off.
     pub save_checkpoints: bool,
+    /// Split every micro-batch into this many shards of samples, each computed (forward and
+    /// backward) on its own thread with its own autodiff graph, gradients summed in shard
+    /// order. The loss is the same weighted mean as for the whole batch (only f32 summation
+    /// order changes) and the run stays deterministic. On the CPU backend it keeps every core
+    /// busy: Burn's CPU kernels other than matmul run on the calling thread. `1` (or a batch
+    /// with fewer samples, an objective that cannot split, or adapter dropout, whose draws
+    /// come from the backend's process-global RNG) computes the batch on one thread.
+    pub shards: usize,
+}
+
+/// The shard count [`Trainer::shards`] should use by default on backend `kind`: every core on
+/// the CPU (flex), 1 on a GPU (one device; host threads would only contend for it).
+pub fn default_shards(kind: flexi_burn::BackendKind) -> usize {
+    match kind {
+        flexi_burn::BackendKind::Flex => {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+        _ => 1,
+    }
 }
 
 /// Mixes a seed and a counter (SplitMix64), so each step has its own stream.
@@ -314,8 +345,14 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                     Some(s) => s.ranks(n, Phase::Train, objective.routed_ranks(batch))?,
                     None => SampleRanks::uniform(n, 0),
                 };
-                let mut loss = objective.loss(&model, batch, &ranks)?;
-                let value: f64 = burn::tensor::ElementConversion::elem(loss.clone().into_scalar());
+                let (value, grads) = self.micro_batch(
+                    objective,
+                    &model,
+                    batch,
+                    &ranks,
+                    adalora.as_ref(),
+                    micro.len(),
+                )?;
                 if !value.is_finite() {
                     return Err(TrainError::NonFiniteLoss {
                         step,
@@ -324,11 +361,7 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                         examples: objective.example_ids(batch),
                     });
                 }
-                if let Some(a) = &adalora {
-                    loss = loss.add(a.orth_penalty(&model, &self.device));
-                }
-                let grads = loss.div_scalar(micro.len() as f64).backward();
-                accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
+                accumulator.accumulate(&model, grads);
                 step_loss += value / micro.len() as f64;
                 tokens += objective.batch_tokens(batch);
                 step_ranks.extend_from_slice(ranks.as_slice());
@@ -382,6 +415,93 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
         pb.finish_and_clear();
         summary.seconds = began.elapsed().as_secs_f64();
         Ok((model, summary))
+    }
+
+    /// Loss value (before the AdaLoRA penalty) and gradients of one micro-batch, scaled by
+    /// `1 / micro_batches`; on [`Trainer::shards`] threads when the batch can be split.
+    fn micro_batch<O: Objective<B>>(
+        &self,
+        objective: &O,
+        model: &O::Model,
+        batch: &O::Batch,
+        ranks: &SampleRanks,
+        adalora: Option<&AdaLoraAllocator>,
+        micro_batches: usize,
+    ) -> Result<(f64, GradientsParams)> {
+        let n = objective.batch_len(batch);
+        let shards = if self.config.adapter.dropout > 0.0 {
+            1
+        } else {
+            self.shards.clamp(1, n.max(1))
+        };
+        let split: Option<Vec<_>> = (shards > 1)
+            .then(|| {
+                (0..shards)
+                    .map(|i| {
+                        let range = i * n / shards..(i + 1) * n / shards;
+                        let shard = objective.shard(batch, range.clone())?;
+                        let ranks = SampleRanks::new(ranks.as_slice()[range].to_vec())
+                            .with_frozen_prefix(ranks.frozen_prefix());
+                        Some((shard, ranks))
+                    })
+                    .collect()
+            })
+            .flatten();
+        let Some(split) = split else {
+            // One thread: the whole batch.
+            let mut loss = objective.loss(model, batch, ranks)?;
+            let value: f64 = burn::tensor::ElementConversion::elem(loss.clone().into_scalar());
+            if let Some(a) = adalora {
+                loss = loss.add(a.orth_penalty(model, &self.device));
+            }
+            let grads = loss.div_scalar(micro_batches as f64).backward();
+            return Ok((value, GradientsParams::from_grads(grads, model)));
+        };
+        let total = objective.loss_targets(batch).max(1) as f64;
+        let results: Vec<Result<(f64, GradientsParams)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = split
+                .into_iter()
+                .enumerate()
+                .map(|(i, (shard, shard_ranks))| {
+                    let model = crate::params::fresh_leaves(model.clone());
+                    let device = self.device.clone();
+                    scope.spawn(move || -> Result<(f64, GradientsParams)> {
+                        // One worker per shard: the backend's parallel kernels (matmul) run
+                        // inside the shard's own thread instead of contending for the global
+                        // pool with the other shards.
+                        let pool = rayon::ThreadPoolBuilder::new()
+                            .num_threads(1)
+                            .build()
+                            .map_err(|e| TrainError::Model(format!("thread pool: {e}")))?;
+                        pool.install(move || -> Result<(f64, GradientsParams)> {
+                            let weight = objective.loss_targets(&shard) as f64 / total;
+                            let mut loss = objective.loss(&model, &shard, &shard_ranks)?;
+                            let value: f64 =
+                                burn::tensor::ElementConversion::elem(loss.clone().into_scalar());
+                            loss = loss.mul_scalar(weight);
+                            if let (0, Some(a)) = (i, adalora) {
+                                loss = loss.add(a.orth_penalty(&model, &device));
+                            }
+                            let grads = loss.div_scalar(micro_batches as f64).backward();
+                            Ok((value * weight, GradientsParams::from_grads(grads, &model)))
+                        })
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a training shard panicked"))
+                .collect()
+        });
+        // Sum in shard order: the result does not depend on thread timing.
+        let mut accumulator = GradientsAccumulator::<O::Model>::new();
+        let mut value = 0.0;
+        for r in results {
+            let (v, grads) = r?;
+            value += v;
+            accumulator.accumulate(model, grads);
+        }
+        Ok((value, accumulator.grads()))
     }
 
     fn save<M: AutodiffModule<B>, Opt: Optimizer<M, B>>(

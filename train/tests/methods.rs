@@ -72,6 +72,17 @@ fn run(
     stop_at: Option<usize>,
     resume: bool,
 ) -> train::Result<(models::llama::Llama<B>, train::TrainSummary)> {
+    run_sharded(cfg, out, batches, stop_at, resume, 1)
+}
+
+fn run_sharded(
+    cfg: &TrainConfig,
+    out: &Path,
+    batches: &[LmBatch],
+    stop_at: Option<usize>,
+    resume: bool,
+    shards: usize,
+) -> train::Result<(models::llama::Llama<B>, train::TrainSummary)> {
     let device = Default::default();
     let model = load_for_training::<B>(&fixture(), cfg, &device)?;
     let trainer = Trainer::<B> {
@@ -81,6 +92,7 @@ fn run(
         progress: false,
         stop_at,
         save_checkpoints: true,
+        shards,
     };
     trainer.fit(&CausalLm, model, batches, resume)
 }
@@ -183,6 +195,71 @@ fn every_method_lowers_the_training_loss() {
             15,
             "{label}: one metrics line per step"
         );
+    }
+}
+
+/// A batch computed in shards on parallel threads trains like the whole batch on one thread
+/// (same weighted loss; only f32 summation order differs), and deterministically.
+#[test]
+fn sharded_batches_train_like_whole_batches() {
+    for (method, routed) in [
+        (Method::Lora { rank: 4 }, None),
+        (
+            Method::Flexi {
+                class_ranks: "(1,4)".into(),
+            },
+            Some(&[1usize, 4, 4, 1, 1][..]),
+        ),
+        (
+            Method::Adalora(AdaLoraConfig {
+                init_r: 6,
+                target_r: 4,
+                tinit: 1,
+                tfinal: 1,
+                delta_t: 1,
+                ..Default::default()
+            }),
+            None,
+        ),
+        (Method::Full, None),
+    ] {
+        let cfg = config(method.clone(), 6);
+        let data = batches(routed);
+        let out = tmp("shards");
+        let (whole, s1) = run_sharded(&cfg, &out, &data, None, false, 1).unwrap();
+        let whole = trainable_tensors(&whole);
+        for shards in [2, 3] {
+            let (m, s) = run_sharded(&cfg, &out, &data, None, false, shards).unwrap();
+            let (again, _) = run_sharded(&cfg, &out, &data, None, false, shards).unwrap();
+            let m = trainable_tensors(&m);
+            assert_eq!(
+                m,
+                trainable_tensors(&again),
+                "{method:?}: {shards} shards not deterministic"
+            );
+            assert_eq!(s.ranks, s1.ranks, "{method:?}: ranks differ");
+            for (a, b) in s.losses.iter().zip(&s1.losses) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * b.abs(),
+                    "{method:?} {shards} shards: loss {a} vs {b}"
+                );
+            }
+            let mut worst = 0f32;
+            for (k, t) in &whole {
+                let u = &m[k];
+                for (x, y) in t.values.iter().zip(&u.values) {
+                    worst = worst.max((x - y).abs());
+                }
+            }
+            println!(
+                "{method:?}, {shards} shards: losses {:?}, max |weight diff| {worst:.2e}",
+                s.losses
+            );
+            assert!(
+                worst <= 1e-4,
+                "{method:?} {shards} shards: weights differ by {worst}"
+            );
+        }
     }
 }
 

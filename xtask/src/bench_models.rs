@@ -93,6 +93,10 @@ pub struct TrainBench {
     /// Fraction of each row that is answer (carries a label).
     #[arg(long, default_value_t = 0.5)]
     answer_frac: f64,
+    /// Shards per batch computed on parallel threads (default: the trainer's default for the
+    /// backend, every core on flex).
+    #[arg(long)]
+    shards: Option<usize>,
 }
 
 /// `bench decode`.
@@ -153,7 +157,7 @@ pub struct ModelResult {
     extra: serde_json::Map<String, serde_json::Value>,
 }
 
-/// Every case name, in the order `tools/bench.sh` runs them.
+/// The settings of a case as JSON, flat like the Python side's `params`.
 fn case_params(case: &str, params: &impl Serialize) -> serde_json::Value {
     let mut v = serde_json::to_value(params).unwrap_or_default();
     // Flatten `common` into the top level, as the Python side writes its arguments.
@@ -387,6 +391,12 @@ impl BackendJob for TrainJob {
             progress: true,
             stop_at: None,
             save_checkpoints: false,
+            shards: a.shards.unwrap_or_else(|| {
+                a.common
+                    .backend
+                    .parse()
+                    .map_or(1, train::trainer::default_shards)
+            }),
         };
         let (_, summary) = trainer.fit(&CausalLm, model, &[batch], false)?;
         let _ = std::fs::remove_dir_all(&out);
@@ -476,7 +486,8 @@ pub fn run_prefill(a: PrefillBench) -> Result<()> {
         bail!("--seq must be at least 1");
     }
     let case = "prefill".to_string();
-    let params = case_params(&case, &a);
+    let mut params = case_params(&case, &a);
+    params["batch"] = 1.into();
     let kind = a.common.backend.parse()?;
     let ms = backend::run(kind, PrefillJob(a.clone()))??;
     finish(&a.common, case, params, ms, a.seq, Default::default())
@@ -524,7 +535,16 @@ pub fn run_whisper(a: WhisperBench) -> Result<()> {
         bail!("--iters and --new-tokens must be at least 1");
     }
     let case = "whisper".to_string();
-    let params = case_params(&case, &a);
+    let mut params = case_params(&case, &a);
+    // Whisper has its own shape; the Llama `--shape` does not apply.
+    if let Some(obj) = params.as_object_mut() {
+        obj.remove("shape");
+        let shape = match &a.common.model {
+            Some(dir) => dir.display().to_string(),
+            None => "tiny.en".into(),
+        };
+        obj.insert("whisper_shape".into(), shape.into());
+    }
     let kind = a.common.backend.parse()?;
     let (ms, encode_ms) = backend::run(kind, WhisperJob(a.clone()))??;
     let mut extra = serde_json::Map::new();

@@ -421,6 +421,7 @@ impl BackendJob for TrainJob {
                 &cfg,
                 &a.out,
                 a.resume,
+                train::trainer::default_shards(a.common.backend()?),
                 device,
             )?;
             let info = RunInfo::new(&a, cfg, false, examples.len(), &summary, true);
@@ -487,6 +488,7 @@ impl BackendJob for TrainJob {
             progress: !a.quiet,
             stop_at: None,
             save_checkpoints: true,
+            shards: train::trainer::default_shards(a.common.backend()?),
         };
         let (_, summary) = trainer.fit(&CausalLm, model, &batches, a.resume)?;
         let info = RunInfo::new(&a, cfg, text.chat, examples.len(), &summary, false);

@@ -55,6 +55,7 @@ pub fn train<B: AutodiffBackend>(
     cfg: &TrainConfig,
     out: &Path,
     resume: bool,
+    shards: usize,
     device: B::Device,
 ) -> Result<TrainSummary> {
     if matches!(cfg.method, Method::Flexi { .. }) {
@@ -89,6 +90,7 @@ pub fn train<B: AutodiffBackend>(
         progress: true,
         stop_at: None,
         save_checkpoints: true,
+        shards,
     };
     let (_, summary) = trainer.fit(&Seq2Seq, model, &batches, resume)?;
     Ok(summary)
