@@ -311,6 +311,15 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                 source: e,
             })?;
 
+        let pool = match self.shards {
+            0 | 1 => None,
+            n => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .map_err(|e| TrainError::Model(format!("building the shard pool: {e}")))?,
+            ),
+        };
         let began = Instant::now();
         let mut summary = TrainSummary {
             total_steps,
@@ -352,6 +361,7 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                     &ranks,
                     adalora.as_ref(),
                     micro.len(),
+                    pool.as_ref(),
                 )?;
                 if !value.is_finite() {
                     return Err(TrainError::NonFiniteLoss {
@@ -427,6 +437,7 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
         ranks: &SampleRanks,
         adalora: Option<&AdaLoraAllocator>,
         micro_batches: usize,
+        pool: Option<&rayon::ThreadPool>,
     ) -> Result<(f64, GradientsParams)> {
         let n = objective.batch_len(batch);
         let shards = if self.config.adapter.dropout > 0.0 {
@@ -458,41 +469,43 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
             return Ok((value, GradientsParams::from_grads(grads, model)));
         };
         let total = objective.loss_targets(batch).max(1) as f64;
-        let results: Vec<Result<(f64, GradientsParams)>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = split
-                .into_iter()
-                .enumerate()
-                .map(|(i, (shard, shard_ranks))| {
-                    let model = crate::params::fresh_leaves(model.clone());
-                    let device = self.device.clone();
-                    scope.spawn(move || -> Result<(f64, GradientsParams)> {
-                        // One worker per shard: the backend's parallel kernels (matmul) run
-                        // inside the shard's own thread instead of contending for the global
-                        // pool with the other shards.
-                        let pool = rayon::ThreadPoolBuilder::new()
-                            .num_threads(1)
-                            .build()
-                            .map_err(|e| TrainError::Model(format!("thread pool: {e}")))?;
-                        pool.install(move || -> Result<(f64, GradientsParams)> {
-                            let weight = objective.loss_targets(&shard) as f64 / total;
-                            let mut loss = objective.loss(&model, &shard, &shard_ranks)?;
-                            let value: f64 =
-                                burn::tensor::ElementConversion::elem(loss.clone().into_scalar());
-                            loss = loss.mul_scalar(weight);
-                            if let (0, Some(a)) = (i, adalora) {
-                                loss = loss.add(a.orth_penalty(&model, &device));
-                            }
-                            let grads = loss.div_scalar(micro_batches as f64).backward();
-                            Ok((value * weight, GradientsParams::from_grads(grads, &model)))
-                        })
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("a training shard panicked"))
-                .collect()
+        let Some(pool) = pool else {
+            unreachable!("fit builds the shard pool whenever shards > 1")
+        };
+        // Each shard is one task of the shard pool (as many workers as shards, built once per
+        // run: no threads are created per step, and the backend's parallel kernels (matmul)
+        // called inside a shard share the same workers instead of oversubscribing the cores).
+        let mut slots: Vec<Option<Result<(f64, GradientsParams)>>> =
+            (0..split.len()).map(|_| None).collect();
+        let tasks: Vec<_> = split
+            .into_iter()
+            .enumerate()
+            .map(|(i, (shard, shard_ranks))| {
+                let model = crate::params::fresh_leaves(model.clone());
+                (i, shard, shard_ranks, model, self.device.clone())
+            })
+            .collect();
+        pool.scope(|scope| {
+            for ((i, shard, shard_ranks, model, device), slot) in tasks.into_iter().zip(&mut slots)
+            {
+                scope.spawn(move |_| {
+                    let run = || -> Result<(f64, GradientsParams)> {
+                        let weight = objective.loss_targets(&shard) as f64 / total;
+                        let mut loss = objective.loss(&model, &shard, &shard_ranks)?;
+                        let value: f64 =
+                            burn::tensor::ElementConversion::elem(loss.clone().into_scalar());
+                        loss = loss.mul_scalar(weight);
+                        if let (0, Some(a)) = (i, adalora) {
+                            loss = loss.add(a.orth_penalty(&model, &device));
+                        }
+                        let grads = loss.div_scalar(micro_batches as f64).backward();
+                        Ok((value * weight, GradientsParams::from_grads(grads, &model)))
+                    };
+                    *slot = Some(run());
+                });
+            }
         });
+        let results = slots.into_iter().map(|r| r.expect("every shard task ran"));
         // Sum in shard order: the result does not depend on thread timing.
         let mut accumulator = GradientsAccumulator::<O::Model>::new();
         let mut value = 0.0;
