@@ -135,6 +135,15 @@ pub struct Trainer<'a, B: AutodiffBackend> {
     pub shards: usize,
 }
 
+/// What every micro-batch of one optimizer step shares.
+struct StepShared<'a, B: AutodiffBackend, O: Objective<B>> {
+    objective: &'a O,
+    model: &'a O::Model,
+    adalora: Option<&'a AdaLoraAllocator>,
+    micro_batches: usize,
+    pool: Option<&'a rayon::ThreadPool>,
+}
+
 /// The shard count [`Trainer::shards`] should use by default on backend `kind`: every core on
 /// the CPU (flex), 1 on a GPU (one device; host threads would only contend for it).
 pub fn default_shards(kind: flexi_burn::BackendKind) -> usize {
@@ -354,15 +363,14 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                     Some(s) => s.ranks(n, Phase::Train, objective.routed_ranks(batch))?,
                     None => SampleRanks::uniform(n, 0),
                 };
-                let (value, grads) = self.micro_batch(
+                let shared = StepShared {
                     objective,
-                    &model,
-                    batch,
-                    &ranks,
-                    adalora.as_ref(),
-                    micro.len(),
-                    pool.as_ref(),
-                )?;
+                    model: &model,
+                    adalora: adalora.as_ref(),
+                    micro_batches: micro.len(),
+                    pool: pool.as_ref(),
+                };
+                let (value, grads) = self.micro_batch(&shared, batch, &ranks)?;
                 if !value.is_finite() {
                     return Err(TrainError::NonFiniteLoss {
                         step,
@@ -431,14 +439,17 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
     /// `1 / micro_batches`; on [`Trainer::shards`] threads when the batch can be split.
     fn micro_batch<O: Objective<B>>(
         &self,
-        objective: &O,
-        model: &O::Model,
+        step: &StepShared<'_, B, O>,
         batch: &O::Batch,
         ranks: &SampleRanks,
-        adalora: Option<&AdaLoraAllocator>,
-        micro_batches: usize,
-        pool: Option<&rayon::ThreadPool>,
     ) -> Result<(f64, GradientsParams)> {
+        let StepShared {
+            objective,
+            model,
+            adalora,
+            micro_batches,
+            pool,
+        } = *step;
         let n = objective.batch_len(batch);
         let shards = if self.config.adapter.dropout > 0.0 {
             1
