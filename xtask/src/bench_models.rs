@@ -93,8 +93,8 @@ pub struct TrainBench {
     /// Fraction of each row that is answer (carries a label).
     #[arg(long, default_value_t = 0.5)]
     answer_frac: f64,
-    /// Shards per batch computed on parallel threads (default: the trainer's default for the
-    /// backend, every core on flex).
+    /// Shards per batch computed on parallel threads (default: `--threads`, else the
+    /// trainer's default for the backend, every core on flex).
     #[arg(long)]
     shards: Option<usize>,
 }
@@ -391,7 +391,8 @@ impl BackendJob for TrainJob {
             progress: true,
             stop_at: None,
             save_checkpoints: false,
-            shards: a.shards.unwrap_or_else(|| {
+            // `--threads` bounds the shards too (one shard per worker).
+            shards: a.shards.or(a.common.threads).unwrap_or_else(|| {
                 a.common
                     .backend
                     .parse()

@@ -217,10 +217,14 @@ impl Checkpoint {
 
     /// Whether the checkpoint has a tensor of this name.
     pub fn contains(&self, name: &str) -> bool {
-        self.random.is_some() || self.location.contains_key(name) || self.memory.contains_key(name)
+        self.random.is_some()
+            || self.location.contains_key(name)
+            || self.memory.contains_key(name)
+            || self.used.contains(name)
     }
 
-    /// Reads tensor `name`, checks it has shape `expected`, and converts it to f32.
+    /// Reads tensor `name`, checks it has shape `expected`, and converts it to f32. Each tensor
+    /// is read once (an in-memory tensor is handed over, not copied).
     pub fn take(&mut self, name: &str, expected: &[usize]) -> Result<TensorData> {
         if let Some(seed) = self.random {
             self.used.insert(name.to_string());
@@ -235,9 +239,11 @@ impl Checkpoint {
                     got: data.shape.to_vec(),
                 });
             }
-            let data = data.clone().convert::<f32>();
+            // Moved out, not cloned: an in-memory checkpoint (a dequantised GGUF file) shrinks
+            // as the model is built, so loading peaks near one copy of the weights, not two.
+            let data = self.memory.remove(name).expect("present: checked above");
             self.used.insert(name.to_string());
-            return Ok(data);
+            return Ok(data.convert::<f32>());
         }
         let Some(&idx) = self.location.get(name) else {
             return Err(LlamaError::MissingTensor {
