@@ -456,17 +456,25 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
         } else {
             self.shards.clamp(1, n.max(1))
         };
-        let split: Option<Vec<_>> = (shards > 1)
+        // Sharding needs the loss's target count (an objective that does not give it, 0, is
+        // never split); a batch without any target takes the one-thread path and its error.
+        let total = objective.loss_targets(batch);
+        let split: Option<Vec<_>> = (shards > 1 && total > 0)
             .then(|| {
-                (0..shards)
-                    .map(|i| {
-                        let range = i * n / shards..(i + 1) * n / shards;
-                        let shard = objective.shard(batch, range.clone())?;
-                        let ranks = SampleRanks::new(ranks.as_slice()[range].to_vec())
-                            .with_frozen_prefix(ranks.frozen_prefix());
-                        Some((shard, ranks))
-                    })
-                    .collect()
+                let mut kept = Vec::with_capacity(shards);
+                for i in 0..shards {
+                    let range = i * n / shards..(i + 1) * n / shards;
+                    let shard = objective.shard(batch, range.clone())?;
+                    // A shard without targets adds nothing to the weighted loss, and its own
+                    // mean would be 0/0.
+                    if objective.loss_targets(&shard) == 0 {
+                        continue;
+                    }
+                    let ranks = SampleRanks::new(ranks.as_slice()[range].to_vec())
+                        .with_frozen_prefix(ranks.frozen_prefix());
+                    kept.push((shard, ranks));
+                }
+                Some(kept)
             })
             .flatten();
         let Some(split) = split else {
@@ -479,7 +487,7 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
             let grads = loss.div_scalar(micro_batches as f64).backward();
             return Ok((value, GradientsParams::from_grads(grads, model)));
         };
-        let total = objective.loss_targets(batch).max(1) as f64;
+        let total = total as f64;
         let Some(pool) = pool else {
             unreachable!("fit builds the shard pool whenever shards > 1")
         };

@@ -263,6 +263,36 @@ fn sharded_batches_train_like_whole_batches() {
     }
 }
 
+/// A shard whose samples carry no label (all -100) contributes nothing instead of failing the
+/// step or poisoning it with 0/0: the step equals the one-thread step.
+#[test]
+fn a_shard_without_labels_is_skipped() {
+    let cfg = config(Method::Lora { rank: 4 }, 3);
+    let mut data = batches(None);
+    for b in &mut data {
+        let s = b.batch.seq_len();
+        // Samples 0 and 1 (the first of 2 shards) lose every label.
+        b.labels[..2 * s].iter_mut().for_each(|l| *l = -100);
+    }
+    let out = tmp("empty-shard");
+    let (whole, s1) = run_sharded(&cfg, &out, &data, None, false, 1).unwrap();
+    let (sharded, s2) = run_sharded(&cfg, &out, &data, None, false, 2).unwrap();
+    for (a, b) in s2.losses.iter().zip(&s1.losses) {
+        assert!(
+            a.is_finite() && (a - b).abs() <= 1e-5 * b.abs(),
+            "loss {a} vs {b}"
+        );
+    }
+    let (a, b) = (trainable_tensors(&whole), trainable_tensors(&sharded));
+    let worst = a.iter().fold(0f32, |m, (k, t)| {
+        t.values
+            .iter()
+            .zip(&b[k].values)
+            .fold(m, |m, (x, y)| m.max((x - y).abs()))
+    });
+    assert!(worst <= 1e-4, "weights differ by {worst}");
+}
+
 #[test]
 fn resumed_run_ends_with_the_same_adapter_as_an_uninterrupted_one() {
     for method in [
