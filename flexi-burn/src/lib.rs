@@ -28,4 +28,4 @@ pub use params::{
     AdaptedLinear, LlamaShape, ParamCount, average_activated_params, params_per_rank,
 };
 pub use router::{ClassRankMap, Router, RouterConfig, masked_mean_pool};
-pub use schedule::{Phase, RankSampler, RankSchedule};
+pub use schedule::{Phase, RankSampler, RankSchedule, inference_ranks};

@@ -156,3 +156,27 @@ impl RankSampler {
         })
     }
 }
+
+/// Mixes a seed and a counter (SplitMix64), so each step or batch has its own stream.
+pub fn mix(seed: u64, counter: u64) -> u64 {
+    let mut z = seed ^ counter.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The inference ranks of batch `batch_index` (0-based, in the order batches are run) of an
+/// evaluation seeded by `seed`: the one definition every evaluation (text and speech) and the
+/// tests use. Each batch draws from its own generator, seeded from `(seed, batch_index)`, so a
+/// batch's ranks do not depend on how many batches ran before it. LoRA and DyLoRA give their
+/// fixed (eval) rank; DyLoRA+ one random rank per batch; a routed schedule the router's ranks.
+pub fn inference_ranks(
+    schedule: &RankSchedule,
+    seed: u64,
+    batch_index: usize,
+    n: usize,
+    routed: Option<&[usize]>,
+) -> Result<SampleRanks> {
+    let mut s = RankSampler::new(schedule.clone(), mix(seed ^ 0xe7, batch_index as u64));
+    s.ranks(n, Phase::Inference, routed)
+}

@@ -411,3 +411,52 @@ fn f16_checkpoint_loads_and_runs() {
         0.05,
     );
 }
+
+#[test]
+fn a_kv_cache_reused_at_other_ranks_is_an_error() {
+    let dir = fixture("tiny_tied");
+    let config = models::llama::LlamaConfig::from_dir(&dir).unwrap();
+    let adapter = AdapterConfig::new(vec![Target::Q, Target::V], 4, 8.0);
+    let device = Default::default();
+    let mut ckpt = models::llama::Checkpoint::random(5);
+    let model = models::llama::build_llama::<B>(&config, &mut ckpt, &adapter, &device).unwrap();
+    let batch = PaddedBatch::left_pad(&[vec![1, 2, 3], vec![4, 5]], 0);
+    let mut cache = model.new_cache();
+    let filled = SampleRanks::new(vec![4, 2]);
+    model
+        .forward_last(
+            &batch,
+            &batch.mask,
+            &batch.positions(),
+            Some(&mut cache),
+            &filled,
+        )
+        .unwrap();
+    assert_eq!(cache.ranks(), Some(&[4, 2][..]));
+    let step = PaddedBatch {
+        ids: vec![vec![6], vec![7]],
+        mask: vec![vec![true], vec![true]],
+    };
+    let mask: Vec<Vec<bool>> = batch
+        .mask
+        .iter()
+        .map(|m| [&m[..], &[true]].concat())
+        .collect();
+    let pos = vec![vec![3], vec![2]];
+    let err = model
+        .forward_last(
+            &step,
+            &mask,
+            &pos,
+            Some(&mut cache),
+            &SampleRanks::new(vec![2, 2]),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("[4, 2]") && err.contains("[2, 2]"), "{err}");
+    // At the ranks it was filled with, the cache goes on.
+    model
+        .forward_last(&step, &mask, &pos, Some(&mut cache), &filled)
+        .unwrap();
+    assert_eq!(cache.len(), 4);
+}

@@ -306,6 +306,19 @@ fn kv_cache_decoding_equals_recomputation_with_per_sample_ranks() {
         pos += chunk;
     }
     assert_eq!(cache.len, n);
+    // The cache holds keys and values of ranks [1, 4]: reusing it at other ranks is refused.
+    let one: Vec<Vec<u32>> = seqs.iter().map(|s| s[..1].to_vec()).collect();
+    let err = model
+        .decode(
+            model.ids_tensor(&one, &device).unwrap(),
+            &enc,
+            &mut cache,
+            &SampleRanks::new(vec![4, 4]),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("[1, 4]") && err.contains("[4, 4]"), "{err}");
+    assert_eq!(cache.len, n);
     let d = max_abs_diff(&got, &want);
     println!("cached vs recomputed logits (ranks [1, 4]): max abs diff {d:e}");
     assert!(d <= 1e-4, "{d}");

@@ -155,13 +155,7 @@ pub fn default_shards(kind: flexi_burn::BackendKind) -> usize {
     }
 }
 
-/// Mixes a seed and a counter (SplitMix64), so each step has its own stream.
-pub fn mix(seed: u64, counter: u64) -> u64 {
-    let mut z = seed ^ counter.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+pub use flexi_burn::schedule::mix;
 
 struct SquaredNorm<'a> {
     grads: &'a GradientsParams,
@@ -570,14 +564,4 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
     }
 }
 
-/// The rank schedule of a method, re-exported for callers that evaluate.
-pub fn inference_ranks(
-    schedule: &RankSchedule,
-    seed: u64,
-    batch_index: usize,
-    n: usize,
-    routed: Option<&[usize]>,
-) -> Result<SampleRanks> {
-    let mut s = RankSampler::new(schedule.clone(), mix(seed ^ 0xe7, batch_index as u64));
-    Ok(s.ranks(n, Phase::Inference, routed)?)
-}
+pub use flexi_burn::schedule::inference_ranks;

@@ -19,6 +19,9 @@ use super::rope::{RopeTables, apply_rotary};
 #[derive(Clone, Debug)]
 pub struct KvCache<B: Backend> {
     layers: Vec<Option<LayerKv<B>>>,
+    /// The per-sample LoRA ranks the cached keys and values were computed with: a cache
+    /// filled at one rank holds that rank's projections, so it is only valid at those ranks.
+    ranks: Option<Vec<usize>>,
 }
 
 #[derive(Clone, Debug)]
@@ -36,6 +39,26 @@ impl<B: Backend> KvCache<B> {
     pub fn new(layers: usize) -> Self {
         Self {
             layers: vec![None; layers],
+            ranks: None,
+        }
+    }
+
+    /// The per-sample ranks the cache was filled with (`None` while empty).
+    pub fn ranks(&self) -> Option<&[usize]> {
+        self.ranks.as_deref()
+    }
+
+    /// Records the ranks of a forward pass that extends the cache: the first pass sets them,
+    /// every later one must use the same ranks (otherwise the cached keys and values of one
+    /// rank would be mixed with new ones of another). Returns the cached ranks on a mismatch.
+    pub fn check_ranks(&mut self, ranks: &[usize]) -> Result<(), Vec<usize>> {
+        match &self.ranks {
+            Some(r) if r.as_slice() != ranks => Err(r.clone()),
+            Some(_) => Ok(()),
+            None => {
+                self.ranks = Some(ranks.to_vec());
+                Ok(())
+            }
         }
     }
 

@@ -138,6 +138,17 @@ pub enum LlamaError {
         /// `vocab_size`.
         vocab: usize,
     },
+    /// A KV cache filled at some per-sample ranks reused at other ranks.
+    #[error(
+        "the KV cache was filled at ranks {cached:?} and is reused at ranks {given:?}: \
+         a cache is only valid at the ranks it was filled with (start a new cache)"
+    )]
+    CacheRanks {
+        /// The ranks the cache holds.
+        cached: Vec<usize>,
+        /// The ranks of this forward pass.
+        given: Vec<usize>,
+    },
     /// Inconsistent inputs to a forward pass or a generation (shapes, empty prompts, ...).
     #[error("invalid input: {0}")]
     InvalidInput(String),

@@ -362,6 +362,14 @@ impl<B: Backend> Llama<B> {
             r => r,
         };
         ranks.validate(b, r_max)?;
+        if let Some(cache) = cache.as_deref_mut() {
+            cache
+                .check_ranks(ranks.as_slice())
+                .map_err(|cached| LlamaError::CacheRanks {
+                    cached,
+                    given: ranks.as_slice().to_vec(),
+                })?;
+        }
 
         let c = &self.config;
         let (heads, kv_heads) = (c.num_attention_heads, c.num_key_value_heads);

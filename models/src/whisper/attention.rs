@@ -112,6 +112,9 @@ pub struct DecoderCache<B: Backend> {
     pub layers: Vec<LayerCache<B>>,
     /// Positions already decoded.
     pub len: usize,
+    /// The per-sample LoRA ranks the cache was filled with (`None` while empty): the cached
+    /// self- and cross-attention keys and values are only valid at those ranks.
+    pub ranks: Option<Vec<usize>>,
 }
 
 impl<B: Backend> DecoderCache<B> {
@@ -126,6 +129,7 @@ impl<B: Backend> DecoderCache<B> {
                 layers
             ],
             len: 0,
+            ranks: None,
         }
     }
 }
