@@ -2,13 +2,13 @@
 //! it with the task metric, and report per-set tables, the average rank and the average
 //! activated LoRA parameters per input (SPEC 4).
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use burn::tensor::backend::Backend;
 use datasets::Example;
 use datasets::metrics::{EvalOptions, Evaluator, ScoreTable, sample_score};
 use flexi_burn::params::lora_params_per_rank;
-use flexi_burn::{Phase, RankSampler, RankSchedule, SampleRanks, average_activated_params};
+use flexi_burn::{RankSchedule, SampleRanks, average_activated_params, inference_ranks};
 use indicatif::{ProgressBar, ProgressStyle};
 use models::llama::{GenerationConfig, Llama, generate};
 use serde::Serialize;
@@ -22,15 +22,69 @@ pub enum RankPolicy {
     /// The base model alone (rank 0).
     Base,
     /// A method's inference schedule (LoRA: fixed; DyLoRA: its eval rank; DyLoRA+: random per
-    /// batch, seeded).
+    /// batch, seeded): batch `i` of the evaluation (in the order batches run) gets
+    /// [`flexi_burn::inference_ranks`]`(schedule, seed, i, len)`.
     Schedule {
         /// The schedule.
         schedule: RankSchedule,
         /// Seed of random draws.
         seed: u64,
     },
-    /// Per-example ranks (Flexi-LoRA: the router's), by example id.
-    PerExample(HashMap<String, usize>),
+    /// One rank per example, in the order of the examples (Flexi-LoRA: the router's).
+    PerExample(Vec<usize>),
+}
+
+impl RankPolicy {
+    /// The ranks of one batch: `batch_index` counts the batches run so far, `members` are the
+    /// indices of the batch's examples.
+    pub fn batch_ranks(&self, batch_index: usize, members: &[usize]) -> Result<SampleRanks> {
+        Ok(match self {
+            RankPolicy::Base => SampleRanks::uniform(members.len(), 0),
+            RankPolicy::Schedule { schedule, seed } => {
+                inference_ranks(schedule, *seed, batch_index, members.len(), None)?
+            }
+            RankPolicy::PerExample(ranks) => SampleRanks::new(
+                members
+                    .iter()
+                    .map(|&i| {
+                        ranks.get(i).copied().ok_or_else(|| {
+                            InferError::Invalid(format!(
+                                "{} per-example ranks for example {} and beyond",
+                                ranks.len(),
+                                i + 1
+                            ))
+                        })
+                    })
+                    .collect::<Result<_>>()?,
+            ),
+        })
+    }
+
+    /// Checks that the policy covers `n` examples.
+    fn check(&self, n: usize) -> Result<()> {
+        match self {
+            RankPolicy::PerExample(r) if r.len() != n => Err(InferError::Invalid(format!(
+                "{} per-example ranks for {n} examples",
+                r.len()
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Errors on the first id that occurs twice in `examples` (predictions, labels and router
+/// ranks are keyed by id, so a repeated id would silently overwrite another example's).
+pub fn check_unique_ids(examples: &[Example], origin: &str) -> Result<()> {
+    let mut seen = HashSet::with_capacity(examples.len());
+    for e in examples {
+        if !seen.insert(e.id.as_str()) {
+            return Err(InferError::DuplicateId {
+                origin: origin.to_string(),
+                id: e.id.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Generation and batching settings.
@@ -89,6 +143,8 @@ pub fn evaluate<B: Backend>(
     if settings.batch_size == 0 {
         return Err(InferError::Invalid("batch_size must be at least 1".into()));
     }
+    check_unique_ids(examples, title)?;
+    policy.check(examples.len())?;
     // Encode first (clear errors before any generation), then batch by length.
     let prompts: Vec<Vec<u32>> = examples
         .iter()
@@ -113,34 +169,10 @@ pub fn evaluate<B: Backend>(
         pad_token_id: text.pad_id(),
         ..GenerationConfig::greedy(settings.max_new_tokens, text.stop_ids.clone())
     };
-    let mut sampler = match policy {
-        RankPolicy::Schedule { schedule, seed } => Some(RankSampler::new(schedule.clone(), *seed)),
-        _ => None,
-    };
     let mut answers: Vec<(String, usize)> = vec![(String::new(), 0); examples.len()];
-    for chunk in order.chunks(settings.batch_size) {
+    for (batch_index, chunk) in order.chunks(settings.batch_size).enumerate() {
         let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
-        let ranks = match policy {
-            RankPolicy::Base => SampleRanks::uniform(chunk.len(), 0),
-            RankPolicy::Schedule { .. } => sampler
-                .as_mut()
-                .map(|s| s.ranks(chunk.len(), Phase::Inference, None))
-                .transpose()?
-                .unwrap_or_else(|| SampleRanks::uniform(chunk.len(), 0)),
-            RankPolicy::PerExample(map) => SampleRanks::new(
-                chunk
-                    .iter()
-                    .map(|&i| {
-                        map.get(&examples[i].id).copied().ok_or_else(|| {
-                            InferError::Invalid(format!(
-                                "no router rank for example {}",
-                                examples[i].id
-                            ))
-                        })
-                    })
-                    .collect::<Result<_>>()?,
-            ),
-        };
+        let ranks = policy.batch_ranks(batch_index, chunk)?;
         let out = generate(model, &batch, &ranks, &gen_config)?;
         for ((&i, tokens), &r) in chunk.iter().zip(&out.tokens).zip(ranks.as_slice()) {
             answers[i] = (text.decode_answer(tokens)?, r);
@@ -149,10 +181,26 @@ pub fn evaluate<B: Backend>(
     }
     pb.finish_and_clear();
 
+    Ok(score(
+        examples,
+        &answers,
+        title,
+        lora_params_per_rank(model),
+    ))
+}
+
+/// Scores `answers` (text and rank, one per example) with each example's task metric: the
+/// report of [`evaluate`] and of speech evaluation alike.
+pub fn score(
+    examples: &[Example],
+    answers: &[(String, usize)],
+    title: &str,
+    params_per_rank: usize,
+) -> EvalReport {
     let options = EvalOptions::default();
     let mut evaluator = Evaluator::new(options);
     let mut predictions = Vec::with_capacity(examples.len());
-    for (ex, (pred, rank)) in examples.iter().zip(&answers) {
+    for (ex, (pred, rank)) in examples.iter().zip(answers) {
         evaluator.add(ex, pred);
         predictions.push(Prediction {
             id: ex.id.clone(),
@@ -163,10 +211,10 @@ pub fn evaluate<B: Backend>(
         });
     }
     let ranks: Vec<usize> = answers.iter().map(|(_, r)| *r).collect();
-    Ok(EvalReport {
+    EvalReport {
         tables: evaluator.tables(title),
-        mean_rank: ranks.iter().sum::<usize>() as f64 / ranks.len() as f64,
-        activated_params: average_activated_params(lora_params_per_rank(model), &ranks),
+        mean_rank: ranks.iter().sum::<usize>() as f64 / ranks.len().max(1) as f64,
+        activated_params: average_activated_params(params_per_rank, &ranks),
         predictions,
-    })
+    }
 }

@@ -45,6 +45,7 @@ pub struct LmText {
     pub stop_ids: Vec<u32>,
     /// Whether the chat template is applied.
     pub chat: bool,
+    template: Option<ChatTemplate>,
 }
 
 impl LmText {
@@ -76,11 +77,18 @@ impl LmText {
         }
         Self {
             chat: chat.is_some(),
+            template: chat,
             tokenizer,
             tok,
             prompter,
             stop_ids,
         }
+    }
+
+    /// A name of the chat template the prompts are rendered with (`None`: plain prompts), as
+    /// recorded in a router's input definition.
+    pub fn chat_template_name(&self) -> Option<String> {
+        self.template.as_ref().map(|t| format!("{t:?}"))
     }
 
     /// Padding id.

@@ -40,3 +40,20 @@ pub fn load_tokenizer_any(path: &Path) -> Result<Tokenizer, LoadError> {
         Ok(Tokenizer::from_dir(path)?)
     }
 }
+
+/// Whether `path` holds a Whisper model: a CTranslate2 directory (`model.bin`), or a directory
+/// whose `config.json` has `"model_type": "whisper"`.
+pub fn is_whisper(path: &Path) -> bool {
+    if crate::ct2::is_ct2_dir(path) {
+        return true;
+    }
+    std::fs::read_to_string(path.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| {
+            v.get("model_type")
+                .and_then(|m| m.as_str())
+                .map(|m| m == "whisper")
+        })
+        .unwrap_or(false)
+}

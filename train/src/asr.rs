@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use flexi_burn::SampleRanks;
 use models::llama::causal_lm_loss;
@@ -156,44 +156,57 @@ pub fn transcribe_prompt(
         .map_err(|e| TrainError::Model(e.to_string()))
 }
 
-/// Loads a Whisper directory (Hugging Face or CTranslate2) ready to train with `config`'s method (adapters on
-/// `adapter.targets` in encoder and decoder, `o_proj` meaning `out_proj`, initialised from the
-/// seed; every weight trainable for full fine-tuning).
+/// The Whisper adapter of `config`'s method: none for full fine-tuning, otherwise `r_max` on
+/// `adapter.targets` in encoder and decoder (`o_proj` meaning `out_proj`).
+pub fn whisper_adapter_for(config: &TrainConfig) -> Result<WhisperAdapter> {
+    if config.method == Method::Full {
+        return Ok(WhisperAdapter::none());
+    }
+    // The configuration's default targets use Llama's names; `o_proj` is Whisper's `out_proj`.
+    let names: Vec<&str> = config
+        .adapter
+        .targets
+        .iter()
+        .map(|t| {
+            if t == "o_proj" {
+                "out_proj"
+            } else {
+                t.as_str()
+            }
+        })
+        .collect();
+    let targets =
+        WhisperAdapter::parse_targets(&names.join(",")).map_err(|e| TrainError::Config {
+            key: "adapter.targets".into(),
+            message: e.to_string(),
+        })?;
+    let mut a = WhisperAdapter::new(targets, config.method.r_max()?, config.adapter.alpha);
+    a.scale = config.adapter.scale.into();
+    a.svd_form = matches!(config.method, Method::Adalora(_));
+    a.dropout = config.adapter.dropout;
+    Ok(a)
+}
+
+/// Loads a Whisper directory (Hugging Face or CTranslate2) with the adapter of `config`'s
+/// method, initialised from the seed as training initialises it, on any backend.
+pub fn load_whisper_adapted<B: Backend>(
+    dir: &Path,
+    config: &TrainConfig,
+    device: &B::Device,
+) -> Result<Whisper<B>> {
+    let adapter = whisper_adapter_for(config)?;
+    let model = models::ct2::load_whisper_any::<B>(dir, &adapter, device)
+        .map_err(|e| TrainError::Model(e.to_string()))?;
+    Ok(seeded_adapter_init(model, config.seed, adapter.svd_form))
+}
+
+/// Loads a Whisper directory ready to train with `config`'s method (adapters initialised from
+/// the seed; every weight trainable for full fine-tuning).
 pub fn load_whisper_for_training<B: AutodiffBackend>(
     dir: &Path,
     config: &TrainConfig,
     device: &B::Device,
 ) -> Result<Whisper<B>> {
-    let adapter = if config.method == Method::Full {
-        WhisperAdapter::none()
-    } else {
-        // The configuration's default targets use Llama's names; `o_proj` is Whisper's
-        // `out_proj`.
-        let names: Vec<&str> = config
-            .adapter
-            .targets
-            .iter()
-            .map(|t| {
-                if t == "o_proj" {
-                    "out_proj"
-                } else {
-                    t.as_str()
-                }
-            })
-            .collect();
-        let targets =
-            WhisperAdapter::parse_targets(&names.join(",")).map_err(|e| TrainError::Config {
-                key: "adapter.targets".into(),
-                message: e.to_string(),
-            })?;
-        let mut a = WhisperAdapter::new(targets, config.method.r_max()?, config.adapter.alpha);
-        a.scale = config.adapter.scale.into();
-        a.svd_form = matches!(config.method, Method::Adalora(_));
-        a.dropout = config.adapter.dropout;
-        a
-    };
-    let model = models::ct2::load_whisper_any::<B>(dir, &adapter, device)
-        .map_err(|e| TrainError::Model(e.to_string()))?;
-    let model = seeded_adapter_init(model, config.seed, adapter.svd_form);
+    let model = load_whisper_adapted::<B>(dir, config, device)?;
     Ok(stable_param_ids(model, config.method == Method::Full))
 }

@@ -53,6 +53,9 @@ pub enum TrainError {
     /// An error from the core library.
     #[error(transparent)]
     Flexi(#[from] flexi_burn::FlexiError),
+    /// Inference-side failures (weights files, routers, evaluation).
+    #[error(transparent)]
+    Infer(#[from] infer::InferError),
     /// An error from the model.
     #[error("model: {0}")]
     Model(String),

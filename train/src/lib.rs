@@ -13,6 +13,11 @@
 //! - [`adalora`]: AdaLoRA's importance scores, cubic budget, pruning and orthogonality penalty.
 //! - [`checkpoint`]: atomic checkpoint directories.
 //! - [`params`]: stable parameter ids, trainable tensors to/from safetensors.
+//! - [`router`]: training the Flexi-LoRA router.
+//! - [`workflow`]: label -> router -> fit as library calls ([`workflow::label`],
+//!   [`workflow::fit_router`], [`workflow::fit`]).
+//! - [`run`]: a trained run on disk ([`RunInfo`]) loaded for inference on any plain backend
+//!   ([`FlexiRun::load`], then `evaluate` / `generate`).
 
 pub mod adalora;
 pub mod asr;
@@ -23,8 +28,11 @@ pub mod lm;
 pub mod lr;
 pub mod params;
 pub mod router;
+pub mod run;
 pub mod trainer;
+pub mod workflow;
 
 pub use config::{Method, TrainConfig};
 pub use error::{Result, TrainError};
+pub use run::{FlexiRun, RunInfo};
 pub use trainer::{Objective, TrainSummary, Trainer};

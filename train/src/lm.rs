@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use burn::tensor::Tensor;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use flexi_burn::SampleRanks;
 use models::llama::{AdapterConfig, Llama, PaddedBatch, causal_lm_loss_from_hidden};
 
@@ -151,10 +151,10 @@ pub fn adapter_for(config: &TrainConfig) -> Result<AdapterConfig> {
     Ok(adapter)
 }
 
-/// Loads a Llama (HF directory or `.gguf` file) ready to train with `config`'s method: adapters attached and
-/// initialised from the seed, stable parameter ids, every weight trainable for full
-/// fine-tuning.
-pub fn load_for_training<B: AutodiffBackend>(
+/// Loads a Llama (HF directory or `.gguf` file) with the adapter of `config`'s method,
+/// initialised from the seed as training initialises it, on any backend (a trained run loads
+/// its checkpoint over this).
+pub fn load_adapted<B: Backend>(
     dir: &Path,
     config: &TrainConfig,
     device: &B::Device,
@@ -162,6 +162,17 @@ pub fn load_for_training<B: AutodiffBackend>(
     let adapter = adapter_for(config)?;
     let model = models::auto::load_llama_any::<B>(dir, &adapter, device)
         .map_err(|e| TrainError::Model(e.to_string()))?;
-    let model = seeded_adapter_init(model, config.seed, adapter.svd_form);
+    Ok(seeded_adapter_init(model, config.seed, adapter.svd_form))
+}
+
+/// Loads a Llama (HF directory or `.gguf` file) ready to train with `config`'s method: adapters
+/// attached and initialised from the seed, stable parameter ids, every weight trainable for
+/// full fine-tuning.
+pub fn load_for_training<B: AutodiffBackend>(
+    dir: &Path,
+    config: &TrainConfig,
+    device: &B::Device,
+) -> Result<Llama<B>> {
+    let model = load_adapted::<B>(dir, config, device)?;
     Ok(stable_param_ids(model, config.method == Method::Full))
 }

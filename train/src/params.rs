@@ -1,16 +1,11 @@
 //! Parameter utilities by module path: stable ids, freezing, and saving/loading the trainable
 //! tensors (an adapter, or every weight for full fine-tuning) as safetensors.
 
-use std::collections::BTreeMap;
-use std::path::Path;
-
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-use crate::error::{Result, TrainError};
 
 #[derive(Default)]
 struct ModulePath {
@@ -105,185 +100,9 @@ pub fn fresh_leaves<B: AutodiffBackend, M: Module<B>>(model: M) -> M {
     model.map(&mut FreshLeaves)
 }
 
-/// A tensor on the host: shape and f32 values.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HostTensor {
-    /// Shape.
-    pub shape: Vec<usize>,
-    /// Values, row-major.
-    pub values: Vec<f32>,
-}
-
-impl HostTensor {
-    /// Copies a tensor of any backend and float type to the host as f32.
-    pub fn of<B: Backend, const D: usize>(t: Tensor<B, D>) -> Self {
-        let shape = t.dims().to_vec();
-        let values = t
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .unwrap_or_default();
-        Self { shape, values }
-    }
-}
-
-struct CollectTrainable {
-    path: ModulePath,
-    out: BTreeMap<String, HostTensor>,
-}
-
-impl<B: AutodiffBackend> ModuleVisitor<B> for CollectTrainable {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.names.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.names.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if !param.is_require_grad() {
-            return;
-        }
-        self.out
-            .insert(self.path.join(), HostTensor::of(param.val().inner()));
-    }
-}
-
-/// The trainable parameters by module path.
-pub fn trainable_tensors<B: AutodiffBackend, M: Module<B>>(
-    model: &M,
-) -> BTreeMap<String, HostTensor> {
-    let mut v = CollectTrainable {
-        path: ModulePath::default(),
-        out: BTreeMap::new(),
-    };
-    model.visit(&mut v);
-    v.out
-}
-
-/// Serialises tensors (f32) as safetensors bytes.
-pub fn to_safetensors(tensors: &BTreeMap<String, HostTensor>) -> Result<Vec<u8>> {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(k, t)| {
-            let raw: Vec<u8> = t.values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (k.clone(), t.shape.clone(), raw)
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
-        .iter()
-        .map(|(k, shape, raw)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), raw)
-                .map(|v| (k.clone(), v))
-        })
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| TrainError::Model(format!("building safetensors: {e}")))?;
-    safetensors::serialize(views, None)
-        .map_err(|e| TrainError::Model(format!("serialising safetensors: {e}")))
-}
-
-/// Reads f32 tensors from a safetensors file.
-pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
-    let bytes = std::fs::read(path).map_err(|e| TrainError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| TrainError::Checkpoint {
-        path: path.to_path_buf(),
-        message: format!("not a valid safetensors file: {e}"),
-    })?;
-    let mut out = BTreeMap::new();
-    for (name, view) in st.tensors() {
-        if view.dtype() != safetensors::Dtype::F32 {
-            return Err(TrainError::Checkpoint {
-                path: path.to_path_buf(),
-                message: format!("tensor {name} is {:?}, expected F32", view.dtype()),
-            });
-        }
-        let values = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        out.insert(
-            name,
-            HostTensor {
-                shape: view.shape().to_vec(),
-                values,
-            },
-        );
-    }
-    Ok(out)
-}
-
-struct LoadTensors<'a> {
-    path: ModulePath,
-    tensors: &'a BTreeMap<String, HostTensor>,
-    loaded: Vec<String>,
-    errors: Vec<String>,
-}
-
-impl<B: AutodiffBackend> ModuleMapper<B> for LoadTensors<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.names.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.names.pop();
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let name = self.path.join();
-        let Some(t) = self.tensors.get(&name) else {
-            return param;
-        };
-        let dims = param.dims();
-        if t.shape != dims.to_vec() {
-            self.errors.push(format!(
-                "{name}: checkpoint shape {:?}, model shape {:?}",
-                t.shape, dims
-            ));
-            return param;
-        }
-        self.loaded.push(name);
-        let values = t.values.clone();
-        replace_values(param, |old| {
-            let device = old.device();
-            Tensor::from_data(TensorData::new(values, dims), &device)
-        })
-    }
-}
-
-/// Replaces parameters by path with `tensors`; every tensor must find a parameter of its shape.
-pub fn load_tensors<B: AutodiffBackend, M: Module<B>>(
-    model: M,
-    tensors: &BTreeMap<String, HostTensor>,
-    origin: &Path,
-) -> Result<M> {
-    let mut m = LoadTensors {
-        path: ModulePath::default(),
-        tensors,
-        loaded: Vec::new(),
-        errors: Vec::new(),
-    };
-    let model = model.map(&mut m);
-    let unused: Vec<&String> = tensors.keys().filter(|k| !m.loaded.contains(k)).collect();
-    if !m.errors.is_empty() || !unused.is_empty() {
-        let mut message = m.errors.join("; ");
-        if !unused.is_empty() {
-            if !message.is_empty() {
-                message.push_str("; ");
-            }
-            message.push_str(&format!("tensors with no matching parameter: {unused:?}"));
-        }
-        return Err(TrainError::Checkpoint {
-            path: origin.to_path_buf(),
-            message,
-        });
-    }
-    Ok(model)
-}
+pub use infer::weights::{
+    HostTensor, load_tensors, module_tensors, read_safetensors, to_safetensors, trainable_tensors,
+};
 
 struct SeededInit {
     names: Vec<String>,
@@ -292,7 +111,7 @@ struct SeededInit {
     svd_form: bool,
 }
 
-impl<B: AutodiffBackend> ModuleMapper<B> for SeededInit {
+impl<B: Backend> ModuleMapper<B> for SeededInit {
     fn enter_module(&mut self, name: &str, container_type: &str) {
         self.names.push(name.to_string());
         self.containers.push(container_type.to_string());
@@ -331,9 +150,14 @@ impl<B: AutodiffBackend> ModuleMapper<B> for SeededInit {
             let bound = 1.0 / (dims[D - 1] as f32).sqrt();
             (0..n).map(|_| rng.random_range(-bound..bound)).collect()
         };
-        replace_values(param, |old| {
-            let device = old.device();
-            Tensor::from_data(TensorData::new(values, dims), &device)
+        param.map(|old| {
+            let require_grad = old.is_require_grad();
+            let new = Tensor::from_data(TensorData::new(values, dims), &old.device());
+            if require_grad {
+                new.require_grad()
+            } else {
+                new
+            }
         })
     }
 }
@@ -342,11 +166,7 @@ impl<B: AutodiffBackend> ModuleMapper<B> for SeededInit {
 /// PEFT's distributions (LoRA: A kaiming-uniform, B untouched (zero); AdaLoRA SVD form: A and
 /// B ~ N(0, 0.02)). The backend's own RNG is global to the process; this makes the initial
 /// adapter a function of the seed alone, on every backend.
-pub fn seeded_adapter_init<B: AutodiffBackend, M: Module<B>>(
-    model: M,
-    seed: u64,
-    svd_form: bool,
-) -> M {
+pub fn seeded_adapter_init<B: Backend, M: Module<B>>(model: M, seed: u64, svd_form: bool) -> M {
     model.map(&mut SeededInit {
         names: Vec::new(),
         containers: Vec::new(),

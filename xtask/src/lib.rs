@@ -9,5 +9,4 @@ pub mod llama;
 pub mod models_cmd;
 pub mod pipeline;
 pub mod portability;
-pub mod speech;
 pub mod whisper_cmd;

@@ -9,25 +9,20 @@
 //!
 //! `--model` is a Hugging Face directory or a `.gguf` file. Every command takes `--backend`.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use datasets::batch::{PadSide, collate};
-use datasets::labels::{LabelRule, balanced_split, count, label_scores, read_jsonl, write_jsonl};
-use datasets::{Example, ReadOptions, read_all};
+use datasets::Example;
+use datasets::labels::read_jsonl;
 use flexi_burn::backend::{self, BackendJob, BackendKind};
-use infer::{EvalReport, EvalSettings, LmText, RankPolicy, evaluate};
-use models::llama::{AdapterConfig, Llama};
-use serde::{Deserialize, Serialize};
-use train::lm::{CausalLm, LmBatch, load_for_training};
-use train::router::{
-    RouterMeta, RouterTraining, load_router, pooled_embeddings, route, save_router, train_router,
-};
-use train::{Method, TrainConfig, Trainer};
+use infer::{EvalReport, EvalSettings};
+use serde::Serialize;
+use train::workflow::{self, FitSpec, RouterSpec, TextModel};
+use train::{FlexiRun, Method, TrainConfig};
+
+pub use train::RunInfo;
 
 /// Options shared by the pipeline commands.
 #[derive(Args, Clone, Debug)]
@@ -60,17 +55,9 @@ impl Common {
         Ok(self.backend.parse()?)
     }
 
-    fn text(&self) -> Result<LmText> {
-        LmText::load(&self.model, !self.no_chat)
-            .with_context(|| format!("loading the tokenizer of {}", self.model.display()))
-    }
-
-    /// The base model, without adapters.
-    fn base_model<B: burn::tensor::backend::Backend>(
-        &self,
-        device: &B::Device,
-    ) -> Result<Llama<B>> {
-        models::auto::load_llama_any::<B>(&self.model, &AdapterConfig::none(), device)
+    /// The base model with its tokenizer and prompts.
+    fn base<B: burn::tensor::backend::Backend>(&self, device: &B::Device) -> Result<TextModel<B>> {
+        TextModel::load(&self.model, !self.no_chat, device)
             .with_context(|| format!("loading {}", self.model.display()))
     }
 
@@ -86,16 +73,7 @@ impl Common {
 
 /// Reads a data file (format detected), keeping the first `limit` examples.
 pub fn read_examples(path: &Path, limit: Option<usize>) -> Result<Vec<Example>> {
-    let data = read_all(path, &ReadOptions::default())
-        .with_context(|| format!("reading {}", path.display()))?;
-    let mut ex = data.examples;
-    if let Some(n) = limit {
-        ex.truncate(n);
-    }
-    if ex.is_empty() {
-        bail!("{}: no examples", path.display());
-    }
-    Ok(ex)
+    Ok(workflow::read_examples(path, limit)?)
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
@@ -131,33 +109,16 @@ impl BackendJob for LabelJob {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let a = self.0;
         let examples = read_examples(&a.data, a.common.limit)?;
-        let text = a.common.text()?;
-        let model = a.common.base_model::<B::InnerBackend>(&device)?;
-        let report = evaluate(
-            &model,
-            &text,
-            &examples,
-            &RankPolicy::Base,
-            &a.common.settings(),
-            "base",
-        )?;
-        std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-        print_report("base model", &report);
-        let rule = LabelRule::for_task(examples[0].task, a.threshold);
-        let labelled = label_scores(
-            report.predictions.iter().map(|p| (p.id.clone(), p.score)),
-            rule,
-        )?;
-        write_jsonl(a.out.join("labels.jsonl"), &labelled)?;
-        let balanced = balanced_split(&labelled, a.seed)?;
-        write_jsonl(a.out.join("router_train.jsonl"), &balanced)?;
-        write_json(&a.out.join("base_eval.json"), &report)?;
-        let c = count(&labelled);
+        let base = a.common.base::<B::InnerBackend>(&device)?;
+        let labels = workflow::label(&base, &examples, &a.common.settings(), a.threshold, a.seed)?;
+        print_report("base model", &labels.report);
+        labels.write(&a.out)?;
+        let c = labels.counts();
         println!(
             "labels: {} easy, {} hard -> {} in the balanced router set ({})",
             c.easy,
             c.hard,
-            balanced.len(),
+            labels.balanced.len(),
             a.out.join("router_train.jsonl").display()
         );
         Ok(())
@@ -204,68 +165,39 @@ pub struct RouterArgs {
 
 struct RouterJob(RouterArgs);
 
-/// Pooled prompt embeddings of examples with the model's frozen embedding.
-fn features<B: burn::tensor::backend::Backend>(
-    model: &models::llama::Llama<B>,
-    text: &LmText,
-    examples: &[&Example],
-    max_len: usize,
-) -> Result<Vec<Vec<f32>>> {
-    let prompts: Vec<Vec<u32>> = examples
-        .iter()
-        .map(|e| text.encode_prompt(e, max_len, 1))
-        .collect::<infer::Result<_>>()?;
-    Ok(pooled_embeddings(model, &prompts, 16))
-}
-
 impl BackendJob for RouterJob {
     type Output = Result<()>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let a = self.0;
-        let map: flexi_burn::ClassRankMap = a.ranks.parse()?;
+        let spec = RouterSpec {
+            class_ranks: a.ranks.parse()?,
+            training: train::router::RouterTraining {
+                hidden: (a.hidden > 0).then_some(a.hidden),
+                noise_std: a.noise_std,
+                epochs: a.epochs,
+                seed: a.seed,
+                ..Default::default()
+            },
+            max_len: a.common.max_len,
+        };
         let examples = read_examples(&a.data, None)?;
-        let by_id: HashMap<&str, &Example> = examples.iter().map(|e| (e.id.as_str(), e)).collect();
-        let labels = read_jsonl(&a.labels)?;
-        let mut chosen = Vec::with_capacity(labels.len());
-        let mut classes = Vec::with_capacity(labels.len());
-        for l in &labels {
-            let ex = by_id.get(l.id.as_str()).with_context(|| {
+        let labels = read_jsonl(&a.labels)
+            .with_context(|| format!("reading labels {}", a.labels.display()))?;
+        let base = a.common.base::<B::InnerBackend>(&device)?;
+        let fitted = workflow::fit_router::<B>(&base, &examples, &labels, &spec, &device)
+            .with_context(|| {
                 format!(
-                    "{}: label id {} is not in {}",
-                    a.labels.display(),
-                    l.id,
-                    a.data.display()
+                    "training a router on {} with labels {}",
+                    a.data.display(),
+                    a.labels.display()
                 )
             })?;
-            chosen.push(*ex);
-            classes.push(l.label.class());
-        }
-        let text = a.common.text()?;
-        let model = a.common.base_model::<B::InnerBackend>(&device)?;
-        let feats = features(&model, &text, &chosen, a.common.max_len)?;
-        let training = RouterTraining {
-            hidden: (a.hidden > 0).then_some(a.hidden),
-            noise_std: a.noise_std,
-            epochs: a.epochs,
-            seed: a.seed,
-            ..Default::default()
-        };
-        let (router, acc) =
-            train_router::<B>(&feats, &classes, map.num_classes(), &training, &device)?;
-        let meta = RouterMeta {
-            d_model: feats[0].len(),
-            num_classes: map.num_classes(),
-            hidden: training.hidden,
-            class_ranks: map.to_string(),
-            train_accuracy: acc,
-            training,
-        };
-        save_router(&router, &meta, &a.out)?;
+        fitted.save(&a.out)?;
         println!(
             "router: {} examples, training accuracy {:.1} %, class->rank {} -> {}",
-            chosen.len(),
-            100.0 * acc,
-            map,
+            fitted.examples,
+            100.0 * fitted.meta.train_accuracy,
+            spec.class_ranks,
             a.out.display()
         );
         Ok(())
@@ -314,53 +246,6 @@ pub struct TrainArgs {
     /// No progress bar or summary lines (callers that print their own).
     #[arg(skip)]
     quiet: bool,
-}
-
-/// What `train` leaves for `eval`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RunInfo {
-    /// The model path.
-    pub model: PathBuf,
-    /// The configuration.
-    pub config: TrainConfig,
-    /// The router, for Flexi-LoRA.
-    pub router: Option<PathBuf>,
-    /// Whether prompts used the chat template.
-    pub chat: bool,
-    /// Training examples.
-    pub examples: usize,
-    /// Wall time of training in seconds.
-    pub seconds: f64,
-    /// First and last step losses.
-    pub first_loss: f64,
-    /// Last step loss.
-    pub last_loss: f64,
-    /// A speech (Whisper) run.
-    #[serde(default)]
-    pub speech: bool,
-}
-
-impl RunInfo {
-    fn new(
-        a: &TrainArgs,
-        config: TrainConfig,
-        chat: bool,
-        examples: usize,
-        summary: &train::TrainSummary,
-        speech: bool,
-    ) -> Self {
-        Self {
-            model: a.common.model.clone(),
-            config,
-            router: a.router.clone(),
-            chat,
-            examples,
-            seconds: summary.seconds,
-            first_loss: summary.losses.first().copied().unwrap_or(f64::NAN),
-            last_loss: summary.losses.last().copied().unwrap_or(f64::NAN),
-            speech,
-        }
-    }
 }
 
 /// Builds the training configuration from the file, the flags and the overrides.
@@ -414,95 +299,38 @@ impl BackendJob for TrainJob {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<RunInfo> {
         let (a, cfg) = (self.0, self.1);
         let examples = read_examples(&a.data, a.common.limit)?;
-        if crate::speech::is_whisper(&a.common.model) {
-            let summary = crate::speech::train::<B>(
-                &a.common.model,
-                &examples,
-                &cfg,
-                &a.out,
-                a.resume,
-                train::trainer::default_shards(a.common.backend()?),
-                device,
-            )?;
-            let info = RunInfo::new(&a, cfg, false, examples.len(), &summary, true);
-            write_json(&a.out.join("run.json"), &info)?;
-            println!(
-                "trained {} steps in {:.0} s: loss {:.4} -> {:.4}",
-                summary.losses.len(),
-                summary.seconds,
-                info.first_loss,
-                info.last_loss
-            );
-            return Ok(info);
-        }
-        let text = a.common.text()?;
-        let mut encoded = Vec::with_capacity(examples.len());
-        for ex in &examples {
-            encoded.push(text.encode_train(ex, cfg.max_len)?);
-        }
-        let model = load_for_training::<B>(&a.common.model, &cfg, &device)?;
-        // Router ranks per example (Flexi-LoRA), from the frozen router.
-        let routed: Option<Vec<usize>> = match (&cfg.method, &a.router) {
-            (Method::Flexi { .. }, Some(dir)) => {
-                let (router, map, _) = load_router::<B>(dir, &device)?;
-                let want = cfg.method.class_ranks()?.unwrap_or(map.clone());
-                if want != map {
-                    bail!(
-                        "the router in {} maps classes to {map}, the method asks for {want}",
-                        dir.display()
-                    );
-                }
-                // The router reads the frozen token embedding, which the model to train
-                // shares with its base: no second copy of the model is loaded.
-                let refs: Vec<&Example> = examples.iter().collect();
-                let feats = features(&model.valid(), &text, &refs, cfg.max_len)?;
-                Some(route(&router, &map, &feats, &device)?)
-            }
-            _ => None,
-        };
-        let batches: Vec<LmBatch> = encoded
-            .chunks(cfg.batch_size)
-            .enumerate()
-            .map(|(bi, chunk)| {
-                let refs: Vec<_> = chunk.iter().collect();
-                let mut b = LmBatch::from_collated(&collate(&refs, text.pad_id(), PadSide::Left));
-                b.routed = routed
-                    .as_ref()
-                    .map(|r| r[bi * cfg.batch_size..bi * cfg.batch_size + chunk.len()].to_vec());
-                b
-            })
-            .collect();
-        if !a.quiet {
-            println!(
-                "train {}: {} examples, {} batches, {} trainable parameters",
-                cfg.method.label(),
-                examples.len(),
-                batches.len(),
-                flexi_burn::ParamCount::of(&model).trainable
-            );
-        }
-        let trainer = Trainer::<B> {
-            config: &cfg,
+        let spec = FitSpec {
+            model: a.common.model.clone(),
+            config: cfg,
+            router: a.router.clone(),
+            chat: !a.common.no_chat,
             out: a.out.clone(),
-            device,
+            resume: a.resume,
             progress: !a.quiet,
-            stop_at: None,
-            save_checkpoints: true,
             shards: train::trainer::default_shards(a.common.backend()?),
         };
-        let (_, summary) = trainer.fit(&CausalLm, model, &batches, a.resume)?;
-        let info = RunInfo::new(&a, cfg, text.chat, examples.len(), &summary, false);
-        write_json(&a.out.join("run.json"), &info)?;
+        let fitted = workflow::fit::<B>(&spec, &examples, device)
+            .with_context(|| format!("training on {}", a.data.display()))?;
+        let info = fitted.info;
         if a.quiet {
             return Ok(info);
         }
         println!(
+            "train {}{}: {} examples, {} batches, {} trainable parameters",
+            info.config.method.label(),
+            if info.speech { " (speech)" } else { "" },
+            examples.len(),
+            fitted.batches,
+            fitted.trainable
+        );
+        println!(
             "trained {} steps in {:.0} s: loss {:.4} -> {:.4}; checkpoint {}",
-            summary.losses.len(),
-            summary.seconds,
+            fitted.summary.losses.len(),
+            fitted.summary.seconds,
             info.first_loss,
             info.last_loss,
-            summary
+            fitted
+                .summary
                 .checkpoint
                 .as_deref()
                 .map(|p| p.display().to_string())
@@ -577,99 +405,36 @@ pub struct EvalSummary {
 
 struct EvalJob(EvalArgs);
 
-/// How a run picks its inference ranks (router ranks need each file's prompts).
-enum Ranking<B: AutodiffBackend> {
-    Base,
-    Schedule(flexi_burn::RankSchedule, u64),
-    Router(Box<flexi_burn::Router<B>>, flexi_burn::ClassRankMap),
-}
-
 impl BackendJob for EvalJob {
     type Output = Result<EvalSummary>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<EvalSummary> {
         let a = self.0;
-        let (model_path, info) = match (&a.run, a.base) {
-            (Some(run), false) => {
-                let p = run.join("run.json");
-                let info: RunInfo = serde_json::from_slice(
-                    &std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?,
-                )
-                .with_context(|| format!("{}: not a run description", p.display()))?;
-                (info.model.clone(), Some(info))
+        // Inference on the plain backend: the run's model, adapter and rank policy (router
+        // included), or the base model at rank 0.
+        let run: FlexiRun<B::InnerBackend> = match (&a.run, a.base) {
+            (Some(dir), false) => FlexiRun::load(dir, &device)
+                .with_context(|| format!("loading the run {}", dir.display()))?,
+            (None, true) => {
+                let model = a.model.as_deref().context("--base needs --model")?;
+                FlexiRun::base(model, true, 256, &device)
+                    .with_context(|| format!("loading {}", model.display()))?
             }
-            (None, true) => (a.model.clone().context("--base needs --model")?, None),
             _ => bail!("give either --run DIR or --base --model PATH"),
         };
-        if info
-            .as_ref()
-            .map_or_else(|| crate::speech::is_whisper(&model_path), |i| i.speech)
-        {
-            return eval_speech::<B>(&a, &model_path, info.as_ref(), device);
-        }
-        let text = LmText::load(&model_path, info.as_ref().is_none_or(|i| i.chat))?;
         let settings = EvalSettings {
             batch_size: a.eval_batch,
             max_new_tokens: a.max_new_tokens,
-            max_len: info.as_ref().map_or(256, |i| i.config.max_len),
+            max_len: run.max_len,
             progress: !a.quiet,
         };
-        // The model: base, or the run's adapter from its newest checkpoint.
-        let (model, method, ranking) = match &info {
-            None => (
-                models::auto::load_llama_any::<B::InnerBackend>(
-                    &model_path,
-                    &AdapterConfig::none(),
-                    &device,
-                )?,
-                "base".to_string(),
-                Ranking::Base,
-            ),
-            Some(info) => {
-                let run = a.run.clone().context("run directory")?;
-                let model = load_for_training::<B>(&model_path, &info.config, &device)?;
-                let ckpt = train::checkpoint::Checkpoints::new(&run, 2)
-                    .latest()?
-                    .with_context(|| format!("{}: no checkpoint", run.display()))?;
-                let w = ckpt.join("weights.safetensors");
-                let model =
-                    train::params::load_tensors(model, &train::params::read_safetensors(&w)?, &w)?;
-                let method = info.config.method.clone();
-                let ranking = match (&method, &info.router) {
-                    (Method::Flexi { .. }, Some(dir)) => {
-                        let (router, map, _) = load_router::<B>(dir, &device)?;
-                        Ranking::Router(Box::new(router), map)
-                    }
-                    (Method::Full, _) => Ranking::Base,
-                    _ => Ranking::Schedule(
-                        method.schedule().context("method without ranks")?,
-                        info.config.seed,
-                    ),
-                };
-                (model.valid(), method.label(), ranking)
-            }
-        };
+        let method = run.method();
         let mut reports = Vec::new();
         for path in &a.data {
             let examples = read_examples(path, a.limit)?;
-            let policy = match &ranking {
-                Ranking::Base => RankPolicy::Base,
-                Ranking::Schedule(schedule, seed) => RankPolicy::Schedule {
-                    schedule: schedule.clone(),
-                    seed: *seed,
-                },
-                // The router reads the frozen token embedding, which the adapted model shares
-                // with its base.
-                Ranking::Router(router, map) => {
-                    let refs: Vec<&Example> = examples.iter().collect();
-                    let feats = features(&model, &text, &refs, settings.max_len)?;
-                    let ranks = route(router, map, &feats, &device)?;
-                    RankPolicy::PerExample(
-                        examples.iter().map(|e| e.id.clone()).zip(ranks).collect(),
-                    )
-                }
-            };
             let name = examples[0].source.clone();
-            let report = evaluate(&model, &text, &examples, &policy, &settings, &name)?;
+            let report = run
+                .evaluate(&examples, &settings, &name)
+                .with_context(|| format!("evaluating on {}", path.display()))?;
             if !a.quiet {
                 print_report(&format!("{method} on {}", path.display()), &report);
             }
@@ -677,29 +442,6 @@ impl BackendJob for EvalJob {
         }
         finish_eval(&a, method, reports)
     }
-}
-
-/// `eval` of a Whisper run (or base model) on LibriSpeech-layout data.
-fn eval_speech<B: AutodiffBackend>(
-    a: &EvalArgs,
-    model_path: &Path,
-    info: Option<&RunInfo>,
-    device: B::Device,
-) -> Result<EvalSummary> {
-    let method = info.map_or_else(|| "base".to_string(), |i| i.config.method.label());
-    let mut reports = Vec::new();
-    for path in &a.data {
-        let examples = read_examples(path, a.limit)?;
-        let run = match (info, &a.run) {
-            (Some(i), Some(dir)) => Some((dir.as_path(), &i.config)),
-            _ => None,
-        };
-        let report =
-            crate::speech::eval::<B>(model_path, run, &examples, a.eval_batch, device.clone())?;
-        print_report(&format!("{method} on {}", path.display()), &report);
-        reports.push(report);
-    }
-    finish_eval(a, method, reports)
 }
 
 /// Combines the per-file reports (mean rank and activated parameters per input over all

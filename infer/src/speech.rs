@@ -1,0 +1,68 @@
+//! Speech evaluation: transcribe every utterance with the method's inference ranks and score
+//! WER / CER / ACC with the same scoring as text ([`crate::eval::score`]).
+
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+use datasets::Example;
+use flexi_burn::params::lora_params_per_rank;
+use models::whisper::{
+    TranscribeOptions, Whisper, WhisperTokenizer, load_audio, transcribe_with_ranks,
+};
+
+use crate::error::{InferError, Result};
+use crate::eval::{EvalReport, RankPolicy, check_unique_ids, score};
+
+/// The audio file of a speech example.
+pub fn audio_of(ex: &Example) -> Result<&Path> {
+    ex.audio.as_deref().ok_or_else(|| {
+        InferError::Invalid(format!(
+            "example {} has no audio file (not a speech data set?)",
+            ex.id
+        ))
+    })
+}
+
+/// Transcribes every example in batches of `batch_size` (batch `i` takes the ranks
+/// `policy.batch_ranks(i, ..)`) and scores the transcripts.
+pub fn evaluate_speech<B: Backend>(
+    model: &Whisper<B>,
+    tokenizer: &WhisperTokenizer,
+    examples: &[Example],
+    policy: &RankPolicy,
+    batch_size: usize,
+    title: &str,
+) -> Result<EvalReport> {
+    if examples.is_empty() {
+        return Err(InferError::Invalid("no example to evaluate".into()));
+    }
+    if batch_size == 0 {
+        return Err(InferError::Invalid("batch_size must be at least 1".into()));
+    }
+    check_unique_ids(examples, title)?;
+    let audios: Vec<(String, Vec<f32>)> = examples
+        .iter()
+        .map(|e| {
+            let p = audio_of(e)?;
+            Ok((e.id.clone(), load_audio(p)?))
+        })
+        .collect::<Result<_>>()?;
+    let order: Vec<usize> = (0..examples.len()).collect();
+    let mut ranks = Vec::with_capacity(examples.len());
+    for (batch_index, chunk) in order.chunks(batch_size).enumerate() {
+        ranks.extend_from_slice(policy.batch_ranks(batch_index, chunk)?.as_slice());
+    }
+    let options = TranscribeOptions {
+        batch_size,
+        ..Default::default()
+    };
+    let device = model.encoder.conv1.weight.device();
+    let texts = transcribe_with_ranks(model, tokenizer, &audios, &ranks, &options, &device)?;
+    let answers: Vec<(String, usize)> = texts.into_iter().zip(ranks).collect();
+    Ok(score(
+        examples,
+        &answers,
+        title,
+        lora_params_per_rank(model),
+    ))
+}

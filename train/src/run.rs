@@ -1,0 +1,320 @@
+//! A trained run on disk and loading it for inference.
+//!
+//! `train` leaves a run directory: `run.json` ([`RunInfo`]: the base model, the training
+//! configuration, the router, the chat flag), `metrics.jsonl` and checkpoints
+//! (`checkpoint-*/weights.safetensors`: the trainable tensors). [`FlexiRun::load`] turns such
+//! a directory back into a model on any plain backend together with the run's own rank policy
+//! (the method's inference schedule, or its router), ready to generate, transcribe and
+//! evaluate.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use datasets::Example;
+use infer::router::TrainedRouter;
+use infer::{EvalReport, EvalSettings, LmText, RankPolicy, evaluate, evaluate_speech};
+use models::llama::{AdapterConfig, GenerationConfig, Llama, generate};
+use models::whisper::{Whisper, WhisperTokenizer};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::Checkpoints;
+use crate::config::{Method, TrainConfig};
+use crate::error::{Result, TrainError};
+use crate::params::{load_tensors, read_safetensors};
+
+/// What `train` leaves for inference (`run.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// The base model path.
+    pub model: PathBuf,
+    /// The configuration.
+    pub config: TrainConfig,
+    /// The router, for Flexi-LoRA.
+    pub router: Option<PathBuf>,
+    /// Whether prompts used the chat template.
+    pub chat: bool,
+    /// Training examples.
+    pub examples: usize,
+    /// Wall time of training in seconds.
+    pub seconds: f64,
+    /// First step loss.
+    pub first_loss: f64,
+    /// Last step loss.
+    pub last_loss: f64,
+    /// A speech (Whisper) run.
+    #[serde(default)]
+    pub speech: bool,
+}
+
+impl RunInfo {
+    /// The file name inside a run directory.
+    pub const FILE: &'static str = "run.json";
+
+    /// Reads `dir/run.json`.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let p = dir.join(Self::FILE);
+        let bytes = std::fs::read(&p).map_err(|e| TrainError::Io {
+            path: p.clone(),
+            source: e,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| TrainError::Checkpoint {
+            path: p,
+            message: format!("not a run description: {e}"),
+        })
+    }
+
+    /// Writes `dir/run.json`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let p = dir.join(Self::FILE);
+        let json = serde_json::to_vec_pretty(self).map_err(|e| TrainError::Model(e.to_string()))?;
+        std::fs::write(&p, json).map_err(|e| TrainError::Io { path: p, source: e })
+    }
+}
+
+/// The model of a run: a Llama with its text side, or a Whisper with its tokenizer.
+pub enum RunModel<B: Backend> {
+    /// Text generation.
+    Text {
+        /// The model (adapter loaded).
+        model: Box<Llama<B>>,
+        /// Tokenizer and prompts.
+        text: Box<LmText>,
+    },
+    /// Speech recognition.
+    Speech {
+        /// The model (adapter loaded).
+        model: Box<Whisper<B>>,
+        /// Its tokenizer.
+        tokenizer: Box<WhisperTokenizer>,
+    },
+}
+
+/// How a run picks each input's rank at inference.
+#[derive(Debug)]
+pub enum RunRanks<B: Backend> {
+    /// The base model (rank 0), also full fine-tuning.
+    Base,
+    /// The method's inference schedule, seeded with the run's seed.
+    Schedule(flexi_burn::RankSchedule, u64),
+    /// Flexi-LoRA: the run's router.
+    Router(Box<TrainedRouter<B>>),
+}
+
+/// A trained run (or a base model) loaded for inference on a plain backend.
+pub struct FlexiRun<B: Backend> {
+    /// The run's description (`None` for a base model).
+    pub info: Option<RunInfo>,
+    /// The model.
+    pub model: RunModel<B>,
+    /// Its rank policy.
+    pub ranks: RunRanks<B>,
+    /// Longest prompt + answer of text generation (the run's `max_len`).
+    pub max_len: usize,
+}
+
+/// The newest checkpoint's trainable tensors of a run, loaded into `model`.
+fn load_newest<B: Backend, M: burn::module::Module<B>>(dir: &Path, model: M) -> Result<M> {
+    let ckpt = Checkpoints::new(dir, 2)
+        .latest()?
+        .ok_or_else(|| TrainError::Checkpoint {
+            path: dir.to_path_buf(),
+            message: "no checkpoint (did training finish a step?)".into(),
+        })?;
+    let w = ckpt.join("weights.safetensors");
+    Ok(load_tensors(model, &read_safetensors(&w)?, &w)?)
+}
+
+impl<B: Backend> FlexiRun<B> {
+    /// Loads the run in `dir`: its base model with the adapter of its method, the newest
+    /// checkpoint, and its rank policy (router included).
+    pub fn load(dir: &Path, device: &B::Device) -> Result<Self> {
+        let info = RunInfo::read(dir)?;
+        let cfg = &info.config;
+        let model = if info.speech {
+            let m = crate::asr::load_whisper_adapted::<B>(&info.model, cfg, device)?;
+            RunModel::Speech {
+                model: Box::new(load_newest(dir, m)?),
+                tokenizer: Box::new(whisper_tokenizer(&info.model)?),
+            }
+        } else {
+            let m = crate::lm::load_adapted::<B>(&info.model, cfg, device)?;
+            RunModel::Text {
+                model: Box::new(load_newest(dir, m)?),
+                text: Box::new(LmText::load(&info.model, info.chat)?),
+            }
+        };
+        let ranks = match (&cfg.method, &info.router) {
+            (Method::Flexi { .. }, Some(router)) => {
+                let r = TrainedRouter::<B>::load(router, device)?;
+                if let Some(want) = cfg.method.class_ranks()?
+                    && want != r.map
+                {
+                    return Err(TrainError::Config {
+                        key: "method.class_ranks".into(),
+                        message: format!(
+                            "the run asks for {want}, its router in {} maps classes to {}",
+                            router.display(),
+                            r.map
+                        ),
+                    });
+                }
+                RunRanks::Router(Box::new(r))
+            }
+            (Method::Flexi { .. }, None) => {
+                return Err(TrainError::Checkpoint {
+                    path: dir.join(RunInfo::FILE),
+                    message: "a Flexi-LoRA run without a router".into(),
+                });
+            }
+            (Method::Full, _) => RunRanks::Base,
+            (m, _) => RunRanks::Schedule(
+                m.schedule().ok_or_else(|| TrainError::Config {
+                    key: "method".into(),
+                    message: format!("{} has no inference ranks", m.label()),
+                })?,
+                cfg.seed,
+            ),
+        };
+        let max_len = cfg.max_len;
+        if let (RunRanks::Router(r), RunModel::Text { model, text }) = (&ranks, &model) {
+            r.meta.input.check(model, text, &r.dir)?;
+        }
+        Ok(Self {
+            info: Some(info),
+            model,
+            ranks,
+            max_len,
+        })
+    }
+
+    /// A base model (HF directory, `.gguf` file or CTranslate2 Whisper directory) without an
+    /// adapter: every input at rank 0. `chat` applies the model's chat template to prompts;
+    /// `max_len` bounds prompt + answer.
+    pub fn base(model: &Path, chat: bool, max_len: usize, device: &B::Device) -> Result<Self> {
+        let m = if models::auto::is_whisper(model) {
+            RunModel::Speech {
+                model: Box::new(
+                    models::ct2::load_whisper_any::<B>(
+                        model,
+                        &models::whisper::WhisperAdapter::none(),
+                        device,
+                    )
+                    .map_err(|e| TrainError::Model(format!("{}: {e}", model.display())))?,
+                ),
+                tokenizer: Box::new(whisper_tokenizer(model)?),
+            }
+        } else {
+            RunModel::Text {
+                model: Box::new(
+                    models::auto::load_llama_any::<B>(model, &AdapterConfig::none(), device)
+                        .map_err(|e| TrainError::Model(format!("{}: {e}", model.display())))?,
+                ),
+                text: Box::new(LmText::load(model, chat)?),
+            }
+        };
+        Ok(Self {
+            info: None,
+            model: m,
+            ranks: RunRanks::Base,
+            max_len,
+        })
+    }
+
+    /// The method's label (`base` for a base model).
+    pub fn method(&self) -> String {
+        self.info
+            .as_ref()
+            .map_or_else(|| "base".to_string(), |i| i.config.method.label())
+    }
+
+    /// The rank policy of `examples` (in their order): the router's rank of each example for
+    /// Flexi-LoRA, the method's schedule otherwise.
+    pub fn policy(&self, examples: &[Example]) -> Result<RankPolicy> {
+        Ok(match &self.ranks {
+            RunRanks::Base => RankPolicy::Base,
+            RunRanks::Schedule(schedule, seed) => RankPolicy::Schedule {
+                schedule: schedule.clone(),
+                seed: *seed,
+            },
+            RunRanks::Router(router) => match &self.model {
+                RunModel::Text { model, text } => {
+                    let refs: Vec<&Example> = examples.iter().collect();
+                    RankPolicy::PerExample(router.route(model, text, &refs)?)
+                }
+                RunModel::Speech { .. } => {
+                    return Err(TrainError::Config {
+                        key: "method".into(),
+                        message: "a router over audio is not implemented (issue 14)".into(),
+                    });
+                }
+            },
+        })
+    }
+
+    /// Generates (text) or transcribes (speech) every example with the run's ranks and scores
+    /// it with its task metric. `title` names the set in the report's tables.
+    pub fn evaluate(
+        &self,
+        examples: &[Example],
+        settings: &EvalSettings,
+        title: &str,
+    ) -> Result<EvalReport> {
+        infer::check_unique_ids(examples, title)?;
+        let policy = self.policy(examples)?;
+        Ok(match &self.model {
+            RunModel::Text { model, text } => {
+                evaluate(model, text, examples, &policy, settings, title)?
+            }
+            RunModel::Speech { model, tokenizer } => evaluate_speech(
+                model,
+                tokenizer,
+                examples,
+                &policy,
+                settings.batch_size,
+                title,
+            )?,
+        })
+    }
+
+    /// Greedy answers to `examples`' prompts (text runs), with the run's ranks: the answer
+    /// text and the rank each got.
+    pub fn generate(
+        &self,
+        examples: &[Example],
+        max_new_tokens: usize,
+    ) -> Result<Vec<(String, usize)>> {
+        let RunModel::Text { model, text } = &self.model else {
+            return Err(TrainError::Config {
+                key: "model".into(),
+                message: "generate needs a text model; use evaluate for speech".into(),
+            });
+        };
+        let policy = self.policy(examples)?;
+        let members: Vec<usize> = (0..examples.len()).collect();
+        let ranks = policy.batch_ranks(0, &members)?;
+        let prompts: Vec<Vec<u32>> = examples
+            .iter()
+            .map(|e| text.encode_prompt(e, self.max_len, max_new_tokens))
+            .collect::<infer::Result<_>>()?;
+        let config = GenerationConfig {
+            pad_token_id: text.pad_id(),
+            ..GenerationConfig::greedy(max_new_tokens, text.stop_ids.clone())
+        };
+        let out = generate(model, &prompts, &ranks, &config)
+            .map_err(|e| TrainError::Model(e.to_string()))?;
+        out.tokens
+            .iter()
+            .zip(ranks.as_slice())
+            .map(|(t, &r)| Ok((text.decode_answer(t)?, r)))
+            .collect()
+    }
+}
+
+fn whisper_tokenizer(model: &Path) -> Result<WhisperTokenizer> {
+    WhisperTokenizer::from_dir(model).map_err(|e| {
+        TrainError::Model(format!(
+            "loading the Whisper tokenizer of {}: {e}",
+            model.display()
+        ))
+    })
+}

@@ -1,0 +1,389 @@
+//! The Flexi-LoRA workflow (SPEC 2.2) as library calls, for any Burn application:
+//!
+//! ```text
+//! label   base model scores every training example -> easy/hard labels, a balanced set
+//! router  router inputs of the labelled examples -> a trained, saved router
+//! fit     fine-tune with any method (Flexi-LoRA: ranks from the router) -> a run directory
+//! ```
+//!
+//! and then [`crate::run::FlexiRun::load`] + `evaluate` / `generate` in any other program.
+//! `cargo xtask label | router | train | eval` are thin command lines over these functions.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use datasets::batch::{PadSide, collate};
+use datasets::labels::{
+    LabelRule, LabeledSample, balanced_split, count, label_scores, write_jsonl,
+};
+use datasets::{Example, ReadOptions, read_all};
+use flexi_burn::ClassRankMap;
+use infer::router::{RouterInput, RouterMeta, RouterTraining, TrainedRouter, save_router};
+use infer::{EvalReport, EvalSettings, LmText, RankPolicy, check_unique_ids, evaluate};
+use models::llama::{AdapterConfig, Llama};
+
+use crate::asr::{AsrBatch, Seq2Seq, load_whisper_for_training, transcribe_prompt};
+use crate::config::{Method, TrainConfig};
+use crate::error::{Result, TrainError};
+use crate::lm::{CausalLm, LmBatch, load_for_training};
+use crate::router::train_router;
+use crate::run::RunInfo;
+use crate::trainer::{TrainSummary, Trainer};
+
+/// Reads a data file (format detected), keeping the first `limit` examples; ids must be
+/// unique and the file non-empty.
+pub fn read_examples(path: &Path, limit: Option<usize>) -> Result<Vec<Example>> {
+    let data = read_all(path, &ReadOptions::default())
+        .map_err(|e| TrainError::EmptyData(format!("{}: {e}", path.display())))?;
+    let mut ex = data.examples;
+    if let Some(n) = limit {
+        ex.truncate(n);
+    }
+    if ex.is_empty() {
+        return Err(TrainError::EmptyData(format!(
+            "{}: no examples",
+            path.display()
+        )));
+    }
+    check_unique_ids(&ex, &path.display().to_string())?;
+    Ok(ex)
+}
+
+/// A base Llama with its text side (tokenizer, prompts), loaded once for labelling and
+/// routing.
+pub struct TextModel<B: Backend> {
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    /// The model, without adapters.
+    pub model: Llama<B>,
+    /// Its tokenizer and prompts.
+    pub text: LmText,
+}
+
+impl<B: Backend> TextModel<B> {
+    /// Loads a HF directory or `.gguf` file; `chat` applies the model's chat template.
+    pub fn load(path: &Path, chat: bool, device: &B::Device) -> Result<Self> {
+        let model = models::auto::load_llama_any::<B>(path, &AdapterConfig::none(), device)
+            .map_err(|e| TrainError::Model(format!("{}: {e}", path.display())))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            model,
+            text: LmText::load(path, chat)?,
+        })
+    }
+
+    /// The input definition of a router over this model with prompts cut to `max_len`.
+    pub fn router_input(&self, max_len: usize) -> RouterInput {
+        RouterInput::new(
+            self.path.display().to_string(),
+            &self.model,
+            &self.text,
+            max_len,
+        )
+    }
+}
+
+// ------------------------------------------------------------------------------- label
+
+/// What [`label`] produces.
+#[derive(Debug)]
+pub struct Labels {
+    /// The base model's evaluation of the training examples.
+    pub report: EvalReport,
+    /// Every example's score and label.
+    pub labels: Vec<LabeledSample>,
+    /// The balanced easy/hard subset the router trains on.
+    pub balanced: Vec<LabeledSample>,
+}
+
+impl Labels {
+    /// Writes `labels.jsonl`, `router_train.jsonl` and `base_eval.json` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| TrainError::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+        let data = |e: datasets::DataError| TrainError::EmptyData(e.to_string());
+        write_jsonl(dir.join("labels.jsonl"), &self.labels).map_err(data)?;
+        write_jsonl(dir.join("router_train.jsonl"), &self.balanced).map_err(data)?;
+        let p = dir.join("base_eval.json");
+        let json = serde_json::to_vec_pretty(&self.report)
+            .map_err(|e| TrainError::Model(e.to_string()))?;
+        std::fs::write(&p, json).map_err(|e| TrainError::Io { path: p, source: e })
+    }
+
+    /// Easy and hard counts of all labels.
+    pub fn counts(&self) -> datasets::labels::LabelCounts {
+        count(&self.labels)
+    }
+}
+
+/// Scores the base model on every example and labels each easy or hard (QA: F1 >= threshold;
+/// math: correct; speech: WER <= threshold), then draws a balanced subset with `seed`.
+pub fn label<B: Backend>(
+    base: &TextModel<B>,
+    examples: &[Example],
+    settings: &EvalSettings,
+    threshold: Option<f64>,
+    seed: u64,
+) -> Result<Labels> {
+    let report = evaluate(
+        &base.model,
+        &base.text,
+        examples,
+        &RankPolicy::Base,
+        settings,
+        "base",
+    )?;
+    let rule = LabelRule::for_task(examples[0].task, threshold);
+    let data = |e: datasets::DataError| TrainError::EmptyData(e.to_string());
+    let labels = label_scores(
+        report.predictions.iter().map(|p| (p.id.clone(), p.score)),
+        rule,
+    )
+    .map_err(data)?;
+    let balanced = balanced_split(&labels, seed).map_err(data)?;
+    Ok(Labels {
+        report,
+        labels,
+        balanced,
+    })
+}
+
+// ------------------------------------------------------------------------------ router
+
+/// How to train a router.
+#[derive(Clone, Debug)]
+pub struct RouterSpec {
+    /// Class -> rank map.
+    pub class_ranks: ClassRankMap,
+    /// Depth, noise, epochs, seed.
+    pub training: RouterTraining,
+    /// Prompts are cut to this many tokens (recorded in the router's input definition).
+    pub max_len: usize,
+}
+
+/// A router trained by [`fit_router`].
+pub struct FittedRouter<B: Backend> {
+    /// The router, frozen.
+    pub router: flexi_burn::Router<B>,
+    /// Its description (input definition, class map, accuracy).
+    pub meta: RouterMeta,
+    /// Labelled examples it was trained on.
+    pub examples: usize,
+}
+
+impl<B: Backend> FittedRouter<B> {
+    /// Writes `router.safetensors` and `router.json` into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        Ok(save_router(&self.router, &self.meta, dir)?)
+    }
+}
+
+/// Trains a router on `labels` (by example id; every id must be in `examples`) over the router
+/// inputs of `base`. The router trains on the autodiff backend `B` and is returned frozen.
+pub fn fit_router<B: AutodiffBackend>(
+    base: &TextModel<B::InnerBackend>,
+    examples: &[Example],
+    labels: &[LabeledSample],
+    spec: &RouterSpec,
+    device: &B::Device,
+) -> Result<FittedRouter<B::InnerBackend>> {
+    check_unique_ids(examples, "router data")?;
+    let by_id: HashMap<&str, &Example> = examples.iter().map(|e| (e.id.as_str(), e)).collect();
+    let mut chosen = Vec::with_capacity(labels.len());
+    let mut classes = Vec::with_capacity(labels.len());
+    let mut seen = std::collections::HashSet::new();
+    for l in labels {
+        let ex = by_id.get(l.id.as_str()).ok_or_else(|| {
+            TrainError::EmptyData(format!("label id {} is not in the router data", l.id))
+        })?;
+        if !seen.insert(l.id.as_str()) {
+            return Err(infer::InferError::DuplicateId {
+                origin: "router labels".into(),
+                id: l.id.clone(),
+            }
+            .into());
+        }
+        chosen.push(*ex);
+        classes.push(l.label.class());
+    }
+    let input = base.router_input(spec.max_len);
+    let feats = input.features(&base.model, &base.text, &chosen)?;
+    let (router, acc) = train_router::<B>(
+        &feats,
+        &classes,
+        spec.class_ranks.num_classes(),
+        &spec.training,
+        device,
+    )?;
+    Ok(FittedRouter {
+        router: router.valid(),
+        meta: RouterMeta {
+            input,
+            num_classes: spec.class_ranks.num_classes(),
+            class_ranks: spec.class_ranks.to_string(),
+            train_accuracy: acc,
+            training: spec.training.clone(),
+        },
+        examples: chosen.len(),
+    })
+}
+
+// --------------------------------------------------------------------------------- fit
+
+/// One fine-tuning run.
+#[derive(Clone, Debug)]
+pub struct FitSpec {
+    /// Base model: HF directory, `.gguf` file, or a Whisper directory (HF or CTranslate2).
+    pub model: PathBuf,
+    /// Method and hyper-parameters.
+    pub config: TrainConfig,
+    /// The router (Flexi-LoRA).
+    pub router: Option<PathBuf>,
+    /// Apply the model's chat template to prompts (text).
+    pub chat: bool,
+    /// The run directory.
+    pub out: PathBuf,
+    /// Continue from the newest checkpoint in `out`.
+    pub resume: bool,
+    /// Progress bar.
+    pub progress: bool,
+    /// Data-parallel shards per step on this device
+    /// ([`crate::trainer::default_shards`]).
+    pub shards: usize,
+}
+
+/// What [`fit`] did.
+#[derive(Debug)]
+pub struct Fitted {
+    /// The run's description (also written to `out/run.json`).
+    pub info: RunInfo,
+    /// Losses, times, the last checkpoint.
+    pub summary: TrainSummary,
+    /// Batches per epoch.
+    pub batches: usize,
+    /// Trainable parameters.
+    pub trainable: usize,
+}
+
+/// Fine-tunes `spec.model` on `examples` with `spec.config`'s method and writes the run
+/// directory (checkpoints, `metrics.jsonl`, `run.json`). Flexi-LoRA routes every example with
+/// the frozen router first; each example carries its rank into its batch.
+pub fn fit<B: AutodiffBackend>(
+    spec: &FitSpec,
+    examples: &[Example],
+    device: B::Device,
+) -> Result<Fitted> {
+    if examples.is_empty() {
+        return Err(TrainError::EmptyData("no training examples".into()));
+    }
+    check_unique_ids(examples, "training data")?;
+    let cfg = &spec.config;
+    if matches!(cfg.method, Method::Flexi { .. }) && spec.router.is_none() {
+        return Err(TrainError::Config {
+            key: "router".into(),
+            message: "Flexi-LoRA needs a trained router (`cargo xtask router`)".into(),
+        });
+    }
+    let speech = models::auto::is_whisper(&spec.model);
+    let trainer = Trainer::<B> {
+        config: cfg,
+        out: spec.out.clone(),
+        device: device.clone(),
+        progress: spec.progress,
+        stop_at: None,
+        save_checkpoints: true,
+        shards: spec.shards,
+    };
+    let (summary, batches, trainable, chat) = if speech {
+        if matches!(cfg.method, Method::Flexi { .. }) {
+            return Err(TrainError::Config {
+                key: "method".into(),
+                message: "Flexi-LoRA on speech needs a router over audio features, which is \
+                          not implemented yet (issue 14); use lora, dylora, dylora_plus, \
+                          adalora or full"
+                    .into(),
+            });
+        }
+        let model = load_whisper_for_training::<B>(&spec.model, cfg, &device)?;
+        let tok = models::whisper::WhisperTokenizer::from_dir(&spec.model)
+            .map_err(|e| TrainError::Model(format!("{}: {e}", spec.model.display())))?;
+        let prompt = transcribe_prompt(&model.config, &tok)?;
+        let n_mels = model.config.num_mel_bins;
+        let mut batches = Vec::new();
+        for chunk in examples.chunks(cfg.batch_size) {
+            let items: Vec<(String, &Path, String)> = chunk
+                .iter()
+                .map(|e| Ok((e.id.clone(), infer::speech::audio_of(e)?, e.target.clone())))
+                .collect::<Result<_>>()?;
+            batches.push(AsrBatch::from_files(&items, &tok, &prompt, n_mels)?);
+        }
+        let trainable = flexi_burn::ParamCount::of(&model).trainable;
+        let (_, summary) = trainer.fit(&Seq2Seq, model, &batches, spec.resume)?;
+        (summary, batches.len(), trainable, false)
+    } else {
+        let text = LmText::load(&spec.model, spec.chat)?;
+        let model = load_for_training::<B>(&spec.model, cfg, &device)?;
+        // Router ranks per example (Flexi-LoRA), from the frozen router. The router reads the
+        // frozen token embedding, which the model to train shares with its base: no second
+        // copy of the model is loaded.
+        let routed: Vec<Option<usize>> = match (&cfg.method, &spec.router) {
+            (Method::Flexi { .. }, Some(dir)) => {
+                let router = TrainedRouter::<B::InnerBackend>::load(dir, &device)?;
+                let want = cfg.method.class_ranks()?.unwrap_or(router.map.clone());
+                if want != router.map {
+                    return Err(TrainError::Config {
+                        key: "method.class_ranks".into(),
+                        message: format!(
+                            "the router in {} maps classes to {}, the method asks for {want}",
+                            dir.display(),
+                            router.map
+                        ),
+                    });
+                }
+                let refs: Vec<&Example> = examples.iter().collect();
+                let ranks = router.route(&model.valid(), &text, &refs)?;
+                ranks.into_iter().map(Some).collect()
+            }
+            _ => vec![None; examples.len()],
+        };
+        // Each example carries its own rank into its batch.
+        let mut encoded = Vec::with_capacity(examples.len());
+        for (ex, rank) in examples.iter().zip(routed) {
+            encoded.push((text.encode_train(ex, cfg.max_len)?, rank));
+        }
+        let batches: Vec<LmBatch> = encoded
+            .chunks(cfg.batch_size)
+            .map(|chunk| {
+                let refs: Vec<_> = chunk.iter().map(|(e, _)| e).collect();
+                let mut b = LmBatch::from_collated(&collate(&refs, text.pad_id(), PadSide::Left));
+                b.routed = chunk.iter().map(|(_, r)| *r).collect();
+                b
+            })
+            .collect();
+        let trainable = flexi_burn::ParamCount::of(&model).trainable;
+        let (_, summary) = trainer.fit(&CausalLm, model, &batches, spec.resume)?;
+        (summary, batches.len(), trainable, text.chat)
+    };
+    let info = RunInfo {
+        model: spec.model.clone(),
+        config: cfg.clone(),
+        router: spec.router.clone(),
+        chat,
+        examples: examples.len(),
+        seconds: summary.seconds,
+        first_loss: summary.losses.first().copied().unwrap_or(f64::NAN),
+        last_loss: summary.losses.last().copied().unwrap_or(f64::NAN),
+        speech,
+    };
+    info.write(&spec.out)?;
+    Ok(Fitted {
+        info,
+        summary,
+        batches,
+        trainable,
+    })
+}
