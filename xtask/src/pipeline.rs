@@ -377,6 +377,9 @@ pub struct EvalArgs {
     /// Longest generated answer.
     #[arg(long, default_value_t = 48)]
     max_new_tokens: usize,
+    /// Longest prompt + answer in tokens (default: the run's `max_len`; 256 for `--base`).
+    #[arg(long)]
+    max_len: Option<usize>,
     /// Prompts per batch.
     #[arg(long, default_value_t = 8)]
     eval_batch: usize,
@@ -424,7 +427,7 @@ impl BackendJob for EvalJob {
         let settings = EvalSettings {
             batch_size: a.eval_batch,
             max_new_tokens: a.max_new_tokens,
-            max_len: run.max_len,
+            max_len: a.max_len.unwrap_or(run.max_len),
             progress: !a.quiet,
         };
         let method = run.method();
@@ -578,6 +581,7 @@ impl EvalArgs {
             limit: None,
             backend: backend.into(),
             max_new_tokens: 40,
+            max_len: None,
             eval_batch: 8,
             out: Some(out.to_path_buf()),
             quiet: false,

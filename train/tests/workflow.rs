@@ -1,0 +1,426 @@
+//! label -> router -> fit (Flexi-LoRA) -> FlexiRun::load -> evaluate, end to end through the
+//! library on the tiny Llama fixture, and the rules the workflow enforces (router input
+//! definition, duplicate ids, the evaluation's rank stream).
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::AutodiffModule;
+use datasets::Example;
+use flexi_burn::{RankSchedule, inference_ranks};
+use infer::{EvalSettings, RankPolicy, TrainedRouter};
+use train::workflow::{self, FitSpec, RouterSpec, TextModel};
+use train::{FlexiRun, Method, TrainConfig};
+
+type B = Flex;
+type Ad = Autodiff<Flex>;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/tests/fixtures")
+        .join(name)
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("flexi-workflow-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+const WORDS: [&str; 10] = [
+    "apple", "river", "stone", "cloud", "green", "music", "table", "window", "light", "paper",
+];
+
+/// An MRQA file of `n` short questions with the given answers.
+fn write_qa(path: &Path, answers: &[String]) {
+    let mut lines = vec![r#"{"header": {"dataset": "Tiny", "split": "train"}}"#.to_string()];
+    for (i, a) in answers.iter().enumerate() {
+        let ctx: Vec<&str> = (0..6).map(|j| WORDS[(i + j) % 10]).collect();
+        lines.push(
+            serde_json::json!({
+                "id": format!("c{i}"),
+                "context": ctx.join(" "),
+                "qas": [{"qid": format!("q{i}"), "question": format!("What is word {i}?"), "answers": [a]}]
+            })
+            .to_string(),
+        );
+    }
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+fn settings() -> EvalSettings {
+    EvalSettings {
+        batch_size: 4,
+        max_new_tokens: 6,
+        max_len: 64,
+        progress: false,
+    }
+}
+
+/// A QA set on which the base model is right on the even examples: their gold answer is the
+/// base model's own greedy answer (the tiny model's output is noise, so no fixed text would
+/// do), the odd ones ask for words it never says.
+fn planted_data(dir: &Path, base: &TextModel<B>) -> (PathBuf, usize) {
+    let n = 12;
+    let path = dir.join("qa.jsonl");
+    let placeholder: Vec<String> = (0..n).map(|i| WORDS[i % 10].to_string()).collect();
+    write_qa(&path, &placeholder);
+    let examples = workflow::read_examples(&path, None).unwrap();
+    let first = infer::evaluate(
+        &base.model,
+        &base.text,
+        &examples,
+        &RankPolicy::Base,
+        &settings(),
+        "base",
+    )
+    .unwrap();
+    let answers: Vec<String> = first
+        .predictions
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            if i % 2 == 0 {
+                p.prediction.clone()
+            } else {
+                format!("zebra{i} quartz{i}")
+            }
+        })
+        .collect();
+    write_qa(&path, &answers);
+    (path, n.div_ceil(2))
+}
+
+fn flexi_config() -> TrainConfig {
+    TrainConfig {
+        method: Method::Flexi {
+            class_ranks: "2,8".into(),
+        },
+        batch_size: 4,
+        max_steps: 3,
+        max_len: 64,
+        lr: 1e-2,
+        seed: 7,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn label_router_fit_and_evaluate_a_flexi_run_end_to_end() {
+    let dir = tmp("e2e");
+    let device = Default::default();
+    let base = TextModel::<B>::load(&fixture("tiny_tied"), true, &device).unwrap();
+    let (data, planted) = planted_data(&dir, &base);
+    let examples = workflow::read_examples(&data, None).unwrap();
+
+    // 1. label: the planted answers are exactly the easy ones.
+    let labels = workflow::label(&base, &examples, &settings(), None, 3).unwrap();
+    let c = labels.counts();
+    assert_eq!((c.easy, c.hard), (planted, examples.len() - planted));
+    for (i, l) in labels.labels.iter().enumerate() {
+        assert_eq!(l.label.class(), i % 2, "example {i}: {l:?}");
+    }
+    assert_eq!(labels.balanced.len(), 2 * planted);
+    labels.write(&dir.join("labels")).unwrap();
+
+    // 2. router: trained, saved with its input definition, reloaded on the plain backend.
+    let spec = RouterSpec {
+        class_ranks: "2,8".parse().unwrap(),
+        training: train::router::RouterTraining {
+            epochs: 200,
+            lr: 1e-2,
+            seed: 5,
+            ..Default::default()
+        },
+        max_len: 48,
+    };
+    let fitted =
+        workflow::fit_router::<Ad>(&base, &examples, &labels.balanced, &spec, &device).unwrap();
+    let input = &fitted.meta.input;
+    assert_eq!(
+        (input.d_model, input.vocab_size, input.max_len),
+        (64, base.model.config.vocab_size, 48)
+    );
+    assert!(
+        input
+            .chat_template
+            .as_deref()
+            .unwrap_or("")
+            .contains("Llama3"),
+        "{input:?}"
+    );
+    let router_dir = dir.join("router");
+    fitted.save(&router_dir).unwrap();
+    let router = TrainedRouter::<B>::load(&router_dir, &device).unwrap();
+    assert_eq!(router.meta, fitted.meta);
+    let refs: Vec<&Example> = examples.iter().collect();
+    let routed = router.route(&base.model, &base.text, &refs).unwrap();
+    println!(
+        "router ranks {routed:?}, training accuracy {}",
+        fitted.meta.train_accuracy
+    );
+    assert!(routed.iter().all(|r| [2, 8].contains(r)));
+    assert!(
+        routed.contains(&2) && routed.contains(&8),
+        "mixed ranks: {routed:?}"
+    );
+
+    // 3. fit: every example trains at its router rank.
+    let run_dir = dir.join("run");
+    let fit = workflow::fit::<Ad>(
+        &FitSpec {
+            model: fixture("tiny_tied"),
+            config: flexi_config(),
+            router: Some(router_dir.clone()),
+            chat: true,
+            out: run_dir.clone(),
+            resume: false,
+            progress: false,
+            shards: 1,
+        },
+        &examples,
+        device,
+    )
+    .unwrap();
+    assert_eq!(fit.summary.losses.len(), 3);
+    let mut trained: Vec<usize> = fit.summary.ranks.clone();
+    let mut want: Vec<usize> = routed.clone();
+    trained.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(
+        trained, want,
+        "one epoch: the router's ranks, each example once"
+    );
+
+    // 4. a separate load on the plain backend: the router's ranks, per example.
+    let run = FlexiRun::<B>::load(&run_dir, &device).unwrap();
+    assert_eq!(run.method(), "flexi2,8");
+    let report = run.evaluate(&examples, &settings(), "tiny").unwrap();
+    let ranks: Vec<usize> = report.predictions.iter().map(|p| p.rank).collect();
+    assert_eq!(ranks, routed);
+    let mean = routed.iter().sum::<usize>() as f64 / routed.len() as f64;
+    assert!((report.mean_rank - mean).abs() < 1e-12);
+
+    // The loaded run is the trained model: same answers as the in-memory one.
+    let trained =
+        train::lm::load_for_training::<Ad>(&fixture("tiny_tied"), &flexi_config(), &device)
+            .unwrap();
+    let ckpt = train::checkpoint::Checkpoints::new(&run_dir, 2)
+        .latest()
+        .unwrap()
+        .unwrap();
+    let w = ckpt.join("weights.safetensors");
+    let trained =
+        train::params::load_tensors(trained, &train::params::read_safetensors(&w).unwrap(), &w)
+            .unwrap()
+            .valid();
+    let direct = infer::evaluate(
+        &trained,
+        &base.text,
+        &examples,
+        &RankPolicy::PerExample(routed.clone()),
+        &settings(),
+        "tiny",
+    )
+    .unwrap();
+    let texts = |r: &infer::EvalReport| -> Vec<String> {
+        r.predictions.iter().map(|p| p.prediction.clone()).collect()
+    };
+    assert_eq!(texts(&report), texts(&direct));
+    // ... and the adapter changed the answers of the base model on some example.
+    assert_ne!(texts(&report), texts(&labels.report));
+}
+
+#[test]
+fn a_router_used_with_other_inputs_is_an_error() {
+    let dir = tmp("mismatch");
+    let device = Default::default();
+    let base = TextModel::<B>::load(&fixture("tiny_tied"), true, &device).unwrap();
+    let answers: Vec<String> = (0..4).map(|i| WORDS[i].to_string()).collect();
+    let data = dir.join("qa.jsonl");
+    write_qa(&data, &answers);
+    let examples = workflow::read_examples(&data, None).unwrap();
+    let labels: Vec<datasets::labels::LabeledSample> = examples
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            serde_json::from_value(serde_json::json!({
+                "id": e.id, "score": (i % 2) as f64, "label": if i % 2 == 0 { "hard" } else { "easy" }
+            }))
+            .unwrap()
+        })
+        .collect();
+    let spec = RouterSpec {
+        class_ranks: "2,8".parse().unwrap(),
+        training: Default::default(),
+        max_len: 48,
+    };
+    let fitted = workflow::fit_router::<Ad>(&base, &examples, &labels, &spec, &device).unwrap();
+    let router_dir = dir.join("router");
+    fitted.save(&router_dir).unwrap();
+    let router = TrainedRouter::<B>::load(&router_dir, &device).unwrap();
+    let refs: Vec<&Example> = examples.iter().collect();
+
+    // Prompts without the chat template are not the router's input.
+    let plain = TextModel::<B>::load(&fixture("tiny_tied"), false, &device).unwrap();
+    let err = router
+        .route(&plain.model, &plain.text, &refs)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("chat template") && err.contains("none"),
+        "{err}"
+    );
+
+    // Another model (the untied fixture has another hidden size or vocabulary): an error
+    // naming the field, not a panic in a matmul.
+    let mut meta = router.meta.clone();
+    meta.input.d_model = 32;
+    let other = TrainedRouter::<B> {
+        meta,
+        ..TrainedRouter::<B>::load(&router_dir, &device).unwrap()
+    };
+    let err = other
+        .route(&base.model, &base.text, &refs)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("d_model") && err.contains("32") && err.contains("64"),
+        "{err}"
+    );
+
+    // A router without an input definition (an old router.json) is refused when loaded.
+    let json = std::fs::read_to_string(router_dir.join("router.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    v.as_object_mut().unwrap().remove("input");
+    std::fs::write(router_dir.join("router.json"), v.to_string()).unwrap();
+    let err = TrainedRouter::<B>::load(&router_dir, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("router.json") && err.contains("input"),
+        "{err}"
+    );
+
+    // Training a Flexi run routes with the same check.
+    std::fs::write(router_dir.join("router.json"), json).unwrap();
+    let err = workflow::fit::<Ad>(
+        &FitSpec {
+            model: fixture("tiny_tied"),
+            config: flexi_config(),
+            router: Some(router_dir),
+            chat: false,
+            out: dir.join("run"),
+            resume: false,
+            progress: false,
+            shards: 1,
+        },
+        &examples,
+        device,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("chat template"), "{err}");
+}
+
+#[test]
+fn duplicate_example_ids_are_an_error() {
+    let dir = tmp("dup");
+    let path = dir.join("dup.jsonl");
+    std::fs::write(
+        &path,
+        concat!(
+            r#"{"header": {"dataset": "Tiny", "split": "train"}}"#,
+            "\n",
+            r#"{"id": "c0", "context": "apple river", "qas": [{"qid": "q0", "question": "a?", "answers": ["apple"]}, {"qid": "q0", "question": "b?", "answers": ["river"]}]}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let err = workflow::read_examples(&path, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("dup.jsonl") && err.contains("\"q0\"") && err.contains("more than once"),
+        "{err}"
+    );
+    // Evaluation refuses them too (predictions and router ranks are per id).
+    let device = Default::default();
+    let base = TextModel::<B>::load(&fixture("tiny_tied"), false, &device).unwrap();
+    let ex = datasets::read_all(&path, &Default::default())
+        .unwrap()
+        .examples;
+    let err = infer::evaluate(
+        &base.model,
+        &base.text,
+        &ex,
+        &RankPolicy::Base,
+        &settings(),
+        "dup",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("q0"), "{err}");
+}
+
+#[test]
+fn evaluation_uses_the_inference_rank_stream_of_the_schedule() {
+    // DyLoRA+ draws one rank per evaluation batch from `inference_ranks(schedule, seed, i, n)`:
+    // the stream the unit tests of the schedule check is the one evaluation uses.
+    let device = Default::default();
+    let mut cfg = TrainConfig {
+        method: Method::DyloraPlus { r_max: 8 },
+        seed: 11,
+        max_len: 64,
+        ..Default::default()
+    };
+    cfg.adapter.targets = vec!["q_proj".into(), "v_proj".into()];
+    let dir = tmp("dyplus");
+    // A run directory with a checkpoint: one training step.
+    let base = TextModel::<B>::load(&fixture("tiny_tied"), false, &device).unwrap();
+    let answers: Vec<String> = (0..10).map(|i| WORDS[i].to_string()).collect();
+    let data = dir.join("qa.jsonl");
+    write_qa(&data, &answers);
+    let examples = workflow::read_examples(&data, None).unwrap();
+    cfg.max_steps = 1;
+    workflow::fit::<Ad>(
+        &FitSpec {
+            model: fixture("tiny_tied"),
+            config: cfg.clone(),
+            router: None,
+            chat: false,
+            out: dir.join("run"),
+            resume: false,
+            progress: false,
+            shards: 1,
+        },
+        &examples,
+        device,
+    )
+    .unwrap();
+    let run = FlexiRun::<B>::load(&dir.join("run"), &device).unwrap();
+    let s = EvalSettings {
+        batch_size: 3,
+        ..settings()
+    };
+    let report = run.evaluate(&examples, &s, "tiny").unwrap();
+    // Batches run in order of prompt length (stable): the same order here.
+    let prompts: Vec<usize> = examples
+        .iter()
+        .map(|e| base.text.encode_prompt(e, 64, 6).unwrap().len())
+        .collect();
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| prompts[i]);
+    let schedule = RankSchedule::DyLoRAPlus { r_max: 8 };
+    let mut want = vec![0; examples.len()];
+    for (bi, chunk) in order.chunks(3).enumerate() {
+        let r = inference_ranks(&schedule, 11, bi, chunk.len(), None).unwrap();
+        for (&i, &r) in chunk.iter().zip(r.as_slice()) {
+            want[i] = r;
+        }
+    }
+    let got: Vec<usize> = report.predictions.iter().map(|p| p.rank).collect();
+    assert_eq!(got, want);
+    assert!(got.iter().any(|&r| r != got[0]), "several draws: {got:?}");
+}
