@@ -128,6 +128,18 @@ pub struct EvalReport {
     pub predictions: Vec<Prediction>,
 }
 
+impl EvalReport {
+    /// The main metric: the first value of the first table's average row (accuracy, F1 or
+    /// WER, in percent).
+    pub fn main_metric(&self) -> f64 {
+        self.tables
+            .first()
+            .and_then(|t| t.average.as_ref().or(t.rows.last()))
+            .and_then(|row| row.values.first().copied())
+            .unwrap_or(f64::NAN)
+    }
+}
+
 /// Generates and scores every example.
 pub fn evaluate<B: Backend>(
     model: &Llama<B>,

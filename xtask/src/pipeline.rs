@@ -477,11 +477,7 @@ fn finish_eval(a: &EvalArgs, method: String, reports: Vec<EvalReport>) -> Result
 
 /// The first metric of the report's first table's average row (accuracy, F1 or WER).
 pub fn main_metric(r: &EvalReport) -> f64 {
-    r.tables
-        .first()
-        .and_then(|t| t.average.as_ref().or(t.rows.last()))
-        .and_then(|row| row.values.first().copied())
-        .unwrap_or(f64::NAN)
+    r.main_metric()
 }
 
 fn print_report(title: &str, r: &EvalReport) {

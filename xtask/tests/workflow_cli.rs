@@ -1,0 +1,288 @@
+//! The workflow from the command line (`label -> router -> train --method flexi -> eval`) on
+//! the tiny Llama fixture, and the library's example programs (`train/examples`) against the
+//! CLI: `cargo xtask eval` of the run the example trained gives exactly the example's own
+//! evaluation (every answer, rank and the accuracy).
+//!
+//! The examples are built by `cargo test --workspace` (the README's test command).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/tests/fixtures")
+        .join(name)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("xtask-workflow-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn ok(o: Output, what: &str) -> String {
+    assert!(
+        o.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn xtask(args: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("xtask runs");
+    ok(o, &format!("xtask {}", args.join(" ")))
+}
+
+/// An example program of the `train` crate, built next to this test's binaries.
+fn example(name: &str, args: &[&str]) -> String {
+    let exe = Path::new(env!("CARGO_BIN_EXE_xtask"))
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        exe.is_file(),
+        "{} is not built: run the tests with `cargo test --workspace`",
+        exe.display()
+    );
+    let o = Command::new(&exe)
+        .args(args)
+        .output()
+        .expect("example runs");
+    ok(o, name)
+}
+
+const WORDS: [&str; 10] = [
+    "apple", "river", "stone", "cloud", "green", "music", "table", "window", "light", "paper",
+];
+
+fn write_qa(path: &Path, answers: &[String]) {
+    let mut lines = vec![r#"{"header": {"dataset": "Tiny", "split": "train"}}"#.to_string()];
+    for (i, a) in answers.iter().enumerate() {
+        let ctx: Vec<&str> = (0..6).map(|j| WORDS[(i + j) % 10]).collect();
+        lines.push(
+            serde_json::json!({
+                "id": format!("c{i}"),
+                "context": ctx.join(" "),
+                "qas": [{"qid": format!("q{i}"), "question": format!("What is word {i}?"), "answers": [a]}]
+            })
+            .to_string(),
+        );
+    }
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+fn predictions(eval_json: &Path) -> (f64, Vec<(String, usize, String)>) {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(eval_json).unwrap()).unwrap();
+    let report = &v["reports"][0];
+    let preds = report["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_str().unwrap().to_string(),
+                p["rank"].as_u64().unwrap() as usize,
+                p["prediction"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    (v["average"].as_f64().unwrap(), preds)
+}
+
+/// A QA set the base model answers right on the even examples (their gold answer is its own
+/// greedy answer), wrong on the odd ones: labelling gives both classes.
+fn planted(dir: &Path) -> PathBuf {
+    let tiny = fixture("tiny_tied");
+    let data = dir.join("qa.jsonl");
+    let n = 12;
+    write_qa(
+        &data,
+        &(0..n)
+            .map(|i| WORDS[i % 10].to_string())
+            .collect::<Vec<_>>(),
+    );
+    let base = dir.join("base");
+    xtask(&[
+        "eval",
+        "--base",
+        "--model",
+        tiny.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--max-len",
+        "64",
+        "--max-new-tokens",
+        "6",
+        "--eval-batch",
+        "4",
+        "--out",
+        base.to_str().unwrap(),
+    ]);
+    let (_, preds) = predictions(&base.join("eval.json"));
+    let answers: Vec<String> = preds
+        .iter()
+        .enumerate()
+        .map(|(i, (_, _, p))| {
+            if i % 2 == 0 {
+                p.clone()
+            } else {
+                format!("zebra{i} quartz{i}")
+            }
+        })
+        .collect();
+    write_qa(&data, &answers);
+    data
+}
+
+#[test]
+fn the_cli_runs_the_flexi_workflow_end_to_end() {
+    let dir = scratch("cli");
+    let tiny = fixture("tiny_tied");
+    let tiny = tiny.to_str().unwrap();
+    let data = planted(&dir);
+    let data = data.to_str().unwrap();
+    let (labels, router, run) = (dir.join("labels"), dir.join("router"), dir.join("run"));
+    let out = xtask(&[
+        "label",
+        "--model",
+        tiny,
+        "--data",
+        data,
+        "--out",
+        labels.to_str().unwrap(),
+        "--max-len",
+        "64",
+        "--max-new-tokens",
+        "6",
+        "--eval-batch",
+        "4",
+    ]);
+    assert!(
+        out.contains("labels: 6 easy, 6 hard -> 12 in the balanced router set"),
+        "{out}"
+    );
+    let out = xtask(&[
+        "router",
+        "--model",
+        tiny,
+        "--data",
+        data,
+        "--labels",
+        labels.join("router_train.jsonl").to_str().unwrap(),
+        "--ranks",
+        "2,8",
+        "--epochs",
+        "200",
+        "--max-len",
+        "48",
+        "--out",
+        router.to_str().unwrap(),
+    ]);
+    assert!(out.contains("router: 12 examples"), "{out}");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(router.join("router.json")).unwrap()).unwrap();
+    assert_eq!(meta["input"]["max_len"], 48);
+    assert_eq!(meta["input"]["d_model"], 64);
+    xtask(&[
+        "train",
+        "--model",
+        tiny,
+        "--data",
+        data,
+        "--method",
+        "flexi",
+        "--ranks",
+        "2,8",
+        "--router",
+        router.to_str().unwrap(),
+        "--set",
+        "batch_size=4",
+        "--set",
+        "max_steps=3",
+        "--set",
+        "max_len=64",
+        "--set",
+        "lr=1e-2",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    let out = xtask(&[
+        "eval",
+        "--run",
+        run.to_str().unwrap(),
+        "--data",
+        data,
+        "--max-new-tokens",
+        "6",
+        "--eval-batch",
+        "4",
+    ]);
+    assert!(out.contains("flexi2,8 on"), "{out}");
+    let (_, preds) = predictions(&run.join("eval.json"));
+    assert_eq!(preds.len(), 12);
+    assert!(
+        preds.iter().all(|(_, r, _)| [2, 8].contains(r)),
+        "{preds:?}"
+    );
+}
+
+#[test]
+fn the_library_example_and_the_cli_agree_on_the_same_run() {
+    let dir = scratch("example");
+    let data = planted(&dir);
+    let data = data.to_str().unwrap();
+    let out = dir.join("out");
+    let log = example(
+        "flexi_fine_tune",
+        &[
+            fixture("tiny_tied").to_str().unwrap(),
+            data,
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(log.contains("labels: 6 easy, 6 hard"), "{log}");
+    let run = out.join("run");
+    let printed = example("flexi_evaluate", &[run.to_str().unwrap(), data]);
+    let cli = dir.join("cli-eval");
+    xtask(&[
+        "eval",
+        "--run",
+        run.to_str().unwrap(),
+        "--data",
+        data,
+        "--max-new-tokens",
+        "6",
+        "--eval-batch",
+        "4",
+        "--out",
+        cli.to_str().unwrap(),
+    ]);
+    let (average, preds) = predictions(&cli.join("eval.json"));
+    let mut lines = printed.lines();
+    let head = lines.next().unwrap();
+    assert_eq!(
+        head.split(": ").nth(1).unwrap().split(' ').next().unwrap(),
+        format!("{average:.4}")
+    );
+    let from_example: Vec<(String, usize, String)> = lines
+        .map(|l| {
+            let f: Vec<&str> = l.splitn(3, '\t').collect();
+            let answer: String = serde_json::from_str(f[2]).unwrap();
+            (f[0].to_string(), f[1].parse().unwrap(), answer)
+        })
+        .collect();
+    println!("{head}\n{from_example:?}");
+    assert_eq!(from_example, preds);
+    assert!(
+        preds.iter().any(|p| p.1 == 2) && preds.iter().any(|p| p.1 == 8),
+        "{preds:?}"
+    );
+}
