@@ -146,38 +146,17 @@ fn fill(template: &str, example: &Example) -> String {
     out
 }
 
-/// A model's chat format. Implemented by the model code; [`Llama3Chat`] is provided.
+/// A model's chat format, implemented by the model code (`infer` wraps the model's own
+/// template); this crate has no chat format of its own, so there is one definition of each.
 pub trait ChatTemplate: Send + Sync {
     /// Wraps a user message (and an optional system message) so that the text ends where the
-    /// assistant's answer begins. BOS is *not* included (the encoder adds it).
-    fn render(&self, system: Option<&str>, user: &str) -> String;
+    /// assistant's answer begins. BOS is *not* included (the encoder adds it). Errors (e.g. a
+    /// template that refuses the conversation) are messages for the user.
+    fn render(&self, system: Option<&str>, user: &str) -> std::result::Result<String, String>;
 
     /// Text that closes the assistant's turn, appended to training targets.
     fn end_of_turn(&self) -> &str {
         ""
-    }
-}
-
-/// The Llama 3 instruct chat format (`<|start_header_id|>user<|end_header_id|>...`).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Llama3Chat;
-
-impl ChatTemplate for Llama3Chat {
-    fn render(&self, system: Option<&str>, user: &str) -> String {
-        let mut s = String::new();
-        if let Some(sys) = system {
-            s.push_str("<|start_header_id|>system<|end_header_id|>\n\n");
-            s.push_str(sys);
-            s.push_str("<|eot_id|>");
-        }
-        s.push_str("<|start_header_id|>user<|end_header_id|>\n\n");
-        s.push_str(user);
-        s.push_str("<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
-        s
-    }
-
-    fn end_of_turn(&self) -> &str {
-        "<|eot_id|>"
     }
 }
 
@@ -258,13 +237,18 @@ impl Prompter {
     }
 
     /// The prompt and target of an example.
-    pub fn render(&self, example: &Example) -> Prompted {
+    pub fn render(&self, example: &Example) -> Result<Prompted> {
         let t = self.template(example.task);
         let user = t.render(example);
-        match &self.chat {
+        Ok(match &self.chat {
             Some(chat) => Prompted {
                 id: example.id.clone(),
-                prompt: chat.render(t.system.as_deref(), &user),
+                prompt: chat.render(t.system.as_deref(), &user).map_err(|e| {
+                    DataError::InvalidArgument(format!(
+                        "example {}: the chat template failed: {e}",
+                        example.id
+                    ))
+                })?,
                 target: format!("{}{}", example.target, chat.end_of_turn()),
             },
             None => Prompted {
@@ -272,6 +256,6 @@ impl Prompter {
                 prompt: user,
                 target: format!("{}{}", t.target_prefix, example.target),
             },
-        }
+        })
     }
 }

@@ -8,7 +8,7 @@ use datasets::labels::{
     Difficulty, LabelRule, balanced_split, count, label_scores, read_jsonl, read_scores_jsonl,
     write_jsonl,
 };
-use datasets::prompt::{Llama3Chat, PromptTemplate, Prompted, Prompter};
+use datasets::prompt::{ChatTemplate, PromptTemplate, Prompted, Prompter};
 use datasets::tokenize::{
     EncodeOptions, IGNORE_INDEX, TextTokenizer, TooLong, Truncation, encode_all, encode_pair,
     encode_prompt,
@@ -59,7 +59,7 @@ fn math_example() -> Example {
 #[test]
 fn default_prompts() {
     let p = Prompter::default();
-    let m = p.render(&math_example());
+    let m = p.render(&math_example()).unwrap();
     assert_eq!(
         m.prompt,
         "Question: Tom has 3 boxes of 4 apples. How many apples?\nAnswer:"
@@ -70,7 +70,7 @@ fn default_prompts() {
     qa.context = Some("Apples {question} grow.".into());
     qa.question = "Where?".into();
     qa.target = "trees".into();
-    let q = p.render(&qa);
+    let q = p.render(&qa).unwrap();
     assert_eq!(
         q.prompt, "Context: Apples {question} grow.\nQuestion: Where?\nAnswer:",
         "text is never re-expanded"
@@ -86,24 +86,36 @@ fn custom_and_chat_templates() {
         .with_template(Task::Math, t)
         .expect("set");
     assert_eq!(
-        p.render(&math_example()).prompt,
+        p.render(&math_example()).unwrap().prompt,
         "Solve: Tom has 3 boxes of 4 apples. How many apples? {literal}\nA:"
     );
     assert!(
         PromptTemplate::new("{question}", "{answer}").is_err(),
         "unknown placeholder"
     );
-    let chat = Prompter::default().with_chat(Arc::new(Llama3Chat));
-    let c = chat.render(&math_example());
+    // The chat hook: the model's template wraps the rendered task prompt, its end-of-turn
+    // closes the target (a marker format here; real templates are tested in `models`).
+    struct Marked;
+    impl ChatTemplate for Marked {
+        fn render(&self, system: Option<&str>, user: &str) -> Result<String, String> {
+            Ok(format!(
+                "[sys:{}][user:{user}][assistant:",
+                system.unwrap_or("-")
+            ))
+        }
+        fn end_of_turn(&self) -> &str {
+            "]"
+        }
+    }
+    let chat = Prompter::default().with_chat(Arc::new(Marked));
+    let c = chat.render(&math_example()).unwrap();
     assert!(
+        c.prompt.starts_with("[sys:-][user:Question: Tom"),
+        "{}",
         c.prompt
-            .starts_with("<|start_header_id|>user<|end_header_id|>\n\nQuestion: Tom")
     );
-    assert!(
-        c.prompt
-            .ends_with("<|start_header_id|>assistant<|end_header_id|>\n\n")
-    );
-    assert_eq!(c.target, "3 * 4 = 12\n#### 12<|eot_id|>");
+    assert!(c.prompt.ends_with("][assistant:"));
+    assert_eq!(c.target, "3 * 4 = 12\n#### 12]");
 }
 
 fn item(prompt: &str, target: &str) -> Prompted {

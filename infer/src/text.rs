@@ -13,24 +13,34 @@ use models::llama::{ChatTemplate, Message, Tokenizer};
 use crate::error::{InferError, Result};
 
 /// A model's chat template seen through the data pipeline's interface.
-struct ModelChat(ChatTemplate);
+struct ModelChat {
+    template: ChatTemplate,
+    /// The encoder adds BOS itself: a template that writes it has it removed.
+    bos: Option<String>,
+    end_of_turn: String,
+}
 
 impl DataChat for ModelChat {
-    fn render(&self, system: Option<&str>, user: &str) -> String {
+    fn render(&self, system: Option<&str>, user: &str) -> std::result::Result<String, String> {
         let mut messages = Vec::new();
         if let Some(s) = system {
             messages.push(Message::new("system", s));
         }
         messages.push(Message::user(user));
-        let text = self.0.apply(&messages, true);
-        // The encoder adds BOS itself.
-        text.strip_prefix("<|begin_of_text|>")
-            .map(str::to_string)
-            .unwrap_or(text)
+        let text = self
+            .template
+            .apply(&messages, true)
+            .map_err(|e| e.to_string())?;
+        Ok(match &self.bos {
+            Some(bos) => text
+                .strip_prefix(bos.as_str())
+                .map_or(text.clone(), str::to_string),
+            None => text,
+        })
     }
 
     fn end_of_turn(&self) -> &str {
-        self.0.stop_tokens().first().copied().unwrap_or("")
+        &self.end_of_turn
     }
 }
 
@@ -65,7 +75,7 @@ impl LmText {
         let mut stop_ids: Vec<u32> = tok.eos_id().into_iter().collect();
         if let Some(c) = &chat {
             for s in c.stop_tokens() {
-                if let Some(id) = tokenizer.token_id(s)
+                if let Some(id) = tokenizer.token_id(&s)
                     && !stop_ids.contains(&id)
                 {
                     stop_ids.push(id);
@@ -73,7 +83,14 @@ impl LmText {
             }
             // With a chat template the turn ends with its own token (already in the target).
             tok = tok.with_eos(None);
-            prompter = prompter.with_chat(Arc::new(ModelChat(c.clone())));
+            let bos = tok
+                .bos_id()
+                .and_then(|id| tokenizer.inner().id_to_token(id));
+            prompter = prompter.with_chat(Arc::new(ModelChat {
+                template: c.clone(),
+                bos,
+                end_of_turn: c.stop_tokens().into_iter().next().unwrap_or_default(),
+            }));
         }
         Self {
             chat: chat.is_some(),
@@ -99,7 +116,7 @@ impl LmText {
     /// Prompt + answer with answer-only labels, at most `max_len` tokens (the prompt is cut
     /// from the left, never the answer).
     pub fn encode_train(&self, ex: &Example, max_len: usize) -> Result<Encoded> {
-        let p = self.prompter.render(ex);
+        let p = self.prompter.render(ex)?;
         let opts = EncodeOptions {
             max_len,
             ..Default::default()
@@ -109,7 +126,7 @@ impl LmText {
 
     /// The generation prompt of an example, leaving `reserve` tokens for the answer.
     pub fn encode_prompt(&self, ex: &Example, max_len: usize, reserve: usize) -> Result<Vec<u32>> {
-        let p = self.prompter.render(ex);
+        let p = self.prompter.render(ex)?;
         let opts = EncodeOptions {
             max_len,
             ..Default::default()

@@ -123,7 +123,7 @@ fn inspect(a: InspectArgs) -> anyhow::Result<()> {
         }
     }
     for (i, ex) in shown.iter().enumerate() {
-        let p = prompter.render(ex);
+        let p = prompter.render(ex)?;
         println!(
             "\n--- example {} (id {}, set {}) ---",
             i + 1,

@@ -162,7 +162,9 @@ fn generate_on<B: Backend>(args: GenerateArgs, device: &B::Device) -> Result<()>
         .prompt
         .iter()
         .map(|p| match &template {
-            Some(t) => tok.encode(&t.apply(&[Message::user(p.as_str())], true), false),
+            Some(t) => t
+                .apply(&[Message::user(p.as_str())], true)
+                .and_then(|text| tok.encode(&text, false)),
             None => tok.encode(p, true),
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 use super::error::{GgufError, Result};
 use super::reader::{GgufFile, MetaValue};
 use crate::llama::{
-    AdapterConfig, Checkpoint, Llama, Llama3RopeScaling, LlamaConfig, Tokenizer, build_llama,
+    AdapterConfig, Checkpoint, JinjaChat, Llama, Llama3RopeScaling, LlamaConfig, Tokenizer,
+    build_llama,
 };
 
 /// The architectures [`llama_config_json`] accepts (`general.architecture`).
@@ -431,7 +432,25 @@ pub fn load_llama_gguf<B: Backend>(
 pub fn load_tokenizer_gguf(path: impl AsRef<Path>) -> Result<Tokenizer> {
     let file = GgufFile::open(path)?;
     let inner = super::tokenizer::tokenizer(&file)?;
-    Ok(Tokenizer::from_tokenizer(inner, file.path()))
+    // The model's own chat template, when the file carries one; bos/eos as token strings.
+    let template = file.opt("tokenizer.chat_template", "string", |v| {
+        v.as_str().map(str::to_string)
+    })?;
+    let token = |key: &str| -> Result<String> {
+        Ok(file
+            .opt(key, "integer", MetaValue::as_u64)?
+            .and_then(|id| inner.id_to_token(id as u32))
+            .unwrap_or_default())
+    };
+    let (bos, eos) = (
+        token("tokenizer.ggml.bos_token_id")?,
+        token("tokenizer.ggml.eos_token_id")?,
+    );
+    let tok = Tokenizer::from_tokenizer(inner, file.path());
+    Ok(match template {
+        Some(source) => tok.with_chat_template(JinjaChat::new(source, bos, eos, file.path())?),
+        None => tok,
+    })
 }
 
 /// Whether `path` is a GGUF file (by its magic bytes), so commands can accept either a HF

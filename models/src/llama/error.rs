@@ -138,6 +138,14 @@ pub enum LlamaError {
         /// `vocab_size`.
         vocab: usize,
     },
+    /// A chat template that cannot be read or rendered.
+    #[error("{}: chat template: {message}", origin.display())]
+    ChatTemplate {
+        /// The file it came from.
+        origin: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// A KV cache filled at some per-sample ranks reused at other ranks.
     #[error(
         "the KV cache was filled at ranks {cached:?} and is reused at ranks {given:?}: \

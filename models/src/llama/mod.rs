@@ -47,4 +47,4 @@ pub use model::{
     DecoderLayer, Llama, PaddedBatch, RmsNorm, causal_lm_loss, causal_lm_loss_from_hidden,
 };
 pub use rope::RotaryEmbedding;
-pub use tokenizer::{ChatTemplate, Message, Tokenizer};
+pub use tokenizer::{ChatTemplate, JinjaChat, Message, Tokenizer};

@@ -1,7 +1,10 @@
-//! The tokenizer (`tokenizer.json`, Hugging Face `tokenizers`) and chat templates applied in
-//! Rust: Llama 3 instruct and ChatML (SmolLM2).
+//! The tokenizer (`tokenizer.json`, Hugging Face `tokenizers`) and chat templates: the model's
+//! own Jinja `chat_template` (from `tokenizer_config.json` or GGUF metadata) when it ships one,
+//! rendered as transformers renders it; built-in Llama 3 instruct and ChatML (SmolLM2) as the
+//! fallback for vocabularies without a template.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::error::{LlamaError, Result};
 
@@ -9,6 +12,7 @@ use super::error::{LlamaError, Result};
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     path: PathBuf,
+    template: Option<JinjaChat>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -39,7 +43,17 @@ impl Tokenizer {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        Ok(Self { inner, path })
+        let config = path.with_file_name("tokenizer_config.json");
+        let template = if config.is_file() {
+            jinja_from_config(&config)?
+        } else {
+            None
+        };
+        Ok(Self {
+            inner,
+            path,
+            template,
+        })
     }
 
     /// Wraps a tokenizer built elsewhere (e.g. from GGUF metadata by `models::gguf`);
@@ -48,7 +62,14 @@ impl Tokenizer {
         Self {
             inner,
             path: origin.into(),
+            template: None,
         }
+    }
+
+    /// Uses `template` as the model's chat template (e.g. GGUF's `tokenizer.chat_template`).
+    pub fn with_chat_template(mut self, template: JinjaChat) -> Self {
+        self.template = Some(template);
+        self
     }
 
     fn err(&self, e: impl std::fmt::Display) -> LlamaError {
@@ -85,10 +106,13 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
-    /// The chat template the vocabulary implies: Llama 3 if it has `<|start_header_id|>`,
-    /// ChatML if it has `<|im_start|>`, none otherwise.
+    /// The model's chat template: its own Jinja template when it ships one, else the one the
+    /// vocabulary implies (Llama 3 if it has `<|start_header_id|>`, ChatML if it has
+    /// `<|im_start|>`), none otherwise.
     pub fn chat_template(&self) -> Option<ChatTemplate> {
-        if self.token_id("<|start_header_id|>").is_some() {
+        if let Some(t) = &self.template {
+            Some(ChatTemplate::Jinja(t.clone()))
+        } else if self.token_id("<|start_header_id|>").is_some() {
             Some(ChatTemplate::llama3())
         } else if self.token_id("<|im_start|>").is_some() {
             Some(ChatTemplate::smollm2())
@@ -101,6 +125,51 @@ impl Tokenizer {
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
+}
+
+/// The `chat_template` of a `tokenizer_config.json` (a string, or a list of named templates of
+/// which `default` is used), with its `bos_token` / `eos_token` (strings or `{"content": ..}`).
+fn jinja_from_config(path: &Path) -> Result<Option<JinjaChat>> {
+    let bad = |message: String| LlamaError::ChatTemplate {
+        origin: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| LlamaError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let source = match v.get("chat_template") {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Array(list)) => list
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template"))
+            .and_then(|t| t.as_str())
+            .ok_or_else(
+                || bad("chat_template: a list without a template named \"default\"".into()),
+            )?
+            .to_string(),
+        Some(other) => {
+            return Err(bad(format!(
+                "chat_template: expected a string or a list of {{name, template}}, found {other}"
+            )));
+        }
+    };
+    let token = |key: &str| -> String {
+        match v.get(key) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(o) => o
+                .get("content")
+                .and_then(|c| c.as_str())
+                .unwrap_or_default()
+                .to_string(),
+            None => String::new(),
+        }
+    };
+    JinjaChat::new(source, token("bos_token"), token("eos_token"), path).map(Some)
 }
 
 /// A chat message.
@@ -144,6 +213,194 @@ pub enum ChatTemplate {
         /// Default system prompt.
         default_system: Option<String>,
     },
+    /// The model's own Jinja template.
+    Jinja(JinjaChat),
+}
+/// A model's own chat template: the Jinja source of `tokenizer_config.json`'s `chat_template`
+/// (or GGUF's `tokenizer.chat_template`), rendered with `minijinja` the way transformers'
+/// `apply_chat_template` renders it (`trim_blocks`, `lstrip_blocks`, Python string methods,
+/// `raise_exception`, `strftime_now`, `bos_token` / `eos_token` in the context).
+#[derive(Clone)]
+pub struct JinjaChat {
+    source: String,
+    bos_token: String,
+    eos_token: String,
+    env: Arc<minijinja::Environment<'static>>,
+}
+
+impl std::fmt::Debug for JinjaChat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A short, stable identity: the template's hash (routers record it).
+        write!(f, "Jinja(fnv1a {:016x})", fnv1a(self.source.as_bytes()))
+    }
+}
+
+impl PartialEq for JinjaChat {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+            && self.bos_token == other.bos_token
+            && self.eos_token == other.eos_token
+    }
+}
+
+impl Eq for JinjaChat {}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Today's date as `strftime` would format it with the directives chat templates use
+/// (`%d %b %Y`, `%Y-%m-%d`, ...), from the system clock in UTC.
+fn strftime_now(format: &str) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => out.push_str(&format!("{d:02}")),
+            Some('m') => out.push_str(&format!("{m:02}")),
+            Some('Y') => out.push_str(&y.to_string()),
+            Some('y') => out.push_str(&format!("{:02}", y % 100)),
+            Some('b') => out.push_str(&MONTHS[(m - 1) as usize][..3]),
+            Some('B') => out.push_str(MONTHS[(m - 1) as usize]),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+impl JinjaChat {
+    /// Compiles a template; `origin` names its file in errors.
+    pub fn new(
+        source: impl Into<String>,
+        bos_token: impl Into<String>,
+        eos_token: impl Into<String>,
+        origin: &Path,
+    ) -> Result<Self> {
+        let source = source.into();
+        let mut env = minijinja::Environment::new();
+        let syntax = minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .map_err(|e| LlamaError::ChatTemplate {
+                origin: origin.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        env.set_syntax(syntax);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function(
+            "raise_exception",
+            |message: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    message,
+                ))
+            },
+        );
+        env.add_function("strftime_now", |format: String| strftime_now(&format));
+        env.add_template_owned("chat_template", source.clone())
+            .map_err(|e| LlamaError::ChatTemplate {
+                origin: origin.to_path_buf(),
+                message: format!("not a valid Jinja template: {e:#}"),
+            })?;
+        Ok(Self {
+            source,
+            bos_token: bos_token.into(),
+            eos_token: eos_token.into(),
+            env: Arc::new(env),
+        })
+    }
+
+    /// The Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Renders a conversation.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let err = |e: minijinja::Error| LlamaError::ChatTemplate {
+            origin: PathBuf::from("chat_template"),
+            message: format!("{e:#}"),
+        };
+        let t = self.env.get_template("chat_template").map_err(err)?;
+        let messages: Vec<minijinja::Value> = messages
+            .iter()
+            .map(|m| {
+                minijinja::context! { role => m.role.clone(), content => m.content.clone() }
+            })
+            .collect();
+        t.render(minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token.clone(),
+            eos_token => self.eos_token.clone(),
+        })
+        .map_err(err)
+    }
+
+    /// End-of-turn markers the template writes, in the order they appear, then its eos token.
+    fn stop_tokens(&self) -> Vec<String> {
+        let mut found: Vec<(usize, &str)> = [
+            "<|eot_id|>",
+            "<|eom_id|>",
+            "<|im_end|>",
+            "<|end|>",
+            "<end_of_turn>",
+            "<|end_of_text|>",
+            "<|endoftext|>",
+        ]
+        .iter()
+        .filter_map(|m| self.source.find(m).map(|i| (i, *m)))
+        .collect();
+        found.sort();
+        let mut out: Vec<String> = found.into_iter().map(|(_, m)| m.to_string()).collect();
+        if !self.eos_token.is_empty() && !out.contains(&self.eos_token) {
+            out.push(self.eos_token.clone());
+        }
+        out
+    }
 }
 
 impl ChatTemplate {
@@ -163,20 +420,24 @@ impl ChatTemplate {
         }
     }
 
-    /// The end-of-turn tokens generation should stop on.
-    pub fn stop_tokens(&self) -> &'static [&'static str] {
-        match self {
+    /// The end-of-turn tokens generation should stop on; the first closes an assistant turn.
+    pub fn stop_tokens(&self) -> Vec<String> {
+        let fixed: &[&str] = match self {
             ChatTemplate::Llama3 { .. } => &["<|eot_id|>", "<|end_of_text|>", "<|eom_id|>"],
             ChatTemplate::ChatMl { .. } => &["<|im_end|>", "<|endoftext|>"],
-        }
+            ChatTemplate::Jinja(t) => return t.stop_tokens(),
+        };
+        fixed.iter().map(|s| s.to_string()).collect()
     }
 
     /// Renders `messages` as the prompt text; with `add_generation_prompt`, ends with the
     /// assistant header. Encode the result with `add_special_tokens = false` (the template
-    /// writes `<|begin_of_text|>` itself).
-    pub fn apply(&self, messages: &[Message], add_generation_prompt: bool) -> String {
+    /// writes `<|begin_of_text|>` itself). Only a Jinja template can fail (e.g. its
+    /// `raise_exception` on a conversation it does not accept).
+    pub fn apply(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let mut out = String::new();
         match self {
+            ChatTemplate::Jinja(t) => return t.render(messages, add_generation_prompt),
             ChatTemplate::Llama3 { date } => {
                 out.push_str("<|begin_of_text|>");
                 let (system, rest) = match messages.first() {
@@ -234,6 +495,6 @@ impl ChatTemplate {
                 }
             }
         }
-        out
+        Ok(out)
     }
 }
