@@ -9,11 +9,15 @@
 //!   seeded.
 //! - [`router`]: the difficulty router and the class -> rank map.
 //! - [`params`]: trainable and average activated LoRA parameter counts.
-//! - [`backend`]: `--backend` name -> Burn backend type, for workflows written once.
+//! - [`adapters`]: typed access to a model's adapted layers ([`Adapters`]).
+//! - `backend` (feature `runtime`, on by default, off for the workspace's libraries): the
+//!   `--backend` name -> Burn backend type map and device probing, for command-line programs.
 //!
 //! Every module is generic over `B: Backend` and runs unchanged on a plain backend and on
 //! `Autodiff<B>`.
 
+pub mod adapters;
+#[cfg(feature = "runtime")]
 pub mod backend;
 pub mod error;
 pub mod lora;
@@ -21,6 +25,8 @@ pub mod params;
 pub mod router;
 pub mod schedule;
 
+pub use adapters::Adapters;
+#[cfg(feature = "runtime")]
 pub use backend::{BackendJob, BackendKind};
 pub use error::{FlexiError, Result};
 pub use lora::{FlexiLinear, FlexiLinearConfig, SampleRanks, ScalePolicy, linear_nd, linear_rows};

@@ -329,6 +329,23 @@ pub struct FlexiLinear<B: Backend> {
 }
 
 impl<B: Backend> FlexiLinear<B> {
+    /// Re-initialises the random factors from `seed` and the layer's module `path`, with
+    /// PEFT's distributions: LoRA `A` kaiming-uniform with `a = sqrt(5)` (`U(-1/sqrt(d_in),
+    /// 1/sqrt(d_in))`), `B` untouched (zero); the SVD form (AdaLoRA) `A` and `B` ~ N(0, 0.02).
+    /// Each factor draws from its own generator seeded by `(seed, path_hash("{path}.lora_a"))`,
+    /// so the initial adapter is a function of the seed and the layer's place alone, on every
+    /// backend (the backend's own RNG is global to the process). Ids and `require_grad` are
+    /// kept.
+    pub fn seeded_init(&mut self, seed: u64, path: &str) {
+        let svd_form = self.lora_e.is_some();
+        let a = seeded_factor(&self.lora_a, seed, path, "lora_a", svd_form);
+        self.lora_a = a;
+        if svd_form {
+            let b = seeded_factor(&self.lora_b, seed, path, "lora_b", true);
+            self.lora_b = b;
+        }
+    }
+
     /// Input features.
     pub fn d_input(&self) -> usize {
         self.base.weight.dims()[0]
@@ -550,4 +567,45 @@ impl<B: Backend> FlexiLinear<B> {
             bias: self.base.bias.as_ref().map(|b| Param::from_tensor(b.val())),
         }
     }
+}
+
+/// A factor re-drawn from `(seed, path.field)`: N(0, 0.02) when `normal`, else
+/// kaiming-uniform over its input width.
+fn seeded_factor<B: Backend>(
+    param: &Param<Tensor<B, 2>>,
+    seed: u64,
+    path: &str,
+    field: &str,
+    normal: bool,
+) -> Param<Tensor<B, 2>> {
+    use rand::{Rng, SeedableRng};
+    let dims = param.dims();
+    let n = dims[0] * dims[1];
+    let key = crate::adapters::join_path(path, field);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(crate::schedule::mix(
+        seed,
+        crate::adapters::path_hash(&key),
+    ));
+    let values: Vec<f32> = if normal {
+        // Box–Muller, as PEFT's AdaLoRA normal(0, 0.02).
+        (0..n)
+            .map(|_| {
+                let u1: f64 = rng.random_range(f64::EPSILON..1.0);
+                let u2: f64 = rng.random();
+                (0.02 * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+            })
+            .collect()
+    } else {
+        let bound = 1.0 / (dims[1] as f32).sqrt();
+        (0..n).map(|_| rng.random_range(-bound..bound)).collect()
+    };
+    param.clone().map(|old| {
+        let require_grad = old.is_require_grad();
+        let new = Tensor::from_data(TensorData::new(values, dims), &old.device());
+        if require_grad {
+            new.require_grad()
+        } else {
+            new
+        }
+    })
 }

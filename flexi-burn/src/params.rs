@@ -169,42 +169,12 @@ impl<B: Backend> ModuleVisitor<B> for CountVisitor {
     }
 }
 
-/// LoRA parameters per unit of rank over every [`crate::FlexiLinear`] inside any module
-/// (`sum (d_in + d_out)`), found by walking the module tree.
-pub fn lora_params_per_rank<B: Backend, M: Module<B>>(module: &M) -> usize {
-    let mut v = PerRankVisitor::default();
-    module.visit(&mut v);
-    v.total
-}
-
-#[derive(Default)]
-struct PerRankVisitor {
-    fields: Vec<(String, String)>,
-    total: usize,
-}
-
-impl<B: Backend> ModuleVisitor<B> for PerRankVisitor {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.fields
-            .push((name.to_string(), container_type.to_string()));
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.fields.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let Some((field, container)) = self.fields.last() else {
-            return;
-        };
-        if container != "Struct:FlexiLinear" || D != 2 {
-            return;
-        }
-        let dims = param.dims();
-        match field.as_str() {
-            "lora_a" => self.total += dims[1],
-            "lora_b" => self.total += dims[0],
-            _ => {}
-        }
-    }
+/// LoRA parameters per unit of rank over every adapted layer of a model (`sum (d_in +
+/// d_out)`).
+pub fn lora_params_per_rank<B: Backend, M: crate::Adapters<B>>(module: &M) -> usize {
+    module
+        .adapters()
+        .iter()
+        .map(|(_, l)| l.lora_a.dims()[1] + l.lora_b.dims()[0])
+        .sum()
 }

@@ -1,5 +1,6 @@
 //! Backend selection and device probing: a backend that is not compiled in, or a CUDA driver
 //! that cannot be used, is a typed error naming what to build with or install.
+#![cfg(feature = "runtime")]
 
 use flexi_burn::backend::{BackendKind, cuda_driver_from, probe};
 

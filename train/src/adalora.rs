@@ -21,10 +21,11 @@
 use std::collections::BTreeMap;
 
 use crate::params::HostTensor;
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::Param;
 use burn::optim::GradientsParams;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
+use flexi_burn::Adapters;
 use serde::{Deserialize, Serialize};
 
 /// AdaLoRA hyper-parameters (PEFT defaults).
@@ -107,77 +108,35 @@ enum Factor {
     E,
 }
 
-const FLEXI: &str = "Struct:FlexiLinear";
-
-fn factor_of(field: &str) -> Option<Factor> {
-    match field {
-        "lora_a" => Some(Factor::A),
-        "lora_b" => Some(Factor::B),
-        "lora_e" => Some(Factor::E),
-        _ => None,
-    }
-}
-
-/// Tracks module paths while visiting/mapping, and tells whether the current parameter is a
-/// factor of a `FlexiLinear`.
-#[derive(Default)]
-struct PathTracker {
-    names: Vec<String>,
-    containers: Vec<String>,
-}
-
-impl PathTracker {
-    fn enter(&mut self, name: &str, container: &str) {
-        self.names.push(name.to_string());
-        self.containers.push(container.to_string());
-    }
-
-    fn exit(&mut self) {
-        self.names.pop();
-        self.containers.pop();
-    }
-
-    /// `(layer path, factor)` of the current parameter if it is a FlexiLinear factor.
-    fn current(&self) -> Option<(String, Factor)> {
-        if self.containers.last().map(String::as_str) != Some(FLEXI) {
-            return None;
+/// The factors of every adapted layer by `(layer path, factor)`: their values, or with
+/// `grads` their gradients (layers without a gradient are skipped).
+fn collect<B: AutodiffBackend, M: Adapters<B>>(
+    model: &M,
+    grads: Option<&GradientsParams>,
+) -> BTreeMap<(String, Factor), HostTensor> {
+    fn host<B: AutodiffBackend, const D: usize>(
+        param: &Param<Tensor<B, D>>,
+        grads: Option<&GradientsParams>,
+    ) -> Option<HostTensor> {
+        match grads {
+            Some(g) => g.get::<B::InnerBackend, D>(param.id).map(HostTensor::of),
+            None => Some(HostTensor::of(param.val().inner())),
         }
-        let factor = factor_of(self.names.last()?)?;
-        Some((self.names[..self.names.len() - 1].join("."), factor))
     }
-}
-
-/// Host copy of one parameter: values and shape.
-/// Collects FlexiLinear factors (values, or gradients) of a module.
-struct Collect<'a, B: AutodiffBackend> {
-    _backend: std::marker::PhantomData<B>,
-    path: PathTracker,
-    grads: Option<&'a GradientsParams>,
-    out: BTreeMap<(String, Factor), HostTensor>,
-}
-
-impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path.enter(name, container_type);
+    let mut out = BTreeMap::new();
+    for (path, l) in model.adapters() {
+        let entries = [
+            (Factor::A, host(&l.lora_a, grads)),
+            (Factor::B, host(&l.lora_b, grads)),
+            (Factor::E, l.lora_e.as_ref().and_then(|e| host(e, grads))),
+        ];
+        for (factor, value) in entries {
+            if let Some(v) = value {
+                out.insert((path.clone(), factor), v);
+            }
+        }
     }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.exit();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let Some(key) = self.path.current() else {
-            return;
-        };
-        let value = match self.grads {
-            Some(grads) => match grads.get::<B::InnerBackend, D>(param.id) {
-                Some(g) => HostTensor::of(g),
-                None => return,
-            },
-            None => HostTensor::of(param.val().inner()),
-        };
-        self.out.insert(key, value);
-    }
+    out
 }
 
 /// Gradients of the FlexiLinear factors, copied to the host before the optimizer consumes them.
@@ -221,39 +180,25 @@ impl AdaLoraAllocator {
     }
 
     /// Copies the factor gradients out of `grads` (call before the optimizer step).
-    pub fn snapshot<B: AutodiffBackend, M: Module<B>>(
+    pub fn snapshot<B: AutodiffBackend, M: Adapters<B>>(
         &self,
         model: &M,
         grads: &GradientsParams,
     ) -> GradSnapshot {
-        let mut c = Collect::<B> {
-            _backend: std::marker::PhantomData,
-            path: PathTracker::default(),
-            grads: Some(grads),
-            out: BTreeMap::new(),
-        };
-        model.visit(&mut c);
-        GradSnapshot(c.out)
+        GradSnapshot(collect(model, Some(grads)))
     }
 
     /// After optimizer step `step` (1-based): updates the importance EMAs from the new
     /// parameter values and the snapshot gradients, and prunes `E` to the budget when the
     /// schedule says so. Returns the model with its `E` vectors masked.
-    pub fn update_and_allocate<B: AutodiffBackend, M: Module<B>>(
+    pub fn update_and_allocate<B: AutodiffBackend, M: Adapters<B>>(
         &mut self,
-        model: M,
+        mut model: M,
         grads: &GradSnapshot,
         step: usize,
     ) -> M {
         let final_from = self.total_steps.saturating_sub(self.config.tfinal);
-        let mut c = Collect::<B> {
-            _backend: std::marker::PhantomData,
-            path: PathTracker::default(),
-            grads: None,
-            out: BTreeMap::new(),
-        };
-        model.visit(&mut c);
-        let values = c.out;
+        let values = collect(&model, None);
         let layers: Vec<String> = values
             .keys()
             .filter(|(_, f)| *f == Factor::E)
@@ -268,11 +213,7 @@ impl AdaLoraAllocator {
             self.rank_pattern = self.select(&layers, &values, budget);
         }
         if prune && !self.rank_pattern.is_empty() {
-            let mut mask = MaskE {
-                path: PathTracker::default(),
-                pattern: &self.rank_pattern,
-            };
-            return model.map(&mut mask);
+            mask_e(&mut model, &self.rank_pattern);
         }
         model
     }
@@ -364,93 +305,53 @@ impl AdaLoraAllocator {
 
     /// The orthogonality penalty `w * mean over A and B of ||P P^T - I||_F` (A: `A A^T`,
     /// B: `B^T B`), differentiable; zero when the model has no FlexiLinear.
-    pub fn orth_penalty<B: AutodiffBackend, M: Module<B>>(
+    pub fn orth_penalty<B: AutodiffBackend, M: Adapters<B>>(
         &self,
         model: &M,
         device: &B::Device,
     ) -> Tensor<B, 1> {
-        let mut v = Orth::<B> {
-            path: PathTracker::default(),
-            sum: None,
-            n: 0,
-        };
-        model.visit(&mut v);
-        match v.sum {
-            Some(sum) => sum.mul_scalar(self.config.orth_reg_weight / v.n as f64),
+        let mut sum: Option<Tensor<B, 1>> = None;
+        let mut n = 0;
+        for (_, l) in model.adapters() {
+            let (a, b) = (l.lora_a.val(), l.lora_b.val());
+            for cov in [
+                a.clone().matmul(a.transpose()),
+                b.clone().transpose().matmul(b),
+            ] {
+                let r = cov.dims()[0];
+                let eye = Tensor::<B, 2>::eye(r, &cov.device());
+                let norm = cov.sub(eye).powf_scalar(2.0).sum().sqrt();
+                sum = Some(match sum.take() {
+                    Some(s) => s.add(norm),
+                    None => norm,
+                });
+                n += 1;
+            }
+        }
+        match sum {
+            Some(sum) => sum.mul_scalar(self.config.orth_reg_weight / n as f64),
             None => Tensor::zeros([1], device),
         }
     }
 }
 
-struct Orth<B: Backend> {
-    path: PathTracker,
-    sum: Option<Tensor<B, 1>>,
-    n: usize,
-}
-
-impl<B: Backend> ModuleVisitor<B> for Orth<B> {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path.enter(name, container_type);
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.exit();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let Some((_, factor)) = self.path.current() else {
-            return;
+/// Zeroes the pruned triplets' `E` entries of every layer in `pattern` (`true` = kept).
+fn mask_e<B: AutodiffBackend, M: Adapters<B>>(
+    model: &mut M,
+    pattern: &BTreeMap<String, Vec<bool>>,
+) {
+    for (path, l) in model.adapters_mut() {
+        let (Some(keep), Some(e)) = (pattern.get(&path), l.lora_e.as_ref()) else {
+            continue;
         };
-        if D != 2 || factor == Factor::E {
-            return;
-        }
-        let dims = param.dims();
-        let p: Tensor<B, 2> = param.val().reshape([dims[0], dims[1]]);
-        let cov = match factor {
-            Factor::A => p.clone().matmul(p.transpose()),
-            _ => p.clone().transpose().matmul(p),
-        };
-        let r = cov.dims()[0];
-        let eye = Tensor::<B, 2>::eye(r, &cov.device());
-        let norm = cov.sub(eye).powf_scalar(2.0).sum().sqrt();
-        self.sum = Some(match self.sum.take() {
-            Some(s) => s.add(norm),
-            None => norm,
-        });
-        self.n += 1;
-    }
-}
-
-/// Zeroes the pruned entries of every FlexiLinear's `E`.
-struct MaskE<'a> {
-    path: PathTracker,
-    pattern: &'a BTreeMap<String, Vec<bool>>,
-}
-
-impl<B: AutodiffBackend> ModuleMapper<B> for MaskE<'_> {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path.enter(name, container_type);
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.exit();
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let Some((layer, Factor::E)) = self.path.current() else {
-            return param;
-        };
-        let Some(keep) = self.pattern.get(&layer) else {
-            return param;
-        };
-        let shape = param.dims();
-        if shape.iter().product::<usize>() != keep.len() {
-            return param;
+        let shape = e.dims();
+        if shape[0] != keep.len() {
+            continue;
         }
         let mask: Vec<f32> = keep.iter().map(|k| if *k { 1.0 } else { 0.0 }).collect();
-        crate::params::replace_values(param, |t| {
+        l.lora_e = Some(crate::params::replace_values(e.clone(), |t| {
             let m = Tensor::from_data(TensorData::new(mask, shape), &t.device());
             t.mul(m)
-        })
+        }));
     }
 }

@@ -197,7 +197,7 @@ pub fn load_whisper_adapted<B: Backend>(
     let adapter = whisper_adapter_for(config)?;
     let model = models::ct2::load_whisper_any::<B>(dir, &adapter, device)
         .map_err(|e| TrainError::Model(e.to_string()))?;
-    Ok(seeded_adapter_init(model, config.seed, adapter.svd_form))
+    Ok(seeded_adapter_init(model, config.seed))
 }
 
 /// Loads a Whisper directory ready to train with `config`'s method (adapters initialised from

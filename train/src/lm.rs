@@ -162,7 +162,7 @@ pub fn load_adapted<B: Backend>(
     let adapter = adapter_for(config)?;
     let model = models::auto::load_llama_any::<B>(dir, &adapter, device)
         .map_err(|e| TrainError::Model(e.to_string()))?;
-    Ok(seeded_adapter_init(model, config.seed, adapter.svd_form))
+    Ok(seeded_adapter_init(model, config.seed))
 }
 
 /// Loads a Llama (HF directory or `.gguf` file) ready to train with `config`'s method: adapters

@@ -34,7 +34,7 @@ use crate::params::{load_tensors, read_safetensors, to_safetensors, trainable_te
 /// A model and its loss on a batch: what the loop needs to know about a task.
 pub trait Objective<B: AutodiffBackend>: Sync {
     /// The model being trained.
-    type Model: AutodiffModule<B> + Clone + Send;
+    type Model: AutodiffModule<B> + flexi_burn::Adapters<B> + Clone + Send;
     /// A prepared batch.
     type Batch: Send;
 
@@ -144,14 +144,13 @@ struct StepShared<'a, B: AutodiffBackend, O: Objective<B>> {
     pool: Option<&'a rayon::ThreadPool>,
 }
 
-/// The shard count [`Trainer::shards`] should use by default on backend `kind`: every core on
-/// the CPU (flex), 1 on a GPU (one device; host threads would only contend for it).
-pub fn default_shards(kind: flexi_burn::BackendKind) -> usize {
-    match kind {
-        flexi_burn::BackendKind::Flex => {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        }
-        _ => 1,
+/// The shard count [`Trainer::shards`] should use by default: every core on the CPU backend
+/// (`on_cpu`), 1 on a GPU (one device; host threads would only contend for it).
+pub fn default_shards(on_cpu: bool) -> usize {
+    if on_cpu {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        1
     }
 }
 

@@ -252,7 +252,7 @@ pub struct FitSpec {
     /// Progress bar.
     pub progress: bool,
     /// Data-parallel shards per step on this device
-    /// ([`crate::trainer::default_shards`]).
+    /// ([`crate::trainer::default_shards`]: every core on the CPU, 1 on a GPU).
     pub shards: usize,
 }
 

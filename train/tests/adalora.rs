@@ -16,6 +16,22 @@ struct Tiny<B: Backend> {
     layers: Vec<FlexiLinear<B>>,
 }
 
+/// Typed access to the adapted layers, as models provide it (paths as Burn's visitors name
+/// them: `layers.{i}`).
+impl<B: Backend> flexi_burn::Adapters<B> for Tiny<B> {
+    fn adapters(&self) -> Vec<(String, &FlexiLinear<B>)> {
+        (self.layers.adapters().into_iter())
+            .map(|(p, l)| (format!("layers.{p}"), l))
+            .collect()
+    }
+
+    fn adapters_mut(&mut self) -> Vec<(String, &mut FlexiLinear<B>)> {
+        (self.layers.adapters_mut().into_iter())
+            .map(|(p, l)| (format!("layers.{p}"), l))
+            .collect()
+    }
+}
+
 fn to_vec<BB: Backend, const D: usize>(t: Tensor<BB, D>) -> Vec<f32> {
     t.into_data().to_vec::<f32>().unwrap()
 }

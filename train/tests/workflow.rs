@@ -424,3 +424,40 @@ fn evaluation_uses_the_inference_rank_stream_of_the_schedule() {
     assert_eq!(got, want);
     assert!(got.iter().any(|&r| r != got[0]), "several draws: {got:?}");
 }
+
+#[test]
+fn typed_adapter_paths_are_the_checkpoint_keys() {
+    // `Adapters::adapters()` names each layer by the module path its tensors have in
+    // checkpoints, for Llama and Whisper alike, and finds every adapted layer.
+    use flexi_burn::Adapters;
+    let device = Default::default();
+    let mut cfg = TrainConfig {
+        method: Method::Lora { rank: 2 },
+        ..Default::default()
+    };
+    cfg.adapter.targets = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"]
+        .map(String::from)
+        .to_vec();
+    let llama = train::lm::load_for_training::<Ad>(&fixture("tiny_tied"), &cfg, &device).unwrap();
+    cfg.adapter.targets = ["q_proj", "v_proj", "o_proj", "fc1"]
+        .map(String::from)
+        .to_vec();
+    let whisper =
+        train::asr::load_whisper_for_training::<Ad>(&fixture("whisper_tiny"), &cfg, &device)
+            .unwrap();
+    fn check<M: Adapters<Ad> + burn::module::Module<Ad>>(m: &M, want: usize) {
+        let mut from_keys: Vec<String> = train::params::trainable_tensors(m)
+            .keys()
+            .map(|k| k.rsplit_once('.').unwrap().0.to_string())
+            .collect();
+        from_keys.dedup();
+        let mut typed: Vec<String> = m.adapters().into_iter().map(|(p, _)| p).collect();
+        typed.sort();
+        from_keys.sort();
+        assert_eq!(typed, from_keys);
+        assert_eq!(typed.len(), want);
+    }
+    check(&llama, 2 * 5);
+    // Encoder: self-attention q, v, out + fc1; decoder: self and cross q, v, out + fc1.
+    check(&whisper, 2 * 4 + 2 * 7);
+}

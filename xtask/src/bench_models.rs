@@ -351,7 +351,7 @@ impl BackendJob for TrainJob {
         let (a, cfg) = (self.0, self.1);
         let adapter = train::lm::adapter_for(&cfg)?;
         let model = llama::<B>(&a.common, &adapter, &device)?;
-        let model = train::params::seeded_adapter_init(model, cfg.seed, adapter.svd_form);
+        let model = train::params::seeded_adapter_init(model, cfg.seed);
         let model = train::params::stable_param_ids(model, cfg.method == Method::Full);
         let vocab = model.config.vocab_size;
 
@@ -396,7 +396,9 @@ impl BackendJob for TrainJob {
                 a.common
                     .backend
                     .parse()
-                    .map_or(1, train::trainer::default_shards)
+                    .map_or(1, |k: flexi_burn::BackendKind| {
+                        train::trainer::default_shards(k == flexi_burn::BackendKind::Flex)
+                    })
             }),
         };
         let (_, summary) = trainer.fit(&CausalLm, model, &[batch], false)?;

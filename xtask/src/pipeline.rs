@@ -307,7 +307,7 @@ impl BackendJob for TrainJob {
             out: a.out.clone(),
             resume: a.resume,
             progress: !a.quiet,
-            shards: train::trainer::default_shards(a.common.backend()?),
+            shards: train::trainer::default_shards(a.common.backend()? == BackendKind::Flex),
         };
         let fitted = workflow::fit::<B>(&spec, &examples, device)
             .with_context(|| format!("training on {}", a.data.display()))?;

@@ -186,3 +186,29 @@ impl<B: Backend> Proj<B> {
         }
     }
 }
+
+/// The adapted layers among `projs` (module paths `"{prefix}.{name}.Adapted"`, Burn's path of
+/// the enum variant), for [`flexi_burn::Adapters`] implementations.
+pub(crate) fn adapted<'a, B: Backend>(
+    prefix: &str,
+    projs: impl IntoIterator<Item = (&'static str, &'a Proj<B>)>,
+) -> Vec<(String, &'a FlexiLinear<B>)> {
+    projs
+        .into_iter()
+        .filter_map(|(name, p)| p.adapter().map(|l| (format!("{prefix}.{name}.Adapted"), l)))
+        .collect()
+}
+
+/// [`adapted`], mutably.
+pub(crate) fn adapted_mut<'a, B: Backend>(
+    prefix: &str,
+    projs: impl IntoIterator<Item = (&'static str, &'a mut Proj<B>)>,
+) -> Vec<(String, &'a mut FlexiLinear<B>)> {
+    projs
+        .into_iter()
+        .filter_map(|(name, p)| {
+            p.adapter_mut()
+                .map(|l| (format!("{prefix}.{name}.Adapted"), l))
+        })
+        .collect()
+}

@@ -510,3 +510,45 @@ pub fn causal_lm_loss<B: Backend>(
     let count = keep.clone().sum();
     logp.mul(keep).sum().neg().div(count)
 }
+
+impl<B: Backend> flexi_burn::Adapters<B> for Llama<B> {
+    fn adapters(&self) -> Vec<(String, &flexi_burn::FlexiLinear<B>)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            let (a, m) = (&l.self_attn, &l.mlp);
+            out.extend(super::linear::adapted(
+                &format!("layers.{i}"),
+                [
+                    ("self_attn.q_proj", &a.q_proj),
+                    ("self_attn.k_proj", &a.k_proj),
+                    ("self_attn.v_proj", &a.v_proj),
+                    ("self_attn.o_proj", &a.o_proj),
+                    ("mlp.gate_proj", &m.gate_proj),
+                    ("mlp.up_proj", &m.up_proj),
+                    ("mlp.down_proj", &m.down_proj),
+                ],
+            ));
+        }
+        out
+    }
+
+    fn adapters_mut(&mut self) -> Vec<(String, &mut flexi_burn::FlexiLinear<B>)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let (a, m) = (&mut l.self_attn, &mut l.mlp);
+            out.extend(super::linear::adapted_mut(
+                &format!("layers.{i}"),
+                [
+                    ("self_attn.q_proj", &mut a.q_proj),
+                    ("self_attn.k_proj", &mut a.k_proj),
+                    ("self_attn.v_proj", &mut a.v_proj),
+                    ("self_attn.o_proj", &mut a.o_proj),
+                    ("mlp.gate_proj", &mut m.gate_proj),
+                    ("mlp.up_proj", &mut m.up_proj),
+                    ("mlp.down_proj", &mut m.down_proj),
+                ],
+            ));
+        }
+        out
+    }
+}

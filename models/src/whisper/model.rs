@@ -136,3 +136,81 @@ impl<B: Backend> Whisper<B> {
         self.decode(ids, &enc, &mut cache, ranks)
     }
 }
+
+impl<B: Backend> flexi_burn::Adapters<B> for Whisper<B> {
+    fn adapters(&self) -> Vec<(String, &flexi_burn::FlexiLinear<B>)> {
+        use crate::llama::linear::adapted;
+        let mut out = Vec::new();
+        for (i, l) in self.encoder.layers.iter().enumerate() {
+            let a = &l.self_attn;
+            out.extend(adapted(
+                &format!("encoder.layers.{i}"),
+                [
+                    ("self_attn.q_proj", &a.q_proj),
+                    ("self_attn.k_proj", &a.k_proj),
+                    ("self_attn.v_proj", &a.v_proj),
+                    ("self_attn.out_proj", &a.out_proj),
+                    ("fc1", &l.fc1),
+                    ("fc2", &l.fc2),
+                ],
+            ));
+        }
+        for (i, l) in self.decoder.layers.iter().enumerate() {
+            let (s, c) = (&l.self_attn, &l.encoder_attn);
+            out.extend(adapted(
+                &format!("decoder.layers.{i}"),
+                [
+                    ("self_attn.q_proj", &s.q_proj),
+                    ("self_attn.k_proj", &s.k_proj),
+                    ("self_attn.v_proj", &s.v_proj),
+                    ("self_attn.out_proj", &s.out_proj),
+                    ("encoder_attn.q_proj", &c.q_proj),
+                    ("encoder_attn.k_proj", &c.k_proj),
+                    ("encoder_attn.v_proj", &c.v_proj),
+                    ("encoder_attn.out_proj", &c.out_proj),
+                    ("fc1", &l.fc1),
+                    ("fc2", &l.fc2),
+                ],
+            ));
+        }
+        out
+    }
+
+    fn adapters_mut(&mut self) -> Vec<(String, &mut flexi_burn::FlexiLinear<B>)> {
+        use crate::llama::linear::adapted_mut;
+        let mut out = Vec::new();
+        for (i, l) in self.encoder.layers.iter_mut().enumerate() {
+            let a = &mut l.self_attn;
+            out.extend(adapted_mut(
+                &format!("encoder.layers.{i}"),
+                [
+                    ("self_attn.q_proj", &mut a.q_proj),
+                    ("self_attn.k_proj", &mut a.k_proj),
+                    ("self_attn.v_proj", &mut a.v_proj),
+                    ("self_attn.out_proj", &mut a.out_proj),
+                    ("fc1", &mut l.fc1),
+                    ("fc2", &mut l.fc2),
+                ],
+            ));
+        }
+        for (i, l) in self.decoder.layers.iter_mut().enumerate() {
+            let (s, c) = (&mut l.self_attn, &mut l.encoder_attn);
+            out.extend(adapted_mut(
+                &format!("decoder.layers.{i}"),
+                [
+                    ("self_attn.q_proj", &mut s.q_proj),
+                    ("self_attn.k_proj", &mut s.k_proj),
+                    ("self_attn.v_proj", &mut s.v_proj),
+                    ("self_attn.out_proj", &mut s.out_proj),
+                    ("encoder_attn.q_proj", &mut c.q_proj),
+                    ("encoder_attn.k_proj", &mut c.k_proj),
+                    ("encoder_attn.v_proj", &mut c.v_proj),
+                    ("encoder_attn.out_proj", &mut c.out_proj),
+                    ("fc1", &mut l.fc1),
+                    ("fc2", &mut l.fc2),
+                ],
+            ));
+        }
+        out
+    }
+}
