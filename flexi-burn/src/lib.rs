@@ -29,7 +29,9 @@ pub use adapters::Adapters;
 #[cfg(feature = "runtime")]
 pub use backend::{BackendJob, BackendKind};
 pub use error::{FlexiError, Result};
-pub use lora::{FlexiLinear, FlexiLinearConfig, SampleRanks, ScalePolicy, linear_nd, linear_rows};
+pub use lora::{
+    FlexiLinear, FlexiLinearConfig, LoraSettings, SampleRanks, ScalePolicy, linear_nd, linear_rows,
+};
 pub use params::{
     AdaptedLinear, LlamaShape, ParamCount, average_activated_params, params_per_rank,
 };

@@ -38,15 +38,60 @@ pub fn linear_nd<B: Backend, const D: usize>(x: Tensor<B, D>, layer: &Linear<B>)
     y.reshape(dims)
 }
 
-/// How the LoRA update is scaled for a given rank `r`.
-#[derive(Config, Debug, Copy, PartialEq)]
+/// How the LoRA update is scaled for a given rank `r`. Written `alpha_over_rank`,
+/// `alpha_over_sqrt_rank` or `learned` in configuration files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ScalePolicy {
     /// `alpha / r`, DyLoRA's effective scale (the default).
+    #[default]
+    #[serde(alias = "AlphaOverRank")]
     AlphaOverRank,
     /// rsLoRA: `alpha / sqrt(r)`.
+    #[serde(alias = "AlphaOverSqrtRank")]
     AlphaOverSqrtRank,
     /// One trainable scalar per rank, initialised to `alpha / r`.
+    #[serde(alias = "Learned")]
     Learned,
+}
+
+/// The settings of a nested-rank LoRA adapter, wherever it is attached: the one definition
+/// that the layer's [`FlexiLinearConfig`], the models' adapter configurations (which add the
+/// target projections) and training configurations (which derive it from the method) share.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LoraSettings {
+    /// Largest rank; every smaller rank is a prefix of it.
+    pub r_max: usize,
+    /// LoRA alpha.
+    pub alpha: f64,
+    /// Rank-specific scale `s(r)`.
+    pub scale: ScalePolicy,
+    /// AdaLoRA's SVD form `B diag(E) A` (see [`FlexiLinearConfig::svd_form`]).
+    pub svd_form: bool,
+    /// Dropout on the adapter input (training only).
+    pub dropout: f64,
+}
+
+impl LoraSettings {
+    /// Rank `r_max`, `alpha`, scale `alpha / r`, no SVD form, no dropout.
+    pub fn new(r_max: usize, alpha: f64) -> Self {
+        Self {
+            r_max,
+            alpha,
+            scale: ScalePolicy::AlphaOverRank,
+            svd_form: false,
+            dropout: 0.0,
+        }
+    }
+
+    /// The configuration of one adapted `d_in -> d_out` layer with these settings.
+    pub fn layer(&self, d_in: usize, d_out: usize) -> FlexiLinearConfig {
+        FlexiLinearConfig::new(d_in, d_out, self.r_max)
+            .with_alpha(self.alpha)
+            .with_scale(self.scale)
+            .with_svd_form(self.svd_form)
+            .with_dropout(self.dropout)
+    }
 }
 
 impl ScalePolicy {

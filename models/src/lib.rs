@@ -15,6 +15,8 @@
 
 pub mod auto;
 pub mod ct2;
+pub mod format;
 pub mod gguf;
 pub mod llama;
+pub mod proj;
 pub mod whisper;

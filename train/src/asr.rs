@@ -180,11 +180,10 @@ pub fn whisper_adapter_for(config: &TrainConfig) -> Result<WhisperAdapter> {
             key: "adapter.targets".into(),
             message: e.to_string(),
         })?;
-    let mut a = WhisperAdapter::new(targets, config.method.r_max()?, config.adapter.alpha);
-    a.scale = config.adapter.scale.into();
-    a.svd_form = matches!(config.method, Method::Adalora(_));
-    a.dropout = config.adapter.dropout;
-    Ok(a)
+    Ok(WhisperAdapter {
+        lora: config.adapter.lora(&config.method)?,
+        ..WhisperAdapter::new(targets, 1, 1.0)
+    })
 }
 
 /// Loads a Whisper directory (Hugging Face or CTranslate2) with the adapter of `config`'s

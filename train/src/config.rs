@@ -140,32 +140,24 @@ pub struct AdapterSettings {
     /// LoRA alpha.
     pub alpha: f64,
     /// Scale policy of rank r: `alpha_over_rank`, `alpha_over_sqrt_rank` or `learned`.
-    pub scale: ScaleName,
+    pub scale: ScalePolicy,
     /// Adapted projections (HF names).
     pub targets: Vec<String>,
     /// Dropout on the adapter input.
     pub dropout: f64,
 }
 
-/// Serde-friendly name of a [`ScalePolicy`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ScaleName {
-    /// `alpha / r`.
-    AlphaOverRank,
-    /// `alpha / sqrt(r)`.
-    AlphaOverSqrtRank,
-    /// Learned per-rank scalar.
-    Learned,
-}
-
-impl From<ScaleName> for ScalePolicy {
-    fn from(s: ScaleName) -> Self {
-        match s {
-            ScaleName::AlphaOverRank => ScalePolicy::AlphaOverRank,
-            ScaleName::AlphaOverSqrtRank => ScalePolicy::AlphaOverSqrtRank,
-            ScaleName::Learned => ScalePolicy::Learned,
-        }
+impl AdapterSettings {
+    /// The adapter's settings for `method`: its `r_max`, these alpha, scale and dropout, the
+    /// SVD form for AdaLoRA.
+    pub fn lora(&self, method: &Method) -> Result<flexi_burn::LoraSettings> {
+        Ok(flexi_burn::LoraSettings {
+            r_max: method.r_max()?,
+            alpha: self.alpha,
+            scale: self.scale,
+            svd_form: matches!(method, Method::Adalora(_)),
+            dropout: self.dropout,
+        })
     }
 }
 
@@ -173,7 +165,7 @@ impl Default for AdapterSettings {
     fn default() -> Self {
         Self {
             alpha: 16.0,
-            scale: ScaleName::AlphaOverRank,
+            scale: ScalePolicy::AlphaOverRank,
             targets: ["q_proj", "k_proj", "v_proj", "o_proj"]
                 .map(String::from)
                 .to_vec(),

@@ -144,11 +144,10 @@ pub fn adapter_for(config: &TrainConfig) -> Result<AdapterConfig> {
             message: e.to_string(),
         }
     })?;
-    let mut adapter = AdapterConfig::new(targets, config.method.r_max()?, config.adapter.alpha);
-    adapter.scale = config.adapter.scale.into();
-    adapter.svd_form = matches!(config.method, Method::Adalora(_));
-    adapter.dropout = config.adapter.dropout;
-    Ok(adapter)
+    Ok(AdapterConfig {
+        targets,
+        lora: config.adapter.lora(&config.method)?,
+    })
 }
 
 /// Loads a Llama (HF directory or `.gguf` file) with the adapter of `config`'s method,

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 
 use super::error::{Ct2Error, Result};
 use super::reader::Ct2Model;
-use crate::llama::Checkpoint;
+use crate::format::Checkpoint;
 use crate::whisper::{Whisper, WhisperAdapter, WhisperConfig, build_whisper, load_whisper};
 
 /// The spec this mapping reads.

@@ -7,8 +7,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 use flexi_burn::SampleRanks;
 
-use super::linear::Proj;
 use super::rope::{RopeTables, apply_rotary};
+use crate::proj::Proj;
 
 /// Keys and values of earlier positions, one entry per layer, after RoPE and before any
 /// GQA sharing, in the projections' own layout `[batch, capacity, kv_heads, head_dim]`.

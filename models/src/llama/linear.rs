@@ -1,17 +1,11 @@
-//! The projections of a decoder layer: a plain frozen [`Linear`] or, when the projection is
-//! in the adapter's target set, a [`FlexiLinear`] that takes the per-sample ranks.
-//!
-//! Non-targeted projections are plain `Linear`s (no LoRA parameters at all, and nothing to
-//! mask), so parameter counts and checkpoints of a LoRA on `q_proj,v_proj` only hold those.
+//! Which projections of a Llama decoder layer are adapted ([`Target`], [`AdapterConfig`]).
+//! Each projection is a [`Proj`] (shared with Whisper, in [`crate::proj`]): a plain frozen
+//! linear, or a `FlexiLinear` when it is in the adapter's target set.
 
 use std::fmt;
 use std::str::FromStr;
 
-use burn::module::Module;
-use burn::nn::Linear;
-use burn::tensor::Tensor;
-use burn::tensor::backend::Backend;
-use flexi_burn::{FlexiLinear, SampleRanks, ScalePolicy};
+use flexi_burn::LoraSettings;
 
 use super::error::{LlamaError, Result};
 
@@ -94,21 +88,13 @@ impl FromStr for Target {
     }
 }
 
-/// Which projections carry a Flexi-LoRA adapter, and its size.
+/// Which projections carry a Flexi-LoRA adapter ([`Target`]s), with the adapter's settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdapterConfig {
     /// Adapted projections (SPEC default: `q_proj,k_proj,v_proj,o_proj`).
     pub targets: Vec<Target>,
-    /// Largest rank.
-    pub r_max: usize,
-    /// LoRA alpha.
-    pub alpha: f64,
-    /// Rank scale policy.
-    pub scale: ScalePolicy,
-    /// AdaLoRA's SVD form `B diag(E) A` (see [`flexi_burn::FlexiLinearConfig::svd_form`]).
-    pub svd_form: bool,
-    /// Dropout on the adapter input (training only).
-    pub dropout: f64,
+    /// Rank, alpha, scale, SVD form, dropout.
+    pub lora: LoraSettings,
 }
 
 impl AdapterConfig {
@@ -116,11 +102,7 @@ impl AdapterConfig {
     pub fn none() -> Self {
         Self {
             targets: Vec::new(),
-            r_max: 1,
-            alpha: 1.0,
-            scale: ScalePolicy::AlphaOverRank,
-            svd_form: false,
-            dropout: 0.0,
+            lora: LoraSettings::new(1, 1.0),
         }
     }
 
@@ -128,11 +110,7 @@ impl AdapterConfig {
     pub fn new(targets: Vec<Target>, r_max: usize, alpha: f64) -> Self {
         Self {
             targets,
-            r_max,
-            alpha,
-            scale: ScalePolicy::AlphaOverRank,
-            svd_form: false,
-            dropout: 0.0,
+            lora: LoraSettings::new(r_max, alpha),
         }
     }
 
@@ -150,65 +128,5 @@ impl AdapterConfig {
     }
 }
 
-/// A plain or adapted projection.
-// A model has seven per layer; boxing the larger variant would buy nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Module, Debug)]
-pub enum Proj<B: Backend> {
-    /// Frozen, no adapter.
-    Plain(Linear<B>),
-    /// Frozen base plus nested LoRA factors.
-    Adapted(FlexiLinear<B>),
-}
-
-impl<B: Backend> Proj<B> {
-    /// `x [batch, seq, d_in] -> [batch, seq, d_out]`; `ranks` is ignored by a plain projection.
-    pub fn forward(&self, x: Tensor<B, 3>, ranks: &SampleRanks) -> Tensor<B, 3> {
-        match self {
-            Proj::Plain(l) => flexi_burn::linear_nd(x, l),
-            Proj::Adapted(l) => l.forward(x, ranks),
-        }
-    }
-
-    /// The adapter, if any.
-    pub fn adapter(&self) -> Option<&FlexiLinear<B>> {
-        match self {
-            Proj::Plain(_) => None,
-            Proj::Adapted(l) => Some(l),
-        }
-    }
-
-    /// The adapter, mutably, if any.
-    pub fn adapter_mut(&mut self) -> Option<&mut FlexiLinear<B>> {
-        match self {
-            Proj::Plain(_) => None,
-            Proj::Adapted(l) => Some(l),
-        }
-    }
-}
-
-/// The adapted layers among `projs` (module paths `"{prefix}.{name}.Adapted"`, Burn's path of
-/// the enum variant), for [`flexi_burn::Adapters`] implementations.
-pub(crate) fn adapted<'a, B: Backend>(
-    prefix: &str,
-    projs: impl IntoIterator<Item = (&'static str, &'a Proj<B>)>,
-) -> Vec<(String, &'a FlexiLinear<B>)> {
-    projs
-        .into_iter()
-        .filter_map(|(name, p)| p.adapter().map(|l| (format!("{prefix}.{name}.Adapted"), l)))
-        .collect()
-}
-
-/// [`adapted`], mutably.
-pub(crate) fn adapted_mut<'a, B: Backend>(
-    prefix: &str,
-    projs: impl IntoIterator<Item = (&'static str, &'a mut Proj<B>)>,
-) -> Vec<(String, &'a mut FlexiLinear<B>)> {
-    projs
-        .into_iter()
-        .filter_map(|(name, p)| {
-            p.adapter_mut()
-                .map(|l| (format!("{prefix}.{name}.Adapted"), l))
-        })
-        .collect()
-}
+/// The plain-or-adapted projection is shared with Whisper: [`crate::proj`].
+pub use crate::proj::Proj;

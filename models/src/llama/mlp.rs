@@ -6,7 +6,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use flexi_burn::SampleRanks;
 
-use super::linear::Proj;
+use crate::proj::Proj;
 
 /// `down(silu(gate(x)) * up(x))`.
 #[derive(Module, Debug)]

@@ -35,14 +35,14 @@ pub mod model;
 pub mod rope;
 pub mod tokenizer;
 
+/// The checkpoint layer lives in [`crate::format`]; re-exported here for existing users.
+pub use crate::format::Checkpoint;
 pub use attention::{Attention, KvCache};
 pub use config::{Llama3RopeScaling, LlamaConfig};
 pub use error::{LlamaError, Result};
 pub use generate::{Generation, GenerationConfig, Sampling, generate};
 pub use linear::{AdapterConfig, Proj, Target};
-pub use load::{
-    Checkpoint, PeftAdapter, build_llama, load_llama, load_llama_with_peft, load_peft_adapter,
-};
+pub use load::{PeftAdapter, build_llama, load_llama, load_llama_with_peft, load_peft_adapter};
 pub use model::{
     DecoderLayer, Llama, PaddedBatch, RmsNorm, causal_lm_loss, causal_lm_loss_from_hidden,
 };

@@ -516,7 +516,7 @@ impl<B: Backend> flexi_burn::Adapters<B> for Llama<B> {
         let mut out = Vec::new();
         for (i, l) in self.layers.iter().enumerate() {
             let (a, m) = (&l.self_attn, &l.mlp);
-            out.extend(super::linear::adapted(
+            out.extend(crate::proj::adapted(
                 &format!("layers.{i}"),
                 [
                     ("self_attn.q_proj", &a.q_proj),
@@ -536,7 +536,7 @@ impl<B: Backend> flexi_burn::Adapters<B> for Llama<B> {
         let mut out = Vec::new();
         for (i, l) in self.layers.iter_mut().enumerate() {
             let (a, m) = (&mut l.self_attn, &mut l.mlp);
-            out.extend(super::linear::adapted_mut(
+            out.extend(crate::proj::adapted_mut(
                 &format!("layers.{i}"),
                 [
                     ("self_attn.q_proj", &mut a.q_proj),

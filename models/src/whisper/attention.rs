@@ -13,7 +13,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use flexi_burn::SampleRanks;
 
-use crate::llama::Proj;
+use crate::proj::Proj;
 
 /// One attention block's projections.
 #[derive(Module, Debug)]

@@ -294,16 +294,8 @@ pub struct WhisperAdapter {
     pub encoder: bool,
     /// Adapt the decoder's projections (self- and cross-attention, MLP).
     pub decoder: bool,
-    /// Largest rank.
-    pub r_max: usize,
-    /// LoRA alpha.
-    pub alpha: f64,
-    /// Rank scale policy.
-    pub scale: flexi_burn::ScalePolicy,
-    /// AdaLoRA's SVD form `B diag(E) A` (see [`flexi_burn::FlexiLinearConfig::svd_form`]).
-    pub svd_form: bool,
-    /// Dropout on the adapter input (training only).
-    pub dropout: f64,
+    /// Rank, alpha, scale, SVD form, dropout.
+    pub lora: flexi_burn::LoraSettings,
 }
 
 impl WhisperAdapter {
@@ -313,11 +305,7 @@ impl WhisperAdapter {
             targets: Vec::new(),
             encoder: false,
             decoder: false,
-            r_max: 1,
-            alpha: 1.0,
-            scale: flexi_burn::ScalePolicy::AlphaOverRank,
-            svd_form: false,
-            dropout: 0.0,
+            lora: flexi_burn::LoraSettings::new(1, 1.0),
         }
     }
 
@@ -327,11 +315,7 @@ impl WhisperAdapter {
             targets,
             encoder: true,
             decoder: true,
-            r_max,
-            alpha,
-            scale: flexi_burn::ScalePolicy::AlphaOverRank,
-            svd_form: false,
-            dropout: 0.0,
+            lora: flexi_burn::LoraSettings::new(r_max, alpha),
         }
     }
 
@@ -358,7 +342,7 @@ impl WhisperAdapter {
         if self.targets.is_empty() || !(self.encoder || self.decoder) {
             0
         } else {
-            self.r_max
+            self.lora.r_max
         }
     }
 }

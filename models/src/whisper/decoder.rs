@@ -18,7 +18,7 @@ use flexi_burn::SampleRanks;
 
 use super::attention::{DecoderCache, LayerCache, WhisperAttention, causal_mask};
 use super::error::{Result, WhisperError};
-use crate::llama::Proj;
+use crate::proj::Proj;
 
 /// One pre-norm decoder block.
 #[derive(Module, Debug)]

@@ -20,7 +20,7 @@ use flexi_burn::SampleRanks;
 
 use super::attention::WhisperAttention;
 use super::error::{Result, WhisperError};
-use crate::llama::Proj;
+use crate::proj::Proj;
 
 /// One pre-norm encoder block.
 #[derive(Module, Debug)]

@@ -187,7 +187,7 @@ pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) ->
     move |source| WhisperError::Io { path, source }
 }
 
-/// The shared safetensors reader ([`crate::llama::Checkpoint`]) reports [`LlamaError`]s; they
+/// The shared safetensors reader ([`crate::format::Checkpoint`]) reports [`LlamaError`]s; they
 /// are mapped onto the Whisper variants of the same meaning.
 impl From<LlamaError> for WhisperError {
     fn from(e: LlamaError) -> Self {

@@ -1,7 +1,7 @@
 //! Loading Hugging Face Whisper checkpoints (`model.safetensors`, f32 / f16 / bf16) into
 //! [`Whisper`], with Flexi-LoRA adapters on the projections the [`WhisperAdapter`] names.
 //!
-//! Tensors are read with the shared safetensors reader [`crate::llama::Checkpoint`]
+//! Tensors are read with the shared safetensors reader [`crate::format::Checkpoint`]
 //! (memory-mapped, converted to f32 on the host, exact for f16 / bf16). Names follow
 //! transformers' `WhisperForConditionalGeneration`:
 //!
@@ -27,7 +27,6 @@ use burn::nn::conv::Conv1d;
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, PaddingConfig1d};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use flexi_burn::FlexiLinearConfig;
 
 use super::attention::WhisperAttention;
 use super::config::{WhisperAdapter, WhisperConfig, WhisperTarget};
@@ -35,11 +34,12 @@ use super::decoder::{DecoderLayer, WhisperDecoder};
 use super::encoder::{EncoderLayer, WhisperEncoder};
 use super::error::Result;
 use super::model::Whisper;
-use crate::llama::{Checkpoint, Proj};
+use crate::format::Checkpoint;
+use crate::proj::Proj;
 
 /// Llama's checkpoint builder (frozen tensors, host-transposed linears) plus the adapter.
 struct Builder<'a, B: Backend> {
-    base: crate::llama::load::Builder<'a, B>,
+    base: crate::format::Builder<'a, B>,
     adapter: &'a WhisperAdapter,
 }
 
@@ -66,11 +66,10 @@ impl<B: Backend> Builder<'_, B> {
         if !self.adapter.adapts(target, encoder) {
             return Ok(Proj::Plain(base));
         }
-        let layer = FlexiLinearConfig::new(d_in, d_out, self.adapter.r_max)
-            .with_alpha(self.adapter.alpha)
-            .with_scale(self.adapter.scale)
-            .with_svd_form(self.adapter.svd_form)
-            .with_dropout(self.adapter.dropout)
+        let layer = self
+            .adapter
+            .lora
+            .layer(d_in, d_out)
             .with_bias(bias)
             .try_wrap(base)?;
         Ok(Proj::Adapted(layer))
@@ -148,7 +147,7 @@ pub fn build_whisper<B: Backend>(
     let d = c.d_model;
     let eps = c.layer_norm_eps;
     let mut b = Builder::<B> {
-        base: crate::llama::load::Builder { ckpt, device },
+        base: crate::format::Builder { ckpt, device },
         adapter,
     };
 

@@ -139,7 +139,7 @@ impl<B: Backend> Whisper<B> {
 
 impl<B: Backend> flexi_burn::Adapters<B> for Whisper<B> {
     fn adapters(&self) -> Vec<(String, &flexi_burn::FlexiLinear<B>)> {
-        use crate::llama::linear::adapted;
+        use crate::proj::adapted;
         let mut out = Vec::new();
         for (i, l) in self.encoder.layers.iter().enumerate() {
             let a = &l.self_attn;
@@ -177,7 +177,7 @@ impl<B: Backend> flexi_burn::Adapters<B> for Whisper<B> {
     }
 
     fn adapters_mut(&mut self) -> Vec<(String, &mut flexi_burn::FlexiLinear<B>)> {
-        use crate::llama::linear::adapted_mut;
+        use crate::proj::adapted_mut;
         let mut out = Vec::new();
         for (i, l) in self.encoder.layers.iter_mut().enumerate() {
             let a = &mut l.self_attn;
