@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use burn::backend::Flex;
 use common::fixture;
 use flexi_burn::SampleRanks;
+use models::format::FormatError;
 use models::llama::{
     AdapterConfig, GenerationConfig, LlamaConfig, LlamaError, PaddedBatch, generate, load_llama,
     load_llama_with_peft,
@@ -122,19 +123,25 @@ fn truncated_and_corrupt_safetensors_name_the_file() {
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let err = load(&dir).unwrap_err();
     assert!(
-        matches!(&err, LlamaError::Safetensors { path: p, .. } if p == &path),
+        matches!(&err, LlamaError::Format(FormatError::Safetensors { path: p, .. }) if p == &path),
         "{err}"
     );
     println!("{err}");
 
     std::fs::write(&path, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all").unwrap();
     let err = load(&dir).unwrap_err();
-    assert!(matches!(&err, LlamaError::Safetensors { .. }), "{err}");
+    assert!(
+        matches!(&err, LlamaError::Format(FormatError::Safetensors { .. })),
+        "{err}"
+    );
     println!("{err}");
 
     std::fs::remove_file(&path).unwrap();
     let err = load(&dir).unwrap_err();
-    assert!(matches!(&err, LlamaError::NoWeights { .. }), "{err}");
+    assert!(
+        matches!(&err, LlamaError::Format(FormatError::NoWeights { .. })),
+        "{err}"
+    );
     println!("{err}");
 }
 
@@ -148,12 +155,12 @@ fn wrong_shape_missing_and_unexpected_tensors_are_named() {
     });
     let err = load(&dir).unwrap_err();
     match &err {
-        LlamaError::ShapeMismatch {
+        LlamaError::Format(FormatError::ShapeMismatch {
             tensor,
             expected,
             got,
             path,
-        } => {
+        }) => {
             assert_eq!(tensor, name);
             assert_eq!(
                 (expected.as_slice(), got.as_slice()),
@@ -171,7 +178,7 @@ fn wrong_shape_missing_and_unexpected_tensors_are_named() {
     });
     let err = load(&dir).unwrap_err();
     assert!(
-        matches!(&err, LlamaError::MissingTensor { tensor, .. } if tensor == "model.norm.weight")
+        matches!(&err, LlamaError::Format(FormatError::MissingTensor { tensor, .. }) if tensor == "model.norm.weight")
     );
     println!("{err}");
 
@@ -181,7 +188,7 @@ fn wrong_shape_missing_and_unexpected_tensors_are_named() {
     });
     let err = load(&dir).unwrap_err();
     assert!(
-        matches!(&err, LlamaError::UnexpectedTensors { tensors, .. } if tensors == &["model.extra.weight"])
+        matches!(&err, LlamaError::Format(FormatError::UnexpectedTensors { tensors, .. }) if tensors == &["model.extra.weight"])
     );
     println!("{err}");
 }
@@ -198,7 +205,7 @@ fn missing_shard_names_the_shard() {
     std::fs::remove_file(&shard).unwrap();
     let err = load(tmp.path()).unwrap_err();
     assert!(
-        matches!(&err, LlamaError::Io { path, .. } if path == &shard),
+        matches!(&err, LlamaError::Format(FormatError::Io { path, .. }) if path == &shard),
         "{err}"
     );
     println!("{err}");

@@ -12,6 +12,7 @@ use burn::backend::Flex;
 use burn::module::Param;
 use burn::tensor::{Distribution, Tensor};
 use flexi_burn::{FlexiLinear, SampleRanks};
+use models::format::FormatError;
 use models::whisper::{
     GreedyConfig, LogMel, MelExtractor, N_SAMPLES, Padding, TranscribeOptions, Whisper,
     WhisperAdapter, WhisperConfig, WhisperError, WhisperTokenizer, greedy_decode, load_audio,
@@ -432,7 +433,7 @@ fn bad_checkpoints_give_typed_errors_naming_the_problem() {
     let tmp = variant("whisper-missing", |_| {}, |t| t.retain(|x| x.0 != name));
     let e = load_err(tmp.path());
     assert!(
-        matches!(&e, WhisperError::MissingTensor { tensor, .. } if tensor == name),
+        matches!(&e, WhisperError::Format(FormatError::MissingTensor { tensor, .. }) if tensor == name),
         "{e}"
     );
     // Unexpected tensor.
@@ -443,7 +444,7 @@ fn bad_checkpoints_give_typed_errors_naming_the_problem() {
     );
     let e = load_err(tmp.path());
     assert!(
-        matches!(&e, WhisperError::UnexpectedTensors { tensors, .. } if tensors == &["model.extra.weight"]),
+        matches!(&e, WhisperError::Format(FormatError::UnexpectedTensors { tensors, .. }) if tensors == &["model.extra.weight"]),
         "{e}"
     );
     // Shape mismatch (config says another FFN width).
@@ -454,7 +455,7 @@ fn bad_checkpoints_give_typed_errors_naming_the_problem() {
     );
     let e = load_err(tmp.path());
     assert!(
-        matches!(&e, WhisperError::ShapeMismatch { tensor, .. } if tensor == "model.encoder.layers.0.fc1.weight"),
+        matches!(&e, WhisperError::Format(FormatError::ShapeMismatch { tensor, .. }) if tensor == "model.encoder.layers.0.fc1.weight"),
         "{e}"
     );
     // Bad config fields.
@@ -484,13 +485,16 @@ fn bad_checkpoints_give_typed_errors_naming_the_problem() {
     let bytes = std::fs::read(&f).unwrap();
     std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
     let e = load_err(tmp.path());
-    assert!(matches!(e, WhisperError::Safetensors { .. }), "{e}");
+    assert!(
+        matches!(e, WhisperError::Format(FormatError::Safetensors { .. })),
+        "{e}"
+    );
     // No weights, no config.
     let tmp = variant("whisper-noweights", |_| {}, |_| {});
     std::fs::remove_file(tmp.path().join("model.safetensors")).unwrap();
     assert!(matches!(
         load_err(tmp.path()),
-        WhisperError::NoWeights { .. }
+        WhisperError::Format(FormatError::NoWeights { .. })
     ));
     let e = load_err(Path::new("/nonexistent/whisper"));
     assert!(matches!(e, WhisperError::Io { .. }), "{e}");

@@ -10,8 +10,6 @@
 //!
 //! Errors name the file and the tensor: a corrupt or truncated file, a tensor the model needs
 //! but the checkpoint lacks, a tensor of the wrong shape, and tensors the model does not use.
-//! (They are `LlamaError`s for now: the error type of this layer predates its move out of
-//! `llama`.)
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
@@ -25,7 +23,7 @@ use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
-use crate::llama::error::{LlamaError, Result, io_err};
+use super::error::{FormatError, Result, io_err};
 
 /// One memory-mapped safetensors file.
 struct Shard {
@@ -40,7 +38,7 @@ impl Shard {
         // memory-mapped checkpoint loader, modifying the file concurrently is not supported.
         let map = unsafe { Mmap::map(&file) }.map_err(io_err(path))?;
         // Validate the header and offsets once (truncated or corrupt files fail here).
-        SafeTensors::deserialize(&map).map_err(|e| LlamaError::Safetensors {
+        SafeTensors::deserialize(&map).map_err(|e| FormatError::Safetensors {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
@@ -80,7 +78,7 @@ impl Checkpoint {
             return Self::single(dir);
         }
         if !dir.is_dir() {
-            return Err(LlamaError::Io {
+            return Err(FormatError::Io {
                 path: dir.to_path_buf(),
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
             });
@@ -93,7 +91,7 @@ impl Checkpoint {
         if single.is_file() {
             return Self::single(&single);
         }
-        Err(LlamaError::NoWeights {
+        Err(FormatError::NoWeights {
             dir: dir.to_path_buf(),
         })
     }
@@ -118,12 +116,12 @@ impl Checkpoint {
 
     fn sharded(index: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(index).map_err(io_err(index))?;
-        let value: Value = serde_json::from_str(&text).map_err(|source| LlamaError::Json {
+        let value: Value = serde_json::from_str(&text).map_err(|source| FormatError::Json {
             path: index.to_path_buf(),
             source,
         })?;
         let Some(map) = value.get("weight_map").and_then(Value::as_object) else {
-            return Err(LlamaError::ConfigField {
+            return Err(FormatError::ConfigField {
                 path: index.to_path_buf(),
                 field: "weight_map".into(),
                 reason: "missing or not an object".into(),
@@ -135,7 +133,7 @@ impl Checkpoint {
         let mut location = HashMap::new();
         for (tensor, file) in map {
             let Some(file) = file.as_str() else {
-                return Err(LlamaError::ConfigField {
+                return Err(FormatError::ConfigField {
                     path: index.to_path_buf(),
                     field: format!("weight_map.{tensor}"),
                     reason: "expected a file name".into(),
@@ -229,7 +227,7 @@ impl Checkpoint {
         }
         if let Some(data) = self.memory.get(name) {
             if data.shape.as_slice() != expected {
-                return Err(LlamaError::ShapeMismatch {
+                return Err(FormatError::ShapeMismatch {
                     path: self.origin.clone(),
                     tensor: name.to_string(),
                     expected: expected.to_vec(),
@@ -243,19 +241,19 @@ impl Checkpoint {
             return Ok(data.convert::<f32>());
         }
         let Some(&idx) = self.location.get(name) else {
-            return Err(LlamaError::MissingTensor {
+            return Err(FormatError::MissingTensor {
                 path: self.origin.clone(),
                 tensor: name.to_string(),
             });
         };
         let shard = &self.shards[idx];
         let st = shard.view();
-        let view = st.tensor(name).map_err(|_| LlamaError::MissingTensor {
+        let view = st.tensor(name).map_err(|_| FormatError::MissingTensor {
             path: shard.path.clone(),
             tensor: name.to_string(),
         })?;
         if view.shape() != expected {
-            return Err(LlamaError::ShapeMismatch {
+            return Err(FormatError::ShapeMismatch {
                 path: shard.path.clone(),
                 tensor: name.to_string(),
                 expected: expected.to_vec(),
@@ -277,7 +275,7 @@ impl Checkpoint {
                 .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
             other => {
-                return Err(LlamaError::UnsupportedDtype {
+                return Err(FormatError::UnsupportedDtype {
                     path: shard.path.clone(),
                     tensor: name.to_string(),
                     dtype: format!("{other:?}"),
@@ -302,7 +300,7 @@ impl Checkpoint {
             return Ok(());
         }
         unused.sort();
-        Err(LlamaError::UnexpectedTensors {
+        Err(FormatError::UnexpectedTensors {
             path: self.origin.clone(),
             tensors: unused,
         })

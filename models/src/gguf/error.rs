@@ -139,6 +139,9 @@ pub enum GgufError {
         /// What is wrong.
         reason: String,
     },
+    /// The checkpoint layer refused the converted tensors.
+    #[error(transparent)]
+    Format(#[from] crate::format::FormatError),
     /// Building the Llama model failed.
     #[error(transparent)]
     Llama(#[from] crate::llama::LlamaError),

@@ -45,61 +45,10 @@ pub enum LlamaError {
         /// The type that was given.
         kind: String,
     },
-    /// A model directory has neither `model.safetensors` nor `model.safetensors.index.json`.
-    #[error(
-        "{}: no weights found (expected model.safetensors or model.safetensors.index.json)",
-        dir.display()
-    )]
-    NoWeights {
-        /// The model directory.
-        dir: PathBuf,
-    },
-    /// A safetensors file is truncated or corrupt.
-    #[error("{}: not a valid safetensors file: {reason}", path.display())]
-    Safetensors {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message.
-        reason: String,
-    },
-    /// A tensor the model needs is absent from the checkpoint.
-    #[error("{}: missing tensor `{tensor}`", path.display())]
-    MissingTensor {
-        /// The checkpoint (file or index).
-        path: PathBuf,
-        /// The tensor's name in the checkpoint.
-        tensor: String,
-    },
-    /// The checkpoint holds tensors the model does not use.
-    #[error("{}: unexpected tensor(s) {tensors:?}", path.display())]
-    UnexpectedTensors {
-        /// The checkpoint (file or index).
-        path: PathBuf,
-        /// Their names (sorted).
-        tensors: Vec<String>,
-    },
-    /// A tensor has a shape other than the configuration implies.
-    #[error("{}: tensor `{tensor}` has shape {got:?}, expected {expected:?}", path.display())]
-    ShapeMismatch {
-        /// The file holding the tensor.
-        path: PathBuf,
-        /// The tensor's name.
-        tensor: String,
-        /// The shape the configuration implies.
-        expected: Vec<usize>,
-        /// The shape in the file.
-        got: Vec<usize>,
-    },
-    /// A tensor has a dtype other than f32, f16 or bf16.
-    #[error("{}: tensor `{tensor}` has unsupported dtype {dtype} (expected F32, F16 or BF16)", path.display())]
-    UnsupportedDtype {
-        /// The file holding the tensor.
-        path: PathBuf,
-        /// The tensor's name.
-        tensor: String,
-        /// Its dtype.
-        dtype: String,
-    },
+    /// The checkpoint layer refused the weights (missing, unexpected or misshapen tensors, a
+    /// corrupt file, ...).
+    #[error(transparent)]
+    Format(#[from] crate::format::FormatError),
     /// An adapter does not fit the model.
     #[error("{}: {reason}", path.display())]
     Adapter {

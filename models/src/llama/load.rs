@@ -282,5 +282,5 @@ pub fn load_peft_adapter<B: Backend>(
             lora.lora_b = Param::from_tensor(bm.detach());
         }
     }
-    ckpt.finish(|_| false)
+    Ok(ckpt.finish(|_| false)?)
 }

@@ -5,8 +5,6 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-use crate::llama::LlamaError;
-
 /// Everything loading audio, loading a checkpoint, running or decoding Whisper can refuse.
 #[derive(Debug, Error)]
 pub enum WhisperError {
@@ -93,58 +91,10 @@ pub enum WhisperError {
         /// The minimum.
         min: usize,
     },
-    /// A model directory has no `model.safetensors`.
-    #[error("{}: no weights found (expected model.safetensors or model.safetensors.index.json)", dir.display())]
-    NoWeights {
-        /// The model directory.
-        dir: PathBuf,
-    },
-    /// A safetensors file is truncated or corrupt.
-    #[error("{}: not a valid safetensors file: {reason}", path.display())]
-    Safetensors {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message.
-        reason: String,
-    },
-    /// A tensor the model needs is absent from the checkpoint.
-    #[error("{}: missing tensor `{tensor}`", path.display())]
-    MissingTensor {
-        /// The checkpoint.
-        path: PathBuf,
-        /// The tensor's name.
-        tensor: String,
-    },
-    /// A tensor has another shape than the configuration implies.
-    #[error("{}: tensor `{tensor}` has shape {got:?}, expected {expected:?}", path.display())]
-    ShapeMismatch {
-        /// The checkpoint.
-        path: PathBuf,
-        /// The tensor's name.
-        tensor: String,
-        /// The shape the configuration implies.
-        expected: Vec<usize>,
-        /// The shape in the file.
-        got: Vec<usize>,
-    },
-    /// The checkpoint holds tensors the model does not use.
-    #[error("{}: unexpected tensor(s) {tensors:?}", path.display())]
-    UnexpectedTensors {
-        /// The checkpoint.
-        path: PathBuf,
-        /// Their names (sorted).
-        tensors: Vec<String>,
-    },
-    /// A tensor's dtype is neither f32, f16 nor bf16.
-    #[error("{}: tensor `{tensor}` has unsupported dtype {dtype}", path.display())]
-    UnsupportedDtype {
-        /// The checkpoint.
-        path: PathBuf,
-        /// The tensor's name.
-        tensor: String,
-        /// Its dtype.
-        dtype: String,
-    },
+    /// The checkpoint layer refused the weights (missing, unexpected or misshapen tensors, a
+    /// corrupt file, ...).
+    #[error(transparent)]
+    Format(#[from] crate::format::FormatError),
     /// The tokenizer could not be loaded, lacks a special token, or failed.
     #[error("tokenizer {}: {reason}", path.display())]
     Tokenizer {
@@ -185,54 +135,4 @@ pub type Result<T> = std::result::Result<T, WhisperError>;
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> WhisperError {
     let path = path.into();
     move |source| WhisperError::Io { path, source }
-}
-
-/// The shared safetensors reader ([`crate::format::Checkpoint`]) reports [`LlamaError`]s; they
-/// are mapped onto the Whisper variants of the same meaning.
-impl From<LlamaError> for WhisperError {
-    fn from(e: LlamaError) -> Self {
-        match e {
-            LlamaError::Io { path, source } => WhisperError::Io { path, source },
-            LlamaError::Json { path, source } => WhisperError::Json { path, source },
-            LlamaError::ConfigField {
-                path,
-                field,
-                reason,
-            } => WhisperError::ConfigField {
-                path,
-                field,
-                reason,
-            },
-            LlamaError::NoWeights { dir } => WhisperError::NoWeights { dir },
-            LlamaError::Safetensors { path, reason } => WhisperError::Safetensors { path, reason },
-            LlamaError::MissingTensor { path, tensor } => {
-                WhisperError::MissingTensor { path, tensor }
-            }
-            LlamaError::ShapeMismatch {
-                path,
-                tensor,
-                expected,
-                got,
-            } => WhisperError::ShapeMismatch {
-                path,
-                tensor,
-                expected,
-                got,
-            },
-            LlamaError::UnexpectedTensors { path, tensors } => {
-                WhisperError::UnexpectedTensors { path, tensors }
-            }
-            LlamaError::UnsupportedDtype {
-                path,
-                tensor,
-                dtype,
-            } => WhisperError::UnsupportedDtype {
-                path,
-                tensor,
-                dtype,
-            },
-            LlamaError::Flexi(e) => WhisperError::Flexi(e),
-            other => WhisperError::InvalidInput(other.to_string()),
-        }
-    }
 }
