@@ -44,11 +44,50 @@ impl DataChat for ModelChat {
     }
 }
 
+/// The special ids the data pipeline adds (guessed among common token strings as
+/// [`HfTokenizer::new_guess`] does; no EOS on targets with a chat template, whose turn ends
+/// with its own token).
+#[derive(Clone, Copy, Debug)]
+struct SpecialIds {
+    bos: Option<u32>,
+    eos: Option<u32>,
+    pad: u32,
+}
+
+/// The model's one tokenizer seen through the data pipeline's interface (no second copy).
+struct DataTok<'a>(&'a Tokenizer, SpecialIds);
+
+impl TextTokenizer for DataTok<'_> {
+    fn encode(&self, text: &str) -> datasets::Result<Vec<u32>> {
+        self.0
+            .encode(text, false)
+            .map_err(|e| datasets::DataError::Tokenizer(e.to_string()))
+    }
+
+    fn decode(&self, ids: &[u32]) -> datasets::Result<String> {
+        self.0
+            .decode(ids, true)
+            .map_err(|e| datasets::DataError::Tokenizer(e.to_string()))
+    }
+
+    fn bos_id(&self) -> Option<u32> {
+        self.1.bos
+    }
+
+    fn eos_id(&self) -> Option<u32> {
+        self.1.eos
+    }
+
+    fn pad_id(&self) -> u32 {
+        self.1.pad
+    }
+}
+
 /// Tokenizer, prompt templates and stop tokens of one model.
 pub struct LmText {
     /// The model's tokenizer.
     pub tokenizer: Tokenizer,
-    tok: HfTokenizer,
+    special: SpecialIds,
     /// Task templates (with the chat template when used).
     pub prompter: Prompter,
     /// Generation stops on any of these.
@@ -70,9 +109,15 @@ impl LmText {
     /// Wraps a tokenizer; the chat template is used when `use_chat` and the tokenizer has one.
     pub fn new(tokenizer: Tokenizer, use_chat: bool) -> Self {
         let chat = use_chat.then(|| tokenizer.chat_template()).flatten();
-        let mut tok = HfTokenizer::new_guess(tokenizer.inner().clone());
+        let find = |names: &[&str]| names.iter().find_map(|n| tokenizer.token_id(n));
+        let eos = find(&HfTokenizer::EOS_TOKENS);
+        let mut special = SpecialIds {
+            bos: find(&HfTokenizer::BOS_TOKENS),
+            eos,
+            pad: find(&HfTokenizer::PAD_TOKENS).or(eos).unwrap_or(0),
+        };
         let mut prompter = Prompter::default();
-        let mut stop_ids: Vec<u32> = tok.eos_id().into_iter().collect();
+        let mut stop_ids: Vec<u32> = special.eos.into_iter().collect();
         if let Some(c) = &chat {
             for s in c.stop_tokens() {
                 if let Some(id) = tokenizer.token_id(&s)
@@ -82,10 +127,8 @@ impl LmText {
                 }
             }
             // With a chat template the turn ends with its own token (already in the target).
-            tok = tok.with_eos(None);
-            let bos = tok
-                .bos_id()
-                .and_then(|id| tokenizer.inner().id_to_token(id));
+            special.eos = None;
+            let bos = special.bos.and_then(|id| tokenizer.inner().id_to_token(id));
             prompter = prompter.with_chat(Arc::new(ModelChat {
                 template: c.clone(),
                 bos,
@@ -96,7 +139,7 @@ impl LmText {
             chat: chat.is_some(),
             template: chat,
             tokenizer,
-            tok,
+            special,
             prompter,
             stop_ids,
         }
@@ -110,7 +153,7 @@ impl LmText {
 
     /// Padding id.
     pub fn pad_id(&self) -> u32 {
-        self.tok.pad_id()
+        self.special.pad
     }
 
     /// Prompt + answer with answer-only labels, at most `max_len` tokens (the prompt is cut
@@ -121,7 +164,11 @@ impl LmText {
             max_len,
             ..Default::default()
         };
-        Ok(encode_pair(&self.tok, &p, &opts)?)
+        Ok(encode_pair(
+            &DataTok(&self.tokenizer, self.special),
+            &p,
+            &opts,
+        )?)
     }
 
     /// The generation prompt of an example, leaving `reserve` tokens for the answer.
@@ -136,7 +183,14 @@ impl LmText {
                 "max_len {max_len} leaves no room for a prompt with {reserve} new tokens"
             )));
         }
-        Ok(encode_prompt(&self.tok, &ex.id, &p.prompt, &opts, reserve)?.input_ids)
+        Ok(encode_prompt(
+            &DataTok(&self.tokenizer, self.special),
+            &ex.id,
+            &p.prompt,
+            &opts,
+            reserve,
+        )?
+        .input_ids)
     }
 
     /// Text of generated ids, cut at the first stop token, special tokens removed.
