@@ -310,6 +310,52 @@ impl<B: Backend> FlexiRun<B> {
     }
 }
 
+impl<B: Backend> FlexiRun<B> {
+    /// Transcribes audio (`(name, 16 kHz mono samples)`, e.g. from
+    /// `models::whisper::load_audio`) with a speech run's ranks: the method's schedule, one
+    /// batch of `batch_size` at a time. Returns each transcript and the rank it used.
+    pub fn transcribe(
+        &self,
+        audios: &[(String, Vec<f32>)],
+        batch_size: usize,
+    ) -> Result<Vec<(String, usize)>> {
+        let RunModel::Speech { model, tokenizer } = &self.model else {
+            return Err(TrainError::Config {
+                key: "model".into(),
+                message: "transcribe needs a Whisper run; use generate for text".into(),
+            });
+        };
+        let policy = match &self.ranks {
+            RunRanks::Base => RankPolicy::Base,
+            RunRanks::Schedule(schedule, seed) => RankPolicy::Schedule {
+                schedule: schedule.clone(),
+                seed: *seed,
+            },
+            RunRanks::Router(_) => {
+                return Err(TrainError::Config {
+                    key: "method".into(),
+                    message: "a router over audio is not implemented (issue 14)".into(),
+                });
+            }
+        };
+        let order: Vec<usize> = (0..audios.len()).collect();
+        let mut ranks = Vec::with_capacity(audios.len());
+        for (i, chunk) in order.chunks(batch_size.max(1)).enumerate() {
+            ranks.extend_from_slice(policy.batch_ranks(i, chunk)?.as_slice());
+        }
+        let options = models::whisper::TranscribeOptions {
+            batch_size: batch_size.max(1),
+            ..Default::default()
+        };
+        let device = model.encoder.conv1.weight.device();
+        let texts = models::whisper::transcribe_with_ranks(
+            model, tokenizer, audios, &ranks, &options, &device,
+        )
+        .map_err(|e| TrainError::Model(e.to_string()))?;
+        Ok(texts.into_iter().zip(ranks).collect())
+    }
+}
+
 fn whisper_tokenizer(model: &Path) -> Result<WhisperTokenizer> {
     WhisperTokenizer::from_dir(model).map_err(|e| {
         TrainError::Model(format!(

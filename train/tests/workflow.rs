@@ -461,3 +461,88 @@ fn typed_adapter_paths_are_the_checkpoint_keys() {
     // Encoder: self-attention q, v, out + fc1; decoder: self and cross q, v, out + fc1.
     check(&whisper, 2 * 4 + 2 * 7);
 }
+
+#[test]
+fn a_speech_run_loads_on_a_plain_backend_and_transcribes_with_its_rank_stream() {
+    // A LibriSpeech-layout set of the fixture's two recordings, fine-tuned one DyLoRA+ step
+    // through the workflow; the run then transcribes and evaluates with the schedule's
+    // inference stream, batch by batch, and both paths agree.
+    let dir = tmp("speech");
+    let whisper = fixture("whisper_tiny");
+    let chapter = dir.join("data/train/19/198");
+    std::fs::create_dir_all(&chapter).unwrap();
+    std::fs::copy(
+        whisper.join("audio_1s.flac"),
+        chapter.join("19-198-0000.flac"),
+    )
+    .unwrap();
+    std::fs::copy(
+        whisper.join("audio_1s.wav"),
+        chapter.join("19-198-0001.wav"),
+    )
+    .unwrap();
+    std::fs::write(
+        chapter.join("19-198.trans.txt"),
+        "19-198-0000 A SHORT SOUND\n19-198-0001 ANOTHER SHORT SOUND\n",
+    )
+    .unwrap();
+    let examples = workflow::read_examples(&dir.join("data/train"), None).unwrap();
+    assert_eq!(examples.len(), 2);
+    let mut cfg = TrainConfig {
+        method: Method::DyloraPlus { r_max: 4 },
+        batch_size: 2,
+        max_steps: 1,
+        seed: 3,
+        ..Default::default()
+    };
+    cfg.adapter.targets = vec!["q_proj".into(), "v_proj".into()];
+    let device = Default::default();
+    let fit = workflow::fit::<Ad>(
+        &FitSpec {
+            model: whisper.clone(),
+            config: cfg,
+            router: None,
+            chat: false,
+            out: dir.join("run"),
+            resume: false,
+            progress: false,
+            shards: 1,
+        },
+        &examples,
+        device,
+    )
+    .unwrap();
+    assert!(fit.info.speech);
+    let run = FlexiRun::<B>::load(&dir.join("run"), &device).unwrap();
+    let audios: Vec<(String, Vec<f32>)> = examples
+        .iter()
+        .map(|e| {
+            let p = e.audio.as_ref().unwrap();
+            (e.id.clone(), models::whisper::load_audio(p).unwrap())
+        })
+        .collect();
+    let transcribed = run.transcribe(&audios, 1).unwrap();
+    let schedule = RankSchedule::DyLoRAPlus { r_max: 4 };
+    for (i, (_, rank)) in transcribed.iter().enumerate() {
+        let want = inference_ranks(&schedule, 3, i, 1, None).unwrap();
+        assert_eq!(*rank, want.as_slice()[0], "utterance {i}");
+    }
+    let report = run
+        .evaluate(
+            &examples,
+            &EvalSettings {
+                batch_size: 1,
+                ..settings()
+            },
+            "speech",
+        )
+        .unwrap();
+    let from_eval: Vec<(String, usize)> = report
+        .predictions
+        .iter()
+        .map(|p| (p.prediction.clone(), p.rank))
+        .collect();
+    assert_eq!(from_eval, transcribed);
+    // A text run cannot transcribe, and a speech run cannot generate.
+    assert!(run.generate(&examples, 4).is_err());
+}
