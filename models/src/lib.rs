@@ -12,6 +12,11 @@
 //! - [`gguf`]: GGUF (llama.cpp) files: metadata, tensor index, dequantisation, the Llama
 //!   name mapping and Q/K permutation, tokenizer from metadata.
 //! - [`ct2`]: CTranslate2 Whisper directories (`model.bin` reader, fused QKV split).
+//! - [`format`]: the checkpoint layer all of them share ([`format::Checkpoint`]: named tensors
+//!   from safetensors or memory, checked by name and shape; [`format::FormatError`]).
+//! - [`proj`]: a plain or adapted projection, the building block of both models.
+//! - [`auto`]: one entry point per model kind for every file format (`load_llama_any`,
+//!   `is_whisper`).
 
 pub mod auto;
 pub mod ct2;

@@ -5,13 +5,13 @@
 //! | --- | --- |
 //! | [`config`] | `config.json` -> [`LlamaConfig`], presets |
 //! | [`rope`] | rotate-half RoPE with Llama 3 frequency scaling |
-//! | [`linear`] | plain or adapted projections, the adapter's target set |
+//! | [`linear`] | the adapter's target set ([`AdapterConfig`]); projections are [`crate::proj::Proj`] |
 //! | [`attention`] | GQA attention, causal + padding mask, KV cache |
 //! | [`mlp`] | SwiGLU |
 //! | [`model`] | RMSNorm, decoder blocks, LM head, loss |
-//! | [`load`] | HF safetensors checkpoints and PEFT adapters |
+//! | [`load`] | building a Llama from a [`crate::format::Checkpoint`]; PEFT adapters |
 //! | [`generate`] | batched KV-cache generation |
-//! | [`tokenizer`] | `tokenizer.json`, chat templates |
+//! | [`tokenizer`] | `tokenizer.json`, the model's Jinja chat template (built-in fallbacks) |
 //!
 //! ```no_run
 //! # use burn::backend::Flex;
