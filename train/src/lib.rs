@@ -24,6 +24,7 @@ pub mod asr;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod lm;
 pub mod lr;
 pub mod params;

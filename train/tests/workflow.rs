@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use datasets::Example;
-use flexi_burn::{RankSchedule, inference_ranks};
+use flexi_burn::{RankSchedule, SampleRanks, inference_ranks};
 use infer::{EvalSettings, RankPolicy, TrainedRouter};
+use models::llama::Llama;
 use train::workflow::{self, FitSpec, RouterSpec, TextModel};
 use train::{FlexiRun, Method, TrainConfig};
 
@@ -545,4 +546,107 @@ fn a_speech_run_loads_on_a_plain_backend_and_transcribes_with_its_rank_stream() 
     assert_eq!(from_eval, transcribed);
     // A text run cannot transcribe, and a speech run cannot generate.
     assert!(run.generate(&examples, 4).is_err());
+}
+
+#[test]
+fn a_run_exported_as_a_peft_adapter_gives_the_same_logits() {
+    // DyLoRA (alpha / r) exported at its eval rank and at r_max, LoRA with a learned per-rank
+    // scale (folded into lora_B) and rsLoRA (`use_rslora`): loaded back through the PEFT
+    // reader, the logits equal the run's own at that rank.
+    use models::llama::{PaddedBatch, load_llama_with_peft};
+    let dir = tmp("export");
+    let device = Default::default();
+    let answers: Vec<String> = (0..8).map(|i| WORDS[i % 10].to_string()).collect();
+    let data = dir.join("qa.jsonl");
+    write_qa(&data, &answers);
+    let examples = workflow::read_examples(&data, None).unwrap();
+    let batch = PaddedBatch::left_pad(&[vec![1, 5, 9, 13, 17], vec![2, 4, 6]], 0);
+    let to_vec = |t: burn::tensor::Tensor<B, 3>| t.into_data().to_vec::<f32>().unwrap();
+    let cases = [
+        (
+            "dylora",
+            Method::Dylora {
+                r_max: 4,
+                frozen: false,
+                eval_rank: 2,
+            },
+            flexi_burn::ScalePolicy::AlphaOverRank,
+            vec![None, Some(4)],
+        ),
+        (
+            "lora-learned",
+            Method::Lora { rank: 4 },
+            flexi_burn::ScalePolicy::Learned,
+            vec![None],
+        ),
+        (
+            "lora-rslora",
+            Method::Lora { rank: 4 },
+            flexi_burn::ScalePolicy::AlphaOverSqrtRank,
+            vec![None],
+        ),
+    ];
+    for (name, method, scale, ranks) in cases {
+        let mut cfg = TrainConfig {
+            method,
+            batch_size: 4,
+            max_steps: 2,
+            max_len: 64,
+            lr: 2e-2,
+            seed: 5,
+            ..Default::default()
+        };
+        cfg.adapter.scale = scale;
+        cfg.adapter.targets = vec!["q_proj".into(), "v_proj".into(), "down_proj".into()];
+        let run_dir = dir.join(name);
+        workflow::fit::<Ad>(
+            &FitSpec {
+                model: fixture("tiny_tied"),
+                config: cfg,
+                router: None,
+                chat: false,
+                out: run_dir.clone(),
+                resume: false,
+                progress: false,
+                shards: 1,
+            },
+            &examples,
+            device,
+        )
+        .unwrap();
+        let run = FlexiRun::<B>::load(&run_dir, &device).unwrap();
+        let train::run::RunModel::Text { model, .. } = &run.model else {
+            panic!("a text run")
+        };
+        for rank in ranks {
+            let out = dir.join(format!("{name}-peft-{rank:?}"));
+            let e = train::export::export_peft(&run, rank, &out).unwrap();
+            assert_eq!(e.layers, 2 * 3);
+            let peft: Llama<B> = load_llama_with_peft(fixture("tiny_tied"), &out, &device).unwrap();
+            let r = SampleRanks::uniform(2, e.rank);
+            let want = to_vec(model.forward(&batch, &r).unwrap());
+            let got = to_vec(peft.forward(&batch, &r).unwrap());
+            let base = to_vec(model.forward(&batch, &SampleRanks::uniform(2, 0)).unwrap());
+            let d = want
+                .iter()
+                .zip(&got)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            let moved = want
+                .iter()
+                .zip(&base)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            println!(
+                "{name} at rank {}: max abs diff {d:.2e} (adapter moves logits by {moved:.2e})",
+                e.rank
+            );
+            assert!(d <= 1e-5, "{name} rank {}: {d}", e.rank);
+            assert!(moved > 1e-3, "the adapter changes the logits");
+        }
+    }
+    // A base model or a rank beyond r_max cannot be exported.
+    let run = FlexiRun::<B>::load(&dir.join("dylora"), &device).unwrap();
+    let err = train::export::export_peft(&run, Some(9), &dir.join("bad"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("rank 9") && err.contains("1..=4"), "{err}");
 }

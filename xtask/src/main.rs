@@ -49,6 +49,8 @@ enum Command {
     Train(pipeline::TrainArgs),
     /// Evaluate a trained run (or the base model) on data files.
     Eval(pipeline::EvalArgs),
+    /// Write a trained run as a PEFT LoRA adapter (`--format peft [--rank R]`).
+    Export(pipeline::ExportArgs),
     /// Benchmarks (speed and memory live here, not in tests).
     Bench(bench::BenchArgs),
     /// Data files: inspect a file as the model sees it; synthesize a speech set.
@@ -73,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         Command::Router(args) => pipeline::run_router(args),
         Command::Train(args) => pipeline::run_train(args),
         Command::Eval(args) => pipeline::run_eval(args),
+        Command::Export(args) => pipeline::run_export(args),
         Command::Bench(args) => bench::run(args),
         Command::Data(args) => data::run(args),
         Command::Generate(args) => llama::run_generate(args),

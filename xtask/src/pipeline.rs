@@ -612,3 +612,52 @@ impl EvalArgs {
         }
     }
 }
+
+// ---------------------------------------------------------------- export
+
+/// `export`: write a trained run as a PEFT adapter.
+#[derive(Args, Clone, Debug)]
+pub struct ExportArgs {
+    /// A `train` output directory.
+    #[arg(long)]
+    run: PathBuf,
+    /// Output format (only `peft` so far).
+    #[arg(long, default_value = "peft")]
+    format: String,
+    /// Rank to export (default: LoRA's rank, DyLoRA's eval rank, r_max for DyLoRA+ / Flexi).
+    #[arg(long)]
+    rank: Option<usize>,
+    /// Output directory (`adapter_config.json`, `adapter_model.safetensors`).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+struct ExportJob(ExportArgs);
+
+impl BackendJob for ExportJob {
+    type Output = Result<()>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let a = self.0;
+        if a.format != "peft" {
+            bail!("unknown export format {:?}: expected peft", a.format);
+        }
+        let run: FlexiRun<B::InnerBackend> = FlexiRun::load(&a.run, &device)
+            .with_context(|| format!("loading the run {}", a.run.display()))?;
+        let e = train::export::export_peft(&run, a.rank, &a.out)
+            .with_context(|| format!("exporting {} as PEFT", a.run.display()))?;
+        println!(
+            "PEFT LoRA adapter: r = {}, lora_alpha = {}, use_rslora = {}, {} layers -> {}",
+            e.rank,
+            e.lora_alpha,
+            e.use_rslora,
+            e.layers,
+            a.out.display()
+        );
+        Ok(())
+    }
+}
+
+/// Runs `export` (on the CPU: it only reads and writes tensors).
+pub fn run_export(args: ExportArgs) -> Result<()> {
+    backend::run(BackendKind::Flex, ExportJob(args))?
+}

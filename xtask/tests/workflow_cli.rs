@@ -232,6 +232,40 @@ fn the_cli_runs_the_flexi_workflow_end_to_end() {
         preds.iter().all(|(_, r, _)| [2, 8].contains(r)),
         "{preds:?}"
     );
+    // The run as a PEFT adapter at the easy class's rank, served by the PEFT reader.
+    let peft = dir.join("peft");
+    let out = xtask(&[
+        "export",
+        "--run",
+        run.to_str().unwrap(),
+        "--format",
+        "peft",
+        "--rank",
+        "2",
+        "--out",
+        peft.to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains("r = 2, lora_alpha = 16, use_rslora = false, 8 layers"),
+        "{out}"
+    );
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(peft.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["r"], 2);
+    let logits = dir.join("logits.safetensors");
+    xtask(&[
+        "logits",
+        "--model",
+        tiny,
+        "--adapter",
+        peft.to_str().unwrap(),
+        "--ids",
+        "1,2,3",
+        "--out",
+        logits.to_str().unwrap(),
+    ]);
+    assert!(logits.is_file());
 }
 
 #[test]

@@ -152,6 +152,8 @@ pub struct PeftAdapter {
     pub lora_alpha: f64,
     /// `target_modules`.
     pub targets: Vec<Target>,
+    /// `use_rslora`: the scale is `lora_alpha / sqrt(r)` instead of `lora_alpha / r`.
+    pub use_rslora: bool,
 }
 
 impl PeftAdapter {
@@ -192,19 +194,29 @@ impl PeftAdapter {
                 .map_err(|e| field("target_modules", &e.to_string()))?,
             _ => return Err(field("target_modules", "missing")),
         };
+        let use_rslora = match v.get("use_rslora") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(field("use_rslora", "expected true or false")),
+        };
         Ok(Self {
             r,
             lora_alpha,
             targets,
+            use_rslora,
         })
     }
 
     /// The matching Flexi-LoRA configuration: `r_max = r`, `alpha = lora_alpha`, so rank `r`
-    /// reproduces PEFT's scale `lora_alpha / r`.
+    /// reproduces PEFT's scale `lora_alpha / r` (rsLoRA: `lora_alpha / sqrt(r)`).
     pub fn adapter_config(&self) -> AdapterConfig {
         let mut targets = self.targets.clone();
         targets.sort();
-        AdapterConfig::new(targets, self.r, self.lora_alpha)
+        let mut config = AdapterConfig::new(targets, self.r, self.lora_alpha);
+        if self.use_rslora {
+            config.lora.scale = flexi_burn::ScalePolicy::AlphaOverSqrtRank;
+        }
+        config
     }
 }
 
