@@ -143,3 +143,176 @@ pub fn export_peft<B: Backend>(
         layers: adapters.len(),
     })
 }
+
+/// What [`merge_hf`] wrote.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Merged {
+    /// The merged rank.
+    pub rank: usize,
+    /// Projection weights replaced by `W0 + s(r) B A`.
+    pub replaced: usize,
+    /// Tensors copied unchanged.
+    pub copied: usize,
+}
+
+/// Writes a full Hugging Face checkpoint of `run` at `rank` into `out`: every file of the base
+/// directory (config, tokenizer, index), and its safetensors with each adapted projection's
+/// weight replaced by `W0 + s(r) B[:, :r] A[:r]` in the tensor's own dtype (f32, f16, bf16).
+/// Default rank: the method's inference rank (AdaLoRA: its kept triplets at `r_max`).
+pub fn merge_hf<B: Backend>(run: &FlexiRun<B>, rank: Option<usize>, out: &Path) -> Result<Merged> {
+    let bad = |message: String| TrainError::Config {
+        key: "merge".into(),
+        message,
+    };
+    let info = run
+        .info
+        .as_ref()
+        .ok_or_else(|| bad("a base model has nothing to merge".into()))?;
+    let RunModel::Text { model, .. } = &run.model else {
+        return Err(bad(
+            "merging Whisper runs is not implemented yet (issue 15)".into(),
+        ));
+    };
+    let cfg = &info.config;
+    let base = &info.model;
+    if !base.join("config.json").is_file() {
+        return Err(bad(format!(
+            "{} is not a Hugging Face directory (merge writes the base's own files; a .gguf \
+             base has none)",
+            base.display()
+        )));
+    }
+    let rank = match (&cfg.method, rank) {
+        (Method::Full, _) => {
+            return Err(bad(
+                "full fine-tuning: merging is for adapters (the run's checkpoint holds every \
+                 trained weight)"
+                    .into(),
+            ));
+        }
+        (_, Some(r)) => r,
+        (Method::Lora { rank }, None) => *rank,
+        (Method::Dylora { eval_rank, .. }, None) => *eval_rank,
+        (m, None) => m.r_max()?,
+    };
+    let r_max = cfg.method.r_max()?;
+    if rank == 0 || rank > r_max {
+        return Err(bad(format!(
+            "rank {rank} is outside 1..={r_max} (the run's r_max)"
+        )));
+    }
+    // The merged weights by HF name, `[out, in]` f32.
+    let mut merged: BTreeMap<String, HostTensor> = model
+        .adapters()
+        .into_iter()
+        .map(|(path, layer)| {
+            let module = path.strip_suffix(".Adapted").unwrap_or(&path);
+            (
+                format!("model.{module}.weight"),
+                HostTensor::of(layer.merged_weight(rank)),
+            )
+        })
+        .collect();
+    let io = |p: &Path| {
+        let path = p.to_path_buf();
+        move |e| TrainError::Io { path, source: e }
+    };
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    let (mut replaced, mut copied) = (0, 0);
+    for entry in std::fs::read_dir(base).map_err(io(base))? {
+        let entry = entry.map_err(io(base))?;
+        let src = entry.path();
+        if !src.is_file() {
+            continue;
+        }
+        let dst = out.join(entry.file_name());
+        if src.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+            std::fs::copy(&src, &dst).map_err(io(&dst))?;
+            continue;
+        }
+        let bytes = std::fs::read(&src).map_err(io(&src))?;
+        let st =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| TrainError::Checkpoint {
+                path: src.clone(),
+                message: format!("not a valid safetensors file: {e}"),
+            })?;
+        let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (name, view) in st.tensors() {
+            let data = match merged.remove(&name) {
+                Some(m) => {
+                    if m.shape != view.shape() {
+                        return Err(TrainError::Checkpoint {
+                            path: src.clone(),
+                            message: format!(
+                                "tensor {name} has shape {:?}, the merged weight {:?}",
+                                view.shape(),
+                                m.shape
+                            ),
+                        });
+                    }
+                    replaced += 1;
+                    encode(&m.values, view.dtype()).ok_or_else(|| TrainError::Checkpoint {
+                        path: src.clone(),
+                        message: format!(
+                            "tensor {name}: dtype {:?} is not f32, f16 or bf16",
+                            view.dtype()
+                        ),
+                    })?
+                }
+                None => {
+                    copied += 1;
+                    view.data().to_vec()
+                }
+            };
+            tensors.push((name, view.dtype(), view.shape().to_vec(), data));
+        }
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+            .iter()
+            .map(|(n, dtype, shape, data)| {
+                safetensors::tensor::TensorView::new(*dtype, shape.clone(), data)
+                    .map(|v| (n.clone(), v))
+            })
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| TrainError::Model(format!("building {}: {e}", dst.display())))?;
+        let metadata = st_metadata(&bytes);
+        let written = safetensors::serialize(views, metadata)
+            .map_err(|e| TrainError::Model(format!("serialising {}: {e}", dst.display())))?;
+        std::fs::write(&dst, written).map_err(io(&dst))?;
+    }
+    if let Some(name) = merged.keys().next() {
+        return Err(TrainError::Checkpoint {
+            path: base.clone(),
+            message: format!("the base checkpoint has no tensor {name} to merge into"),
+        });
+    }
+    Ok(Merged {
+        rank,
+        replaced,
+        copied,
+    })
+}
+
+/// f32 values in `dtype`'s little-endian bytes (f32, f16, bf16).
+fn encode(values: &[f32], dtype: safetensors::Dtype) -> Option<Vec<u8>> {
+    use safetensors::Dtype;
+    Some(match dtype {
+        Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Dtype::F16 => values
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        Dtype::BF16 => values
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect(),
+        _ => return None,
+    })
+}
+
+/// The `__metadata__` of a safetensors file (e.g. `{"format": "pt"}`, which transformers
+/// expects), kept in the merged copy.
+fn st_metadata(bytes: &[u8]) -> Option<std::collections::HashMap<String, String>> {
+    safetensors::SafeTensors::read_metadata(bytes)
+        .ok()
+        .and_then(|(_, m)| m.metadata().clone())
+}

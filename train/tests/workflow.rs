@@ -650,3 +650,128 @@ fn a_run_exported_as_a_peft_adapter_gives_the_same_logits() {
         .to_string();
     assert!(err.contains("rank 9") && err.contains("1..=4"), "{err}");
 }
+
+#[test]
+fn a_merged_checkpoint_is_the_run_at_its_rank() {
+    // W0 + s(r) B A folded into the base's own safetensors: the merged directory loads as a
+    // plain model (no adapter) whose logits are the run's at that rank.
+    use models::llama::{AdapterConfig, PaddedBatch, load_llama};
+    let dir = tmp("merge");
+    let device = Default::default();
+    let answers: Vec<String> = (0..8).map(|i| WORDS[i % 10].to_string()).collect();
+    let data = dir.join("qa.jsonl");
+    write_qa(&data, &answers);
+    let examples = workflow::read_examples(&data, None).unwrap();
+    let mut cfg = TrainConfig {
+        method: Method::DyloraPlus { r_max: 4 },
+        batch_size: 4,
+        max_steps: 2,
+        max_len: 64,
+        lr: 2e-2,
+        seed: 8,
+        ..Default::default()
+    };
+    cfg.adapter.targets = vec!["q_proj".into(), "o_proj".into(), "up_proj".into()];
+    workflow::fit::<Ad>(
+        &FitSpec {
+            model: fixture("tiny_tied"),
+            config: cfg,
+            router: None,
+            chat: false,
+            out: dir.join("run"),
+            resume: false,
+            progress: false,
+            shards: 1,
+        },
+        &examples,
+        device,
+    )
+    .unwrap();
+    let run = FlexiRun::<B>::load(&dir.join("run"), &device).unwrap();
+    let train::run::RunModel::Text { model, .. } = &run.model else {
+        panic!("a text run")
+    };
+    let batch = PaddedBatch::left_pad(&[vec![3, 8, 11, 40, 2], vec![7, 9]], 0);
+    let to_vec = |t: burn::tensor::Tensor<B, 3>| t.into_data().to_vec::<f32>().unwrap();
+    for rank in [3, 4] {
+        let out = dir.join(format!("merged-{rank}"));
+        let m = train::export::merge_hf(&run, Some(rank), &out).unwrap();
+        assert_eq!((m.rank, m.replaced), (rank, 2 * 3));
+        assert!(out.join("config.json").is_file() && out.join("tokenizer.json").is_file());
+        let merged: Llama<B> = load_llama(&out, &AdapterConfig::none(), &device).unwrap();
+        let want = to_vec(
+            model
+                .forward(&batch, &SampleRanks::uniform(2, rank))
+                .unwrap(),
+        );
+        let got = to_vec(merged.forward(&batch, &SampleRanks::uniform(2, 0)).unwrap());
+        let d = want
+            .iter()
+            .zip(&got)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        println!("merged at rank {rank}: max abs logit diff {d:.2e}");
+        assert!(d <= 1e-5, "rank {rank}: {d}");
+    }
+    let err = train::export::merge_hf(&run, Some(5), &dir.join("bad"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("rank 5"), "{err}");
+
+    // A bf16 base stays bf16: the merged weights are written in the tensor's own dtype.
+    let bf16 = dir.join("bf16-base");
+    std::fs::create_dir_all(&bf16).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("tiny_tied").join("bf16").join(f), bf16.join(f)).unwrap();
+    }
+    std::fs::copy(
+        fixture("tiny_tied").join("tokenizer.json"),
+        bf16.join("tokenizer.json"),
+    )
+    .unwrap();
+    let mut cfg = TrainConfig {
+        method: Method::Lora { rank: 2 },
+        batch_size: 4,
+        max_steps: 1,
+        max_len: 64,
+        lr: 2e-2,
+        ..Default::default()
+    };
+    cfg.adapter.targets = vec!["v_proj".into()];
+    workflow::fit::<Ad>(
+        &FitSpec {
+            model: bf16.clone(),
+            config: cfg,
+            router: None,
+            chat: false,
+            out: dir.join("run-bf16"),
+            resume: false,
+            progress: false,
+            shards: 1,
+        },
+        &examples,
+        device,
+    )
+    .unwrap();
+    let run = FlexiRun::<B>::load(&dir.join("run-bf16"), &device).unwrap();
+    let out = dir.join("merged-bf16");
+    let m = train::export::merge_hf(&run, None, &out).unwrap();
+    assert_eq!((m.rank, m.replaced), (2, 2));
+    let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let v = st.tensor("model.layers.1.self_attn.v_proj.weight").unwrap();
+    assert_eq!(v.dtype(), safetensors::Dtype::BF16);
+    let train::run::RunModel::Text { model, .. } = &run.model else {
+        panic!("a text run")
+    };
+    let merged: Llama<B> = load_llama(&out, &AdapterConfig::none(), &device).unwrap();
+    let want = to_vec(model.forward(&batch, &SampleRanks::uniform(2, 2)).unwrap());
+    let got = to_vec(merged.forward(&batch, &SampleRanks::uniform(2, 0)).unwrap());
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = want
+        .iter()
+        .zip(&got)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    println!("bf16 merge: max abs logit diff {d:.2e} (logit scale {scale:.2})");
+    // One bf16 rounding of W0 + s B A (8 mantissa bits) per merged weight.
+    assert!(d <= 2e-2 * scale.max(1.0), "{d}");
+}

@@ -51,6 +51,8 @@ enum Command {
     Eval(pipeline::EvalArgs),
     /// Write a trained run as a PEFT LoRA adapter (`--format peft [--rank R]`).
     Export(pipeline::ExportArgs),
+    /// Write a trained run as a full Hugging Face checkpoint with the adapter merged in.
+    Merge(pipeline::MergeArgs),
     /// Benchmarks (speed and memory live here, not in tests).
     Bench(bench::BenchArgs),
     /// Data files: inspect a file as the model sees it; synthesize a speech set.
@@ -76,6 +78,7 @@ fn main() -> anyhow::Result<()> {
         Command::Train(args) => pipeline::run_train(args),
         Command::Eval(args) => pipeline::run_eval(args),
         Command::Export(args) => pipeline::run_export(args),
+        Command::Merge(args) => pipeline::run_merge(args),
         Command::Bench(args) => bench::run(args),
         Command::Data(args) => data::run(args),
         Command::Generate(args) => llama::run_generate(args),

@@ -661,3 +661,43 @@ impl BackendJob for ExportJob {
 pub fn run_export(args: ExportArgs) -> Result<()> {
     backend::run(BackendKind::Flex, ExportJob(args))?
 }
+
+/// `merge`: a trained run as a full Hugging Face checkpoint with the adapter folded in.
+#[derive(Args, Clone, Debug)]
+pub struct MergeArgs {
+    /// A `train` output directory whose base model is a Hugging Face directory.
+    #[arg(long)]
+    run: PathBuf,
+    /// Rank to merge (default: LoRA's rank, DyLoRA's eval rank, r_max otherwise).
+    #[arg(long)]
+    rank: Option<usize>,
+    /// Output directory (the base's files with merged weights).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+struct MergeJob(MergeArgs);
+
+impl BackendJob for MergeJob {
+    type Output = Result<()>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let a = self.0;
+        let run: FlexiRun<B::InnerBackend> = FlexiRun::load(&a.run, &device)
+            .with_context(|| format!("loading the run {}", a.run.display()))?;
+        let m = train::export::merge_hf(&run, a.rank, &a.out)
+            .with_context(|| format!("merging {}", a.run.display()))?;
+        println!(
+            "merged at rank {}: {} projection weights replaced, {} tensors copied -> {}",
+            m.rank,
+            m.replaced,
+            m.copied,
+            a.out.display()
+        );
+        Ok(())
+    }
+}
+
+/// Runs `merge` (on the CPU).
+pub fn run_merge(args: MergeArgs) -> Result<()> {
+    backend::run(BackendKind::Flex, MergeJob(args))?
+}
