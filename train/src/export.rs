@@ -316,3 +316,58 @@ fn st_metadata(bytes: &[u8]) -> Option<std::collections::HashMap<String, String>
         .ok()
         .and_then(|(_, m)| m.metadata().clone())
 }
+
+/// The key of the Flexi-LoRA block in `adapter_config.json` (PEFT ignores unknown keys).
+pub const FLEXI_KEY: &str = "flexi_lora";
+
+/// Writes a Flexi-LoRA run as one directory that is both a PEFT LoRA adapter at `r_max` (the
+/// whole nested adapter: every smaller rank is its prefix) and, for this library, a routed
+/// adapter: `adapter_config.json` gains a `flexi_lora` block (scale policy, alpha, class -> rank
+/// map, prompt cut) and `router/` holds the router with its input definition. Reload it with
+/// [`crate::run::FlexiRun::from_flexi_adapter`].
+pub fn export_flexi<B: Backend>(run: &FlexiRun<B>, out: &Path) -> Result<PeftExport> {
+    let bad = |message: String| TrainError::Config {
+        key: "export".into(),
+        message,
+    };
+    let info = run
+        .info
+        .as_ref()
+        .ok_or_else(|| bad("a base model has no adapter to export".into()))?;
+    let cfg = &info.config;
+    let class_ranks = cfg
+        .method
+        .class_ranks()?
+        .ok_or_else(|| bad("the flexi format needs a Flexi-LoRA run".into()))?;
+    let crate::run::RunRanks::Router(router) = &run.ranks else {
+        return Err(bad("the run has no router".into()));
+    };
+    if cfg.adapter.scale == ScalePolicy::Learned {
+        return Err(bad(
+            "a learned per-rank scale cannot be written as PEFT's lora_alpha for every rank \
+             (not implemented yet)"
+                .into(),
+        ));
+    }
+    let e = export_peft(run, None, out)?;
+    infer::router::save_router(&router.router, &router.meta, &out.join("router"))?;
+    let c = out.join("adapter_config.json");
+    let io = |p: &Path| {
+        let path = p.to_path_buf();
+        move |e| TrainError::Io { path, source: e }
+    };
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&c).map_err(io(&c))?)
+        .map_err(|e| TrainError::Model(e.to_string()))?;
+    config[FLEXI_KEY] = json!({
+        "format_version": 1,
+        "r_max": e.rank,
+        "alpha": cfg.adapter.alpha,
+        "scale": cfg.adapter.scale,
+        "class_ranks": class_ranks.to_string(),
+        "router": "router",
+        "max_len": cfg.max_len,
+    });
+    let text = serde_json::to_vec_pretty(&config).map_err(|e| TrainError::Model(e.to_string()))?;
+    std::fs::write(&c, text).map_err(io(&c))?;
+    Ok(e)
+}

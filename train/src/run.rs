@@ -356,6 +356,96 @@ impl<B: Backend> FlexiRun<B> {
     }
 }
 
+impl<B: Backend> FlexiRun<B> {
+    /// Loads a Flexi-LoRA adapter directory written by [`crate::export::export_flexi`] onto
+    /// `base` (the Hugging Face directory or `.gguf` file it was trained on): the nested
+    /// adapter at `r_max` with its scale policy, and its router, so inputs are routed exactly
+    /// as in the run that wrote it.
+    pub fn from_flexi_adapter(base: &Path, dir: &Path, device: &B::Device) -> Result<Self> {
+        let c = dir.join("adapter_config.json");
+        let bad = |message: String| TrainError::Checkpoint {
+            path: c.clone(),
+            message,
+        };
+        let bytes = std::fs::read(&c).map_err(|e| TrainError::Io {
+            path: c.clone(),
+            source: e,
+        })?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let block = v.get(crate::export::FLEXI_KEY).ok_or_else(|| {
+            bad(format!(
+                "no `{}` block: a plain PEFT adapter (load it with models::llama::load_llama_with_peft)",
+                crate::export::FLEXI_KEY
+            ))
+        })?;
+        let get = |key: &str| {
+            block
+                .get(key)
+                .ok_or_else(|| bad(format!("{}.{key} is missing", crate::export::FLEXI_KEY)))
+        };
+        let field = |key: &str, e: serde_json::Error| {
+            bad(format!("{}.{key}: {e}", crate::export::FLEXI_KEY))
+        };
+        let class_ranks: String = serde_json::from_value(get("class_ranks")?.clone())
+            .map_err(|e| field("class_ranks", e))?;
+        let scale: flexi_burn::ScalePolicy =
+            serde_json::from_value(get("scale")?.clone()).map_err(|e| field("scale", e))?;
+        let alpha: f64 =
+            serde_json::from_value(get("alpha")?.clone()).map_err(|e| field("alpha", e))?;
+        let max_len: usize =
+            serde_json::from_value(get("max_len")?.clone()).map_err(|e| field("max_len", e))?;
+        let router_dir = dir.join(get("router")?.as_str().ok_or_else(|| {
+            bad(format!(
+                "{}.router: expected a path",
+                crate::export::FLEXI_KEY
+            ))
+        })?);
+        let peft = models::llama::PeftAdapter::from_dir(dir)
+            .map_err(|e| TrainError::Model(e.to_string()))?;
+        let mut adapter = peft.adapter_config();
+        adapter.lora.alpha = alpha;
+        adapter.lora.scale = scale;
+        let mut model = models::auto::load_llama_any::<B>(base, &adapter, device)
+            .map_err(|e| TrainError::Model(format!("{}: {e}", base.display())))?;
+        models::llama::load_peft_adapter(&mut model, dir)
+            .map_err(|e| TrainError::Model(e.to_string()))?;
+        let router = TrainedRouter::<B>::load(&router_dir, device)?;
+        let text = LmText::load(base, router.meta.input.chat_template.is_some())?;
+        router.meta.input.check(&model, &text, &router_dir)?;
+        let config = TrainConfig {
+            method: Method::Flexi { class_ranks },
+            adapter: crate::config::AdapterSettings {
+                alpha,
+                scale,
+                targets: peft.targets.iter().map(|t| t.name().to_string()).collect(),
+                dropout: 0.0,
+            },
+            max_len,
+            ..Default::default()
+        };
+        Ok(Self {
+            info: Some(RunInfo {
+                model: base.to_path_buf(),
+                config,
+                router: Some(router_dir),
+                chat: text.chat,
+                examples: 0,
+                seconds: 0.0,
+                first_loss: f64::NAN,
+                last_loss: f64::NAN,
+                speech: false,
+            }),
+            model: RunModel::Text {
+                model: Box::new(model),
+                text: Box::new(text),
+            },
+            ranks: RunRanks::Router(Box::new(router)),
+            max_len,
+        })
+    }
+}
+
 fn whisper_tokenizer(model: &Path) -> Result<WhisperTokenizer> {
     WhisperTokenizer::from_dir(model).map_err(|e| {
         TrainError::Model(format!(

@@ -231,6 +231,26 @@ fn label_router_fit_and_evaluate_a_flexi_run_end_to_end() {
     assert_eq!(texts(&report), texts(&direct));
     // ... and the adapter changed the answers of the base model on some example.
     assert_ne!(texts(&report), texts(&labels.report));
+
+    // 5. The run as one Flexi-LoRA adapter directory (a PEFT LoRA at r_max + the router and
+    // its input definition), reloaded onto the base model: the same routed answers.
+    let flexi_dir = dir.join("flexi-adapter");
+    let e = train::export::export_flexi(&run, &flexi_dir).unwrap();
+    assert_eq!(e.rank, 8);
+    let reloaded =
+        FlexiRun::<B>::from_flexi_adapter(&fixture("tiny_tied"), &flexi_dir, &device).unwrap();
+    let again = reloaded.evaluate(&examples, &settings(), "tiny").unwrap();
+    assert_eq!(texts(&again), texts(&report));
+    let again_ranks: Vec<usize> = again.predictions.iter().map(|p| p.rank).collect();
+    assert_eq!(again_ranks, routed);
+    // A plain PEFT adapter has no routing to reload.
+    let plain = dir.join("plain-peft");
+    train::export::export_peft(&run, Some(2), &plain).unwrap();
+    let err = FlexiRun::<B>::from_flexi_adapter(&fixture("tiny_tied"), &plain, &device)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("flexi_lora"), "{err}");
 }
 
 #[test]

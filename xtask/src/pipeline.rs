@@ -621,7 +621,8 @@ pub struct ExportArgs {
     /// A `train` output directory.
     #[arg(long)]
     run: PathBuf,
-    /// Output format (only `peft` so far).
+    /// Output format: `peft` (a PEFT LoRA adapter at one rank) or `flexi` (a Flexi-LoRA run:
+    /// the PEFT adapter at r_max plus its router and a `flexi_lora` block).
     #[arg(long, default_value = "peft")]
     format: String,
     /// Rank to export (default: LoRA's rank, DyLoRA's eval rank, r_max for DyLoRA+ / Flexi).
@@ -638,13 +639,15 @@ impl BackendJob for ExportJob {
     type Output = Result<()>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let a = self.0;
-        if a.format != "peft" {
-            bail!("unknown export format {:?}: expected peft", a.format);
-        }
         let run: FlexiRun<B::InnerBackend> = FlexiRun::load(&a.run, &device)
             .with_context(|| format!("loading the run {}", a.run.display()))?;
-        let e = train::export::export_peft(&run, a.rank, &a.out)
-            .with_context(|| format!("exporting {} as PEFT", a.run.display()))?;
+        let e = match a.format.as_str() {
+            "peft" => train::export::export_peft(&run, a.rank, &a.out),
+            "flexi" if a.rank.is_none() => train::export::export_flexi(&run, &a.out),
+            "flexi" => bail!("--format flexi exports the whole nested adapter (no --rank)"),
+            other => bail!("unknown export format {other:?}: expected peft or flexi"),
+        }
+        .with_context(|| format!("exporting {} as {}", a.run.display(), a.format))?;
         println!(
             "PEFT LoRA adapter: r = {}, lora_alpha = {}, use_rslora = {}, {} layers -> {}",
             e.rank,
