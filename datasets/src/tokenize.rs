@@ -272,16 +272,25 @@ impl HfTokenizer {
     /// Wraps a tokenizer, finding BOS / EOS / PAD among common token strings (PAD falls back
     /// to EOS, then 0).
     pub fn new_guess(inner: tokenizers::Tokenizer) -> Self {
-        let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
-        let bos = find(&Self::BOS_TOKENS);
-        let eos = find(&Self::EOS_TOKENS);
-        let pad = find(&Self::PAD_TOKENS).or(eos).unwrap_or(0);
+        let (bos, eos, pad) = Self::guess_special_ids(|t| inner.token_to_id(t));
         Self {
             inner,
             bos,
             eos,
             pad,
         }
+    }
+
+    /// `(bos, eos, pad)` among the common token strings ([`Self::BOS_TOKENS`], ...), given a
+    /// token-string -> id lookup; PAD falls back to EOS, then 0.
+    pub fn guess_special_ids(id: impl Fn(&str) -> Option<u32>) -> (Option<u32>, Option<u32>, u32) {
+        let find = |names: &[&str]| names.iter().find_map(|n| id(n));
+        let eos = find(&Self::EOS_TOKENS);
+        (
+            find(&Self::BOS_TOKENS),
+            eos,
+            find(&Self::PAD_TOKENS).or(eos).unwrap_or(0),
+        )
     }
 
     /// Loads `tokenizer.json` and guesses the special ids ([`HfTokenizer::new_guess`]).

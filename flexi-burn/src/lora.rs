@@ -632,7 +632,8 @@ fn seeded_factor<B: Backend>(
         crate::adapters::path_hash(&key),
     ));
     let values: Vec<f32> = if normal {
-        // Box–Muller, as PEFT's AdaLoRA normal(0, 0.02).
+        // PEFT's AdaLoRA normal(0, 0.02), Box–Muller written out (not `router::standard_normal`:
+        // its other order of products would change initial adapters in the last bit).
         (0..n)
             .map(|_| {
                 let u1: f64 = rng.random_range(f64::EPSILON..1.0);
@@ -644,13 +645,5 @@ fn seeded_factor<B: Backend>(
         let bound = 1.0 / (dims[1] as f32).sqrt();
         (0..n).map(|_| rng.random_range(-bound..bound)).collect()
     };
-    param.clone().map(|old| {
-        let require_grad = old.is_require_grad();
-        let new = Tensor::from_data(TensorData::new(values, dims), &old.device());
-        if require_grad {
-            new.require_grad()
-        } else {
-            new
-        }
-    })
+    crate::params::with_values(param.clone(), TensorData::new(values, dims))
 }

@@ -178,3 +178,21 @@ pub fn lora_params_per_rank<B: Backend, M: crate::Adapters<B>>(module: &M) -> us
         .map(|(_, l)| l.lora_a.dims()[1] + l.lora_b.dims()[0])
         .sum()
 }
+
+/// `param` with new values `data` (same shape), keeping its id and, on autodiff backends,
+/// whether it requires a gradient (a fresh leaf). Loading checkpoints and seeded
+/// initialisation both replace parameters this way.
+pub fn with_values<B: Backend, const D: usize>(
+    param: Param<Tensor<B, D>>,
+    data: burn::tensor::TensorData,
+) -> Param<Tensor<B, D>> {
+    param.map(|old| {
+        let require_grad = old.is_require_grad();
+        let new = Tensor::from_data(data, &old.device());
+        if require_grad {
+            new.require_grad()
+        } else {
+            new
+        }
+    })
+}

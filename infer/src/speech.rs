@@ -47,8 +47,27 @@ pub fn evaluate_speech<B: Backend>(
             Ok((e.id.clone(), load_audio(p)?))
         })
         .collect::<Result<_>>()?;
-    let order: Vec<usize> = (0..examples.len()).collect();
-    let mut ranks = Vec::with_capacity(examples.len());
+    let answers = transcribe_with_policy(model, tokenizer, &audios, policy, batch_size)?;
+    Ok(score(
+        examples,
+        &answers,
+        title,
+        lora_params_per_rank(model),
+    ))
+}
+
+/// Transcribes `audios` (`(name, 16 kHz mono samples)`) in batches of `batch_size`, batch `i`
+/// at `policy.batch_ranks(i, ..)`: each transcript with the rank it used.
+pub fn transcribe_with_policy<B: Backend>(
+    model: &Whisper<B>,
+    tokenizer: &WhisperTokenizer,
+    audios: &[(String, Vec<f32>)],
+    policy: &RankPolicy,
+    batch_size: usize,
+) -> Result<Vec<(String, usize)>> {
+    let batch_size = batch_size.max(1);
+    let order: Vec<usize> = (0..audios.len()).collect();
+    let mut ranks = Vec::with_capacity(audios.len());
     for (batch_index, chunk) in order.chunks(batch_size).enumerate() {
         ranks.extend_from_slice(policy.batch_ranks(batch_index, chunk)?.as_slice());
     }
@@ -57,12 +76,6 @@ pub fn evaluate_speech<B: Backend>(
         ..Default::default()
     };
     let device = model.encoder.conv1.weight.device();
-    let texts = transcribe_with_ranks(model, tokenizer, &audios, &ranks, &options, &device)?;
-    let answers: Vec<(String, usize)> = texts.into_iter().zip(ranks).collect();
-    Ok(score(
-        examples,
-        &answers,
-        title,
-        lora_params_per_rank(model),
-    ))
+    let texts = transcribe_with_ranks(model, tokenizer, audios, &ranks, &options, &device)?;
+    Ok(texts.into_iter().zip(ranks).collect())
 }

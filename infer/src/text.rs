@@ -109,13 +109,8 @@ impl LmText {
     /// Wraps a tokenizer; the chat template is used when `use_chat` and the tokenizer has one.
     pub fn new(tokenizer: Tokenizer, use_chat: bool) -> Self {
         let chat = use_chat.then(|| tokenizer.chat_template()).flatten();
-        let find = |names: &[&str]| names.iter().find_map(|n| tokenizer.token_id(n));
-        let eos = find(&HfTokenizer::EOS_TOKENS);
-        let mut special = SpecialIds {
-            bos: find(&HfTokenizer::BOS_TOKENS),
-            eos,
-            pad: find(&HfTokenizer::PAD_TOKENS).or(eos).unwrap_or(0),
-        };
+        let (bos, eos, pad) = HfTokenizer::guess_special_ids(|t| tokenizer.token_id(t));
+        let mut special = SpecialIds { bos, eos, pad };
         let mut prompter = Prompter::default();
         let mut stop_ids: Vec<u32> = special.eos.into_iter().collect();
         if let Some(c) = &chat {

@@ -183,17 +183,8 @@ impl<B: Backend> ModuleMapper<B> for Load<'_> {
             return param;
         }
         self.loaded.push(name);
-        let values = t.values.clone();
         // A fresh leaf with the old id and the old `require_grad` (on autodiff backends).
-        param.map(|old| {
-            let require_grad = old.is_require_grad();
-            let new = Tensor::from_data(TensorData::new(values, dims), &old.device());
-            if require_grad {
-                new.require_grad()
-            } else {
-                new
-            }
-        })
+        flexi_burn::params::with_values(param, TensorData::new(t.values.clone(), dims))
     }
 }
 

@@ -43,12 +43,45 @@ fn peft_prefix(path: &str) -> String {
     format!("base_model.model.model.{module}")
 }
 
+/// The rank to export or merge: `rank` if given, else the method's inference rank (LoRA's
+/// rank, DyLoRA's eval rank, `r_max` otherwise); it must lie in `1..=r_max`.
+fn checked_rank(method: &Method, rank: Option<usize>) -> Result<usize> {
+    let r_max = method.r_max()?;
+    let rank = rank.unwrap_or(match method {
+        Method::Lora { rank } => *rank,
+        Method::Dylora { eval_rank, .. } => *eval_rank,
+        _ => r_max,
+    });
+    if rank == 0 || rank > r_max {
+        return Err(TrainError::Config {
+            key: "rank".into(),
+            message: format!("rank {rank} is outside 1..={r_max} (the run's r_max)"),
+        });
+    }
+    Ok(rank)
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError {
+    let path = path.to_path_buf();
+    move |source| TrainError::Io { path, source }
+}
+
 /// Writes `run` as a PEFT LoRA adapter of rank `rank` (default: the method's inference rank)
 /// into `out`.
 pub fn export_peft<B: Backend>(
     run: &FlexiRun<B>,
     rank: Option<usize>,
     out: &Path,
+) -> Result<PeftExport> {
+    write_peft(run, rank, out, None)
+}
+
+/// [`export_peft`], with `extra` added to `adapter_config.json` as its [`FLEXI_KEY`] block.
+fn write_peft<B: Backend>(
+    run: &FlexiRun<B>,
+    rank: Option<usize>,
+    out: &Path,
+    extra: Option<serde_json::Value>,
 ) -> Result<PeftExport> {
     let unsupported = |what: &str| TrainError::Config {
         key: "export".into(),
@@ -62,11 +95,7 @@ pub fn export_peft<B: Backend>(
         return Err(unsupported("Whisper runs"));
     };
     let cfg = &info.config;
-    let natural = match &cfg.method {
-        Method::Lora { rank } => *rank,
-        Method::Dylora { eval_rank, .. } => *eval_rank,
-        Method::DyloraPlus { r_max } => *r_max,
-        Method::Flexi { .. } => cfg.method.r_max()?,
+    match &cfg.method {
         Method::Adalora(_) => return Err(unsupported("AdaLoRA runs")),
         Method::Full => {
             return Err(TrainError::Config {
@@ -74,15 +103,9 @@ pub fn export_peft<B: Backend>(
                 message: "full fine-tuning has no adapter; merge the weights instead".into(),
             });
         }
-    };
-    let rank = rank.unwrap_or(natural);
-    let r_max = cfg.method.r_max()?;
-    if rank == 0 || rank > r_max {
-        return Err(TrainError::Config {
-            key: "rank".into(),
-            message: format!("rank {rank} is outside 1..={r_max} (the run's r_max)"),
-        });
+        _ => {}
     }
+    let rank = checked_rank(&cfg.method, rank)?;
     let alpha = cfg.adapter.alpha;
     let (lora_alpha, use_rslora) = match cfg.adapter.scale {
         ScalePolicy::AlphaOverSqrtRank => (alpha, true),
@@ -108,7 +131,7 @@ pub fn export_peft<B: Backend>(
         tensors.insert(format!("{prefix}.lora_A.weight"), a);
         tensors.insert(format!("{prefix}.lora_B.weight"), b);
     }
-    let config = json!({
+    let mut config = json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": info.model.display().to_string(),
@@ -126,10 +149,9 @@ pub fn export_peft<B: Backend>(
         "alpha_pattern": {},
         "use_dora": false,
     });
-    let io = |p: &Path| {
-        let path = p.to_path_buf();
-        move |e| TrainError::Io { path, source: e }
-    };
+    if let Some(extra) = extra {
+        config[FLEXI_KEY] = extra;
+    }
     std::fs::create_dir_all(out).map_err(io(out))?;
     let w = out.join("adapter_model.safetensors");
     std::fs::write(&w, to_safetensors(&tensors)?).map_err(io(&w))?;
@@ -182,25 +204,14 @@ pub fn merge_hf<B: Backend>(run: &FlexiRun<B>, rank: Option<usize>, out: &Path) 
             base.display()
         )));
     }
-    let rank = match (&cfg.method, rank) {
-        (Method::Full, _) => {
-            return Err(bad(
-                "full fine-tuning: merging is for adapters (the run's checkpoint holds every \
-                 trained weight)"
-                    .into(),
-            ));
-        }
-        (_, Some(r)) => r,
-        (Method::Lora { rank }, None) => *rank,
-        (Method::Dylora { eval_rank, .. }, None) => *eval_rank,
-        (m, None) => m.r_max()?,
-    };
-    let r_max = cfg.method.r_max()?;
-    if rank == 0 || rank > r_max {
-        return Err(bad(format!(
-            "rank {rank} is outside 1..={r_max} (the run's r_max)"
-        )));
+    if cfg.method == Method::Full {
+        return Err(bad(
+            "full fine-tuning: merging is for adapters (the run's checkpoint holds every \
+             trained weight)"
+                .into(),
+        ));
     }
+    let rank = checked_rank(&cfg.method, rank)?;
     // The merged weights by HF name, `[out, in]` f32.
     let mut merged: BTreeMap<String, HostTensor> = model
         .adapters()
@@ -213,10 +224,6 @@ pub fn merge_hf<B: Backend>(run: &FlexiRun<B>, rank: Option<usize>, out: &Path) 
             )
         })
         .collect();
-    let io = |p: &Path| {
-        let path = p.to_path_buf();
-        move |e| TrainError::Io { path, source: e }
-    };
     std::fs::create_dir_all(out).map_err(io(out))?;
     let (mut replaced, mut copied) = (0, 0);
     for entry in std::fs::read_dir(base).map_err(io(base))? {
@@ -349,25 +356,16 @@ pub fn export_flexi<B: Backend>(run: &FlexiRun<B>, out: &Path) -> Result<PeftExp
                 .into(),
         ));
     }
-    let e = export_peft(run, None, out)?;
-    infer::router::save_router(&router.router, &router.meta, &out.join("router"))?;
-    let c = out.join("adapter_config.json");
-    let io = |p: &Path| {
-        let path = p.to_path_buf();
-        move |e| TrainError::Io { path, source: e }
-    };
-    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&c).map_err(io(&c))?)
-        .map_err(|e| TrainError::Model(e.to_string()))?;
-    config[FLEXI_KEY] = json!({
+    let block = json!({
         "format_version": 1,
-        "r_max": e.rank,
+        "r_max": cfg.method.r_max()?,
         "alpha": cfg.adapter.alpha,
         "scale": cfg.adapter.scale,
         "class_ranks": class_ranks.to_string(),
         "router": "router",
         "max_len": cfg.max_len,
     });
-    let text = serde_json::to_vec_pretty(&config).map_err(|e| TrainError::Model(e.to_string()))?;
-    std::fs::write(&c, text).map_err(io(&c))?;
+    let e = write_peft(run, None, out, Some(block))?;
+    infer::router::save_router(&router.router, &router.meta, &out.join("router"))?;
     Ok(e)
 }

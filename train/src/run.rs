@@ -13,7 +13,7 @@ use burn::tensor::backend::Backend;
 use datasets::Example;
 use infer::router::TrainedRouter;
 use infer::{EvalReport, EvalSettings, LmText, RankPolicy, evaluate, evaluate_speech};
-use models::llama::{AdapterConfig, GenerationConfig, Llama, generate};
+use models::llama::{GenerationConfig, Llama, generate};
 use models::whisper::{Whisper, WhisperTokenizer};
 use serde::{Deserialize, Serialize};
 
@@ -204,12 +204,10 @@ impl<B: Backend> FlexiRun<B> {
                 tokenizer: Box::new(whisper_tokenizer(model)?),
             }
         } else {
+            let base = crate::workflow::TextModel::<B>::load(model, chat, device)?;
             RunModel::Text {
-                model: Box::new(
-                    models::auto::load_llama_any::<B>(model, &AdapterConfig::none(), device)
-                        .map_err(|e| TrainError::Model(format!("{}: {e}", model.display())))?,
-                ),
-                text: Box::new(LmText::load(model, chat)?),
+                model: Box::new(base.model),
+                text: Box::new(base.text),
             }
         };
         Ok(Self {
@@ -325,34 +323,11 @@ impl<B: Backend> FlexiRun<B> {
                 message: "transcribe needs a Whisper run; use generate for text".into(),
             });
         };
-        let policy = match &self.ranks {
-            RunRanks::Base => RankPolicy::Base,
-            RunRanks::Schedule(schedule, seed) => RankPolicy::Schedule {
-                schedule: schedule.clone(),
-                seed: *seed,
-            },
-            RunRanks::Router(_) => {
-                return Err(TrainError::Config {
-                    key: "method".into(),
-                    message: "a router over audio is not implemented (issue 14)".into(),
-                });
-            }
-        };
-        let order: Vec<usize> = (0..audios.len()).collect();
-        let mut ranks = Vec::with_capacity(audios.len());
-        for (i, chunk) in order.chunks(batch_size.max(1)).enumerate() {
-            ranks.extend_from_slice(policy.batch_ranks(i, chunk)?.as_slice());
-        }
-        let options = models::whisper::TranscribeOptions {
-            batch_size: batch_size.max(1),
-            ..Default::default()
-        };
-        let device = model.encoder.conv1.weight.device();
-        let texts = models::whisper::transcribe_with_ranks(
-            model, tokenizer, audios, &ranks, &options, &device,
-        )
-        .map_err(|e| TrainError::Model(e.to_string()))?;
-        Ok(texts.into_iter().zip(ranks).collect())
+        // Speech runs have no router yet: `policy` refuses one, and needs no examples otherwise.
+        let policy = self.policy(&[])?;
+        Ok(infer::speech::transcribe_with_policy(
+            model, tokenizer, audios, &policy, batch_size,
+        )?)
     }
 }
 

@@ -93,6 +93,28 @@ fn planted_data(dir: &Path, base: &TextModel<B>) -> (PathBuf, usize) {
     (path, n.div_ceil(2))
 }
 
+/// `workflow::fit` on the CPU: one shard, no progress bar, a fresh run.
+fn fit(
+    model: PathBuf,
+    config: TrainConfig,
+    router: Option<PathBuf>,
+    chat: bool,
+    out: PathBuf,
+    examples: &[Example],
+) -> train::Result<workflow::Fitted> {
+    let spec = FitSpec {
+        model,
+        config,
+        router,
+        chat,
+        out,
+        resume: false,
+        progress: false,
+        shards: 1,
+    };
+    workflow::fit::<Ad>(&spec, examples, Default::default())
+}
+
 fn flexi_config() -> TrainConfig {
     TrainConfig {
         method: Method::Flexi {
@@ -169,19 +191,13 @@ fn label_router_fit_and_evaluate_a_flexi_run_end_to_end() {
 
     // 3. fit: every example trains at its router rank.
     let run_dir = dir.join("run");
-    let fit = workflow::fit::<Ad>(
-        &FitSpec {
-            model: fixture("tiny_tied"),
-            config: flexi_config(),
-            router: Some(router_dir.clone()),
-            chat: true,
-            out: run_dir.clone(),
-            resume: false,
-            progress: false,
-            shards: 1,
-        },
+    let fit = fit(
+        fixture("tiny_tied"),
+        flexi_config(),
+        Some(router_dir.clone()),
+        true,
+        run_dir.clone(),
         &examples,
-        device,
     )
     .unwrap();
     assert_eq!(fit.summary.losses.len(), 3);
@@ -326,19 +342,13 @@ fn a_router_used_with_other_inputs_is_an_error() {
 
     // Training a Flexi run routes with the same check.
     std::fs::write(router_dir.join("router.json"), json).unwrap();
-    let err = workflow::fit::<Ad>(
-        &FitSpec {
-            model: fixture("tiny_tied"),
-            config: flexi_config(),
-            router: Some(router_dir),
-            chat: false,
-            out: dir.join("run"),
-            resume: false,
-            progress: false,
-            shards: 1,
-        },
+    let err = fit(
+        fixture("tiny_tied"),
+        flexi_config(),
+        Some(router_dir),
+        false,
+        dir.join("run"),
         &examples,
-        device,
     )
     .unwrap_err()
     .to_string();
@@ -405,19 +415,13 @@ fn evaluation_uses_the_inference_rank_stream_of_the_schedule() {
     write_qa(&data, &answers);
     let examples = workflow::read_examples(&data, None).unwrap();
     cfg.max_steps = 1;
-    workflow::fit::<Ad>(
-        &FitSpec {
-            model: fixture("tiny_tied"),
-            config: cfg.clone(),
-            router: None,
-            chat: false,
-            out: dir.join("run"),
-            resume: false,
-            progress: false,
-            shards: 1,
-        },
+    fit(
+        fixture("tiny_tied"),
+        cfg.clone(),
+        None,
+        false,
+        dir.join("run"),
         &examples,
-        device,
     )
     .unwrap();
     let run = FlexiRun::<B>::load(&dir.join("run"), &device).unwrap();
@@ -518,19 +522,13 @@ fn a_speech_run_loads_on_a_plain_backend_and_transcribes_with_its_rank_stream() 
     };
     cfg.adapter.targets = vec!["q_proj".into(), "v_proj".into()];
     let device = Default::default();
-    let fit = workflow::fit::<Ad>(
-        &FitSpec {
-            model: whisper.clone(),
-            config: cfg,
-            router: None,
-            chat: false,
-            out: dir.join("run"),
-            resume: false,
-            progress: false,
-            shards: 1,
-        },
+    let fit = fit(
+        whisper.clone(),
+        cfg,
+        None,
+        false,
+        dir.join("run"),
         &examples,
-        device,
     )
     .unwrap();
     assert!(fit.info.speech);
@@ -619,19 +617,13 @@ fn a_run_exported_as_a_peft_adapter_gives_the_same_logits() {
         cfg.adapter.scale = scale;
         cfg.adapter.targets = vec!["q_proj".into(), "v_proj".into(), "down_proj".into()];
         let run_dir = dir.join(name);
-        workflow::fit::<Ad>(
-            &FitSpec {
-                model: fixture("tiny_tied"),
-                config: cfg,
-                router: None,
-                chat: false,
-                out: run_dir.clone(),
-                resume: false,
-                progress: false,
-                shards: 1,
-            },
+        fit(
+            fixture("tiny_tied"),
+            cfg,
+            None,
+            false,
+            run_dir.clone(),
             &examples,
-            device,
         )
         .unwrap();
         let run = FlexiRun::<B>::load(&run_dir, &device).unwrap();
@@ -692,19 +684,13 @@ fn a_merged_checkpoint_is_the_run_at_its_rank() {
         ..Default::default()
     };
     cfg.adapter.targets = vec!["q_proj".into(), "o_proj".into(), "up_proj".into()];
-    workflow::fit::<Ad>(
-        &FitSpec {
-            model: fixture("tiny_tied"),
-            config: cfg,
-            router: None,
-            chat: false,
-            out: dir.join("run"),
-            resume: false,
-            progress: false,
-            shards: 1,
-        },
+    fit(
+        fixture("tiny_tied"),
+        cfg,
+        None,
+        false,
+        dir.join("run"),
         &examples,
-        device,
     )
     .unwrap();
     let run = FlexiRun::<B>::load(&dir.join("run"), &device).unwrap();
@@ -757,19 +743,13 @@ fn a_merged_checkpoint_is_the_run_at_its_rank() {
         ..Default::default()
     };
     cfg.adapter.targets = vec!["v_proj".into()];
-    workflow::fit::<Ad>(
-        &FitSpec {
-            model: bf16.clone(),
-            config: cfg,
-            router: None,
-            chat: false,
-            out: dir.join("run-bf16"),
-            resume: false,
-            progress: false,
-            shards: 1,
-        },
+    fit(
+        bf16.clone(),
+        cfg,
+        None,
+        false,
+        dir.join("run-bf16"),
         &examples,
-        device,
     )
     .unwrap();
     let run = FlexiRun::<B>::load(&dir.join("run-bf16"), &device).unwrap();

@@ -462,7 +462,7 @@ fn finish_eval(a: &EvalArgs, method: String, reports: Vec<EvalReport>) -> Result
         method,
         mean_rank: per_input(|r| r.mean_rank),
         activated_params: per_input(|r| r.activated_params),
-        average: reports.iter().map(main_metric).sum::<f64>() / reports.len() as f64,
+        average: reports.iter().map(EvalReport::main_metric).sum::<f64>() / reports.len() as f64,
         reports,
     };
     let out = a
@@ -473,11 +473,6 @@ fn finish_eval(a: &EvalArgs, method: String, reports: Vec<EvalReport>) -> Result
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     write_json(&out.join("eval.json"), &summary)?;
     Ok(summary)
-}
-
-/// The first metric of the report's first table's average row (accuracy, F1 or WER).
-pub fn main_metric(r: &EvalReport) -> f64 {
-    r.main_metric()
 }
 
 fn print_report(title: &str, r: &EvalReport) {

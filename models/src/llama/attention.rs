@@ -31,6 +31,22 @@ struct LayerKv<B: Backend> {
     len: usize,
 }
 
+/// The rank record of a cache (Llama's and Whisper's): the first pass that fills `slot` sets
+/// it, every later pass must bring the same ranks; on a mismatch, the recorded ones.
+pub(crate) fn record_ranks(
+    slot: &mut Option<Vec<usize>>,
+    ranks: &[usize],
+) -> Result<(), Vec<usize>> {
+    match slot {
+        Some(r) if r.as_slice() != ranks => Err(r.clone()),
+        Some(_) => Ok(()),
+        None => {
+            *slot = Some(ranks.to_vec());
+            Ok(())
+        }
+    }
+}
+
 /// Capacity grows in steps of this many positions.
 const CACHE_CHUNK: usize = 256;
 
@@ -52,14 +68,7 @@ impl<B: Backend> KvCache<B> {
     /// every later one must use the same ranks (otherwise the cached keys and values of one
     /// rank would be mixed with new ones of another). Returns the cached ranks on a mismatch.
     pub fn check_ranks(&mut self, ranks: &[usize]) -> Result<(), Vec<usize>> {
-        match &self.ranks {
-            Some(r) if r.as_slice() != ranks => Err(r.clone()),
-            Some(_) => Ok(()),
-            None => {
-                self.ranks = Some(ranks.to_vec());
-                Ok(())
-            }
-        }
+        record_ranks(&mut self.ranks, ranks)
     }
 
     /// Cached positions (0 when empty).

@@ -231,7 +231,12 @@ pub struct JinjaChat {
 impl std::fmt::Debug for JinjaChat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // A short, stable identity: the template's hash (routers record it).
-        write!(f, "Jinja(fnv1a {:016x})", fnv1a(self.source.as_bytes()))
+        // The FNV-1a the project also uses for stable parameter ids.
+        write!(
+            f,
+            "Jinja(fnv1a {:016x})",
+            flexi_burn::adapters::path_hash(&self.source)
+        )
     }
 }
 
@@ -244,12 +249,6 @@ impl PartialEq for JinjaChat {
 }
 
 impl Eq for JinjaChat {}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
-}
 
 /// Today's date as `strftime` would format it with the directives chat templates use
 /// (`%d %b %Y`, `%Y-%m-%d`, ...), from the system clock in UTC.

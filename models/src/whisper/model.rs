@@ -109,18 +109,16 @@ impl<B: Backend> Whisper<B> {
         ranks: &SampleRanks,
     ) -> Result<Tensor<B, 3>> {
         self.check_ranks(ids.dims()[0], ranks)?;
-        match &cache.ranks {
-            Some(cached) if cached.as_slice() != ranks.as_slice() => {
-                return Err(WhisperError::InvalidInput(format!(
+        crate::llama::attention::record_ranks(&mut cache.ranks, ranks.as_slice()).map_err(
+            |cached| {
+                WhisperError::InvalidInput(format!(
                     "the decoder cache was filled at ranks {cached:?} and is reused at ranks \
                      {:?}: a cache is only valid at the ranks it was filled with (start a new \
                      cache)",
                     ranks.as_slice()
-                )));
-            }
-            Some(_) => {}
-            None => cache.ranks = Some(ranks.as_slice().to_vec()),
-        }
+                ))
+            },
+        )?;
         self.decoder.forward(ids, encoder_out, cache, ranks)
     }
 
