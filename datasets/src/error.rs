@@ -97,6 +97,18 @@ pub enum DataError {
         /// The paths that were tried.
         expected: String,
     },
+    /// An audio file of a chapter that its transcript does not list.
+    #[error(
+        "{}: audio file of this chapter has no line in {} (the transcript does not match the audio files)",
+        audio.display(),
+        path.display()
+    )]
+    UntranscribedAudio {
+        /// The `.trans.txt` file.
+        path: PathBuf,
+        /// The audio file without a line.
+        audio: PathBuf,
+    },
     /// The format of a file could not be recognised.
     #[error("{path}: cannot detect the data format: {reason} (name it with --format; known: {known})", known = crate::Format::NAMES.join(", "))]
     UnknownFormat {

@@ -105,6 +105,59 @@ pub fn sentences() -> Vec<String> {
     out
 }
 
+/// Which built-in sentences a set draws from: a fixed partition of [`sentences`] so that a
+/// training set and a test set never share a sentence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SentencePart {
+    /// Every sentence (2,700).
+    #[default]
+    All,
+    /// The 80 % not in [`SentencePart::Test`].
+    Train,
+    /// A fixed, hashed fifth of the sentences.
+    Test,
+}
+
+impl SentencePart {
+    /// Whether sentence `index` of [`sentences`] belongs to this part.
+    pub fn contains(self, index: usize) -> bool {
+        // SplitMix64 of the index: a fixed pseudo-random fifth is the test part.
+        let mut z = (index as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        let test = (z ^ (z >> 31)).is_multiple_of(5);
+        match self {
+            SentencePart::All => true,
+            SentencePart::Train => !test,
+            SentencePart::Test => test,
+        }
+    }
+
+    /// The part's sentences, in [`sentences`]' order.
+    pub fn sentences(self) -> Vec<String> {
+        sentences()
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| self.contains(*i))
+            .map(|(_, s)| s)
+            .collect()
+    }
+}
+
+impl std::str::FromStr for SentencePart {
+    type Err = DataError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "all" => Ok(SentencePart::All),
+            "train" => Ok(SentencePart::Train),
+            "test" => Ok(SentencePart::Test),
+            other => Err(DataError::InvalidArgument(format!(
+                "unknown sentence part {other:?}: expected all, train or test"
+            ))),
+        }
+    }
+}
+
 /// Settings of [`synthesize`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpeechConfig {
@@ -120,6 +173,8 @@ pub struct SpeechConfig {
     pub seed: u64,
     /// Replace an existing, non-empty split directory.
     pub overwrite: bool,
+    /// Which sentences to draw from (disjoint training and test sets).
+    pub part: SentencePart,
 }
 
 impl SpeechConfig {
@@ -132,6 +187,7 @@ impl SpeechConfig {
             speakers: n.clamp(1, 8),
             seed: 0,
             overwrite: false,
+            part: SentencePart::All,
         }
     }
 }
@@ -207,11 +263,12 @@ fn tool_error(message: impl Into<String>) -> DataError {
 
 /// Speaks `n` sentences and writes them in the LibriSpeech layout (see the module docs).
 pub fn synthesize(cfg: &SpeechConfig) -> Result<SpeechReport> {
-    let all = sentences();
+    let all = cfg.part.sentences();
     if cfg.n == 0 || cfg.n > all.len() {
         return Err(DataError::InvalidArgument(format!(
-            "n must be between 1 and {} (the built-in sentences), got {}",
+            "n must be between 1 and {} (the built-in sentences of part {:?}), got {}",
             all.len(),
+            cfg.part,
             cfg.n
         )));
     }
@@ -468,6 +525,19 @@ mod tests {
             transcript("the old farmer's key, found."),
             "THE OLD FARMER'S KEY FOUND"
         );
+    }
+
+    #[test]
+    fn training_and_test_sentences_are_disjoint() {
+        let train = SentencePart::Train.sentences();
+        let test = SentencePart::Test.sentences();
+        assert_eq!(train.len() + test.len(), 2700);
+        // About a fifth is test.
+        assert!((480..=600).contains(&test.len()), "{}", test.len());
+        let train: std::collections::HashSet<&String> = train.iter().collect();
+        assert!(test.iter().all(|s| !train.contains(s)));
+        assert_eq!(SentencePart::All.sentences(), sentences());
+        assert!("held".parse::<SentencePart>().is_err());
     }
 
     #[test]

@@ -324,23 +324,33 @@ fn difficulty_labels_and_balanced_split() {
         ("e", 1.0),
         ("f", 0.7),
     ];
-    let labels = label_scores(scores.clone(), LabelRule::for_task(Task::Qa, None)).expect("labels");
+    let labels =
+        label_scores(scores.clone(), LabelRule::for_task(Task::Qa, None, &[])).expect("labels");
     let got: Vec<Difficulty> = labels.iter().map(|l| l.label).collect();
     use Difficulty::{Easy, Hard};
     assert_eq!(got, vec![Easy, Easy, Hard, Hard, Easy, Easy]);
     let c = count(&labels);
     assert_eq!((c.easy, c.hard), (4, 2));
     // Math: accuracy 1 easy; speech: WER <= t easy.
-    assert_eq!(LabelRule::for_task(Task::Math, None).label(1.0), Easy);
-    assert_eq!(LabelRule::for_task(Task::Math, None).label(0.0), Hard);
+    assert_eq!(LabelRule::for_task(Task::Math, None, &[]).label(1.0), Easy);
+    assert_eq!(LabelRule::for_task(Task::Math, None, &[]).label(0.0), Hard);
     assert_eq!(
-        LabelRule::for_task(Task::Speech, Some(0.2)).label(0.2),
+        LabelRule::for_task(Task::Speech, Some(0.2), &[]).label(0.2),
         Easy
     );
     assert_eq!(
-        LabelRule::for_task(Task::Speech, Some(0.2)).label(0.25),
+        LabelRule::for_task(Task::Speech, Some(0.2), &[]).label(0.25),
         Hard
     );
+    // Speech without a threshold: the median WER (lower middle of an even count).
+    let wers = [0.5, 0.0, 0.3, 0.1, 0.2, 0.9];
+    let rule = LabelRule::for_task(Task::Speech, None, &wers);
+    assert_eq!(rule, LabelRule::AtMost(0.2));
+    let easy = wers.iter().filter(|w| rule.label(**w) == Easy).count();
+    assert_eq!(easy, 3);
+    // More than half perfect: WER == 0 is easy.
+    let rule = LabelRule::for_task(Task::Speech, None, &[0.0, 0.0, 0.0, 0.4]);
+    assert_eq!((rule.label(0.0), rule.label(0.01)), (Easy, Hard));
 
     let split = balanced_split(&labels, 42).expect("split");
     let c = count(&split);

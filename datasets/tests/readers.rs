@@ -429,6 +429,38 @@ fn librispeech_tree() {
 }
 
 #[test]
+fn librispeech_audio_without_a_transcript_line() {
+    // The transcript lists 0000 only; 0001.wav of the same chapter is a mismatch, named with
+    // the transcript. A file of another chapter in the directory is not.
+    let dir = tempfile::tempdir().expect("tempdir");
+    libri_tree(
+        dir.path(),
+        "dev-clean",
+        "84",
+        "121123",
+        &[("0000", "GO DO YOU HEAR", Some("flac"))],
+    );
+    let chapter = dir.path().join("dev-clean/84/121123");
+    fs::write(chapter.join("84-999-0000.wav"), b"x").expect("other chapter");
+    assert_eq!(
+        read_all(dir.path(), &ReadOptions::default())
+            .expect("only this chapter's files count")
+            .examples
+            .len(),
+        1
+    );
+    fs::write(chapter.join("84-121123-0001.wav"), b"x").expect("stray");
+    let err = read_all(dir.path(), &ReadOptions::default()).expect_err("stray audio");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, DataError::UntranscribedAudio { .. })
+            && msg.contains("84-121123-0001.wav")
+            && msg.contains("84-121123.trans.txt"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn librispeech_missing_audio() {
     let dir = tempfile::tempdir().expect("tempdir");
     libri_tree(

@@ -22,6 +22,8 @@ pub mod weights;
 
 pub use error::{InferError, Result};
 pub use eval::{EvalReport, EvalSettings, Prediction, RankPolicy, check_unique_ids, evaluate};
-pub use router::{RouterInput, RouterMeta, RouterTraining, TrainedRouter};
+pub use router::{
+    AudioFeature, AudioInput, RouterInput, RouterMeta, RouterTraining, TextInput, TrainedRouter,
+};
 pub use speech::evaluate_speech;
 pub use text::LmText;

@@ -23,6 +23,25 @@ pub fn audio_of(ex: &Example) -> Result<&Path> {
     })
 }
 
+/// The 16 kHz mono samples of a speech example's audio file. A file that cannot be read, is
+/// empty or is silent (every sample 0) is an error naming the file: a transcribed utterance
+/// needs speech.
+pub fn load_utterance(ex: &Example) -> Result<Vec<f32>> {
+    let path = audio_of(ex)?;
+    let samples = load_audio(path)?;
+    crate::router::utterance_samples(&path.display().to_string(), &samples)?;
+    Ok(samples)
+}
+
+/// `(file name, samples)` of every example's audio ([`load_utterance`]): named by file, so
+/// errors of the router's features name the file.
+pub fn load_utterances(examples: &[&Example]) -> Result<Vec<(String, Vec<f32>)>> {
+    examples
+        .iter()
+        .map(|e| Ok((audio_of(e)?.display().to_string(), load_utterance(e)?)))
+        .collect()
+}
+
 /// Transcribes every example in batches of `batch_size` (batch `i` takes the ranks
 /// `policy.batch_ranks(i, ..)`) and scores the transcripts.
 pub fn evaluate_speech<B: Backend>(
@@ -42,10 +61,7 @@ pub fn evaluate_speech<B: Backend>(
     check_unique_ids(examples, title)?;
     let audios: Vec<(String, Vec<f32>)> = examples
         .iter()
-        .map(|e| {
-            let p = audio_of(e)?;
-            Ok((e.id.clone(), load_audio(p)?))
-        })
+        .map(|e| Ok((e.id.clone(), load_utterance(e)?)))
         .collect::<Result<_>>()?;
     let answers = transcribe_with_policy(model, tokenizer, &audios, policy, batch_size)?;
     Ok(score(

@@ -8,7 +8,9 @@ use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
 use datasets::{Example, Task};
 use flexi_burn::{RankSchedule, RouterConfig, inference_ranks};
-use infer::router::{RouterInput, RouterMeta, RouterTraining, TrainedRouter, save_router};
+use infer::router::{
+    RouterInput, RouterMeta, RouterTraining, TextInput, TrainedRouter, save_router,
+};
 use infer::weights::{load_tensors, module_tensors, read_safetensors, to_safetensors};
 use infer::{EvalSettings, LmText, RankPolicy, evaluate};
 use models::llama::{AdapterConfig, Checkpoint, Llama, LlamaConfig, Target, build_llama};
@@ -246,10 +248,11 @@ fn a_router_saved_and_loaded_on_a_plain_backend_routes_the_same() {
         .with_hidden(Some(8))
         .init::<B>(&device);
     let meta = RouterMeta {
-        input: RouterInput::new("tiny_tied", &model, &text, 40),
+        input: RouterInput::Text(TextInput::new("tiny_tied", &model, &text, 40)),
         num_classes: 2,
         class_ranks: "(1,4)".into(),
         train_accuracy: 1.0,
+        heldout_accuracy: None,
         training: RouterTraining {
             hidden: Some(8),
             ..Default::default()
@@ -261,13 +264,27 @@ fn a_router_saved_and_loaded_on_a_plain_backend_routes_the_same() {
     assert_eq!(loaded.meta, meta);
     let ex = examples(5);
     let refs: Vec<&Example> = ex.iter().collect();
-    let feats = meta.input.features(&model, &text, &refs).unwrap();
+    let feats = meta
+        .input
+        .text(&dir)
+        .unwrap()
+        .features(&model, &text, &refs)
+        .unwrap();
     assert_eq!(feats.len(), 5);
     assert!(feats.iter().all(|f| f.len() == 64));
     let x = Tensor::<B, 2>::from_data(TensorData::new(feats.concat(), [5, 64]), &device);
     let want = router.route(x, &loaded.map).unwrap();
     assert_eq!(loaded.route(&model, &text, &refs).unwrap(), want);
     assert!(want.iter().all(|r| [1, 4].contains(r)));
+    // A router.json written before audio routers (no "modality") is a text router.
+    let path = dir.join("router.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(v["input"]["modality"], "text");
+    v["input"].as_object_mut().unwrap().remove("modality");
+    std::fs::write(&path, v.to_string()).unwrap();
+    let old = TrainedRouter::<B>::load(&dir, &device).unwrap();
+    assert_eq!(old.meta, meta);
     // Features of another width are refused with the router named.
     let e = loaded
         .route_features(&[vec![0.0; 8]])

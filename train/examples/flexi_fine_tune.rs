@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use burn::backend::{Autodiff, Flex};
 use infer::EvalSettings;
-use train::workflow::{self, FitSpec, RouterSpec, TextModel};
+use train::workflow::{self, BaseModel, FitSpec, RouterSpec, TextModel};
 use train::{Method, TrainConfig};
 
 type B = Flex;
@@ -35,6 +35,7 @@ fn main() -> Result<()> {
     let base = TextModel::<B>::load(&model, true, &device)?;
     // Prompt + answer fit the model's context.
     let max_len = base.model.config.max_position_embeddings.min(256);
+    let base = BaseModel::from(base);
     let settings = EvalSettings {
         batch_size: 4,
         max_new_tokens: 6,
@@ -58,6 +59,7 @@ fn main() -> Result<()> {
             ..Default::default()
         },
         max_len: max_len * 3 / 4,
+        audio_feature: Default::default(),
     };
     let router = workflow::fit_router::<Ad>(&base, &examples, &labels.balanced, &spec, &device)?;
     router.save(&out.join("router"))?;

@@ -46,6 +46,8 @@ impl AsrBatch {
         let mut rows = Vec::with_capacity(items.len());
         for (id, path, text) in items {
             let samples = load_audio(path).map_err(|e| TrainError::Model(e.to_string()))?;
+            // Empty or silent audio with a transcript is broken data: refuse it by name.
+            infer::router::utterance_samples(&path.display().to_string(), &samples)?;
             mels.push(
                 mel.log_mel(
                     &samples,

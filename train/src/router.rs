@@ -34,7 +34,19 @@ pub fn train_router<B: AutodiffBackend>(
             labels.len()
         )));
     }
+    if cfg.epochs == 0 {
+        return Err(TrainError::Config {
+            key: "router.epochs".into(),
+            message: "0 epochs would save an untrained router; give at least 1".into(),
+        });
+    }
     let d = features[0].len();
+    if let Some(bad) = features.iter().position(|f| f.len() != d) {
+        return Err(TrainError::EmptyData(format!(
+            "router: feature row {bad} has width {}, row 0 has {d}",
+            features[bad].len()
+        )));
+    }
     B::seed(device, cfg.seed);
     let mut router: Router<B> = RouterConfig::new(d)
         .with_num_classes(num_classes)
@@ -60,8 +72,43 @@ pub fn train_router<B: AutodiffBackend>(
             router = optim.step(cfg.lr, router, grads);
         }
     }
-    let all: Vec<usize> = (0..features.len()).collect();
-    let pred = router.valid().predict(to_tensor(&all).inner());
-    let acc = pred.iter().zip(labels).filter(|(p, y)| p == y).count() as f64 / labels.len() as f64;
+    let acc = accuracy(&router.valid(), features, labels, device);
     Ok((router, acc))
+}
+
+/// The fraction of `features` whose predicted class (no noise) is the label.
+pub fn accuracy<B: burn::tensor::backend::Backend>(
+    router: &Router<B>,
+    features: &[Vec<f32>],
+    labels: &[usize],
+    device: &B::Device,
+) -> f64 {
+    if features.is_empty() {
+        return f64::NAN;
+    }
+    let d = features[0].len();
+    let flat: Vec<f32> = features.iter().flatten().copied().collect();
+    let x = Tensor::<B, 2>::from_data(TensorData::new(flat, [features.len(), d]), device);
+    let pred = router.predict(x);
+    pred.iter().zip(labels).filter(|(p, y)| p == y).count() as f64 / labels.len() as f64
+}
+
+/// Splits indices `0..labels.len()` into (train, held out): a `fraction` of each class, drawn
+/// with `seed`, is held out (at least one of a class with two or more members).
+pub fn stratified_split(labels: &[usize], fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x401d_0007);
+    let classes = labels.iter().copied().max().map_or(0, |m| m + 1);
+    let (mut train, mut held) = (Vec::new(), Vec::new());
+    for c in 0..classes {
+        let mut members: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == c).collect();
+        members.shuffle(&mut rng);
+        let k = ((members.len() as f64 * fraction).round() as usize)
+            .max(usize::from(fraction > 0.0 && members.len() >= 2))
+            .min(members.len().saturating_sub(1));
+        held.extend_from_slice(&members[..k]);
+        train.extend_from_slice(&members[k..]);
+    }
+    train.sort_unstable();
+    held.sort_unstable();
+    (train, held)
 }

@@ -176,8 +176,15 @@ impl<B: Backend> FlexiRun<B> {
             ),
         };
         let max_len = cfg.max_len;
-        if let (RunRanks::Router(r), RunModel::Text { model, text }) = (&ranks, &model) {
-            r.meta.input.check(model, text, &r.dir)?;
+        if let RunRanks::Router(r) = &ranks {
+            match &model {
+                RunModel::Text { model, text } => {
+                    r.meta.input.text(&r.dir)?.check(model, text, &r.dir)?
+                }
+                RunModel::Speech { model, .. } => {
+                    r.meta.input.audio(&r.dir)?.check(model, &r.dir)?
+                }
+            }
         }
         Ok(Self {
             info: Some(info),
@@ -239,11 +246,10 @@ impl<B: Backend> FlexiRun<B> {
                     let refs: Vec<&Example> = examples.iter().collect();
                     RankPolicy::PerExample(router.route(model, text, &refs)?)
                 }
-                RunModel::Speech { .. } => {
-                    return Err(TrainError::Config {
-                        key: "method".into(),
-                        message: "a router over audio is not implemented (issue 14)".into(),
-                    });
+                RunModel::Speech { model, .. } => {
+                    let refs: Vec<&Example> = examples.iter().collect();
+                    let audios = infer::speech::load_utterances(&refs)?;
+                    RankPolicy::PerExample(router.route_audio(model, &audios)?)
                 }
             },
         })
@@ -310,8 +316,9 @@ impl<B: Backend> FlexiRun<B> {
 
 impl<B: Backend> FlexiRun<B> {
     /// Transcribes audio (`(name, 16 kHz mono samples)`, e.g. from
-    /// `models::whisper::load_audio`) with a speech run's ranks: the method's schedule, one
-    /// batch of `batch_size` at a time. Returns each transcript and the rank it used.
+    /// `models::whisper::load_audio`) with a speech run's ranks: its router's rank of each
+    /// input (Flexi-LoRA), or the method's schedule, one batch of `batch_size` at a time.
+    /// Returns each transcript and the rank it used.
     pub fn transcribe(
         &self,
         audios: &[(String, Vec<f32>)],
@@ -323,8 +330,11 @@ impl<B: Backend> FlexiRun<B> {
                 message: "transcribe needs a Whisper run; use generate for text".into(),
             });
         };
-        // Speech runs have no router yet: `policy` refuses one, and needs no examples otherwise.
-        let policy = self.policy(&[])?;
+        let policy = match &self.ranks {
+            RunRanks::Router(router) => RankPolicy::PerExample(router.route_audio(model, audios)?),
+            // The schedules need no examples.
+            _ => self.policy(&[])?,
+        };
         Ok(infer::speech::transcribe_with_policy(
             model, tokenizer, audios, &policy, batch_size,
         )?)
@@ -386,8 +396,9 @@ impl<B: Backend> FlexiRun<B> {
         models::llama::load_peft_adapter(&mut model, dir)
             .map_err(|e| TrainError::Model(e.to_string()))?;
         let router = TrainedRouter::<B>::load(&router_dir, device)?;
-        let text = LmText::load(base, router.meta.input.chat_template.is_some())?;
-        router.meta.input.check(&model, &text, &router_dir)?;
+        let input = router.meta.input.text(&router_dir)?;
+        let text = LmText::load(base, input.chat_template.is_some())?;
+        input.check(&model, &text, &router_dir)?;
         let config = TrainConfig {
             method: Method::Flexi { class_ranks },
             adapter: crate::config::AdapterSettings {

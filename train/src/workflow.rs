@@ -6,8 +6,11 @@
 //! fit     fine-tune with any method (Flexi-LoRA: ranks from the router) -> a run directory
 //! ```
 //!
-//! and then [`crate::run::FlexiRun::load`] + `evaluate` / `generate` in any other program.
-//! `cargo xtask label | router | train | eval` are thin command lines over these functions.
+//! and then [`crate::run::FlexiRun::load`] + `evaluate` / `generate` / `transcribe` in any
+//! other program. Text (a Llama over prompts) and speech (a Whisper over utterances) take the
+//! same steps: [`BaseModel`] is either, and the router reads the matching
+//! [`infer::router::RouterInput`]. `cargo xtask label | router | train | eval` are thin command
+//! lines over these functions.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,15 +23,22 @@ use datasets::labels::{
 };
 use datasets::{Example, ReadOptions, read_all};
 use flexi_burn::ClassRankMap;
-use infer::router::{RouterInput, RouterMeta, RouterTraining, TrainedRouter, save_router};
-use infer::{EvalReport, EvalSettings, LmText, RankPolicy, check_unique_ids, evaluate};
+use infer::router::{
+    AudioFeature, AudioInput, RouterInput, RouterMeta, RouterTraining, TextInput, TrainedRouter,
+    save_router,
+};
+use infer::speech::load_utterances;
+use infer::{
+    EvalReport, EvalSettings, LmText, RankPolicy, check_unique_ids, evaluate, evaluate_speech,
+};
 use models::llama::{AdapterConfig, Llama};
+use models::whisper::{Whisper, WhisperAdapter, WhisperTokenizer};
 
 use crate::asr::{AsrBatch, Seq2Seq, load_whisper_for_training, transcribe_prompt};
 use crate::config::{Method, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::lm::{CausalLm, LmBatch, load_for_training};
-use crate::router::train_router;
+use crate::router::{accuracy, stratified_split, train_router};
 use crate::run::RunInfo;
 use crate::trainer::{TrainSummary, Trainer};
 
@@ -76,12 +86,145 @@ impl<B: Backend> TextModel<B> {
 
     /// The input definition of a router over this model with prompts cut to `max_len`.
     pub fn router_input(&self, max_len: usize) -> RouterInput {
-        RouterInput::new(
+        RouterInput::Text(TextInput::new(
             self.path.display().to_string(),
             &self.model,
             &self.text,
             max_len,
-        )
+        ))
+    }
+}
+
+/// A base Whisper with its tokenizer, loaded once for labelling and routing.
+pub struct SpeechModel<B: Backend> {
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    /// The model, without adapters.
+    pub model: Whisper<B>,
+    /// Its tokenizer.
+    pub tokenizer: WhisperTokenizer,
+}
+
+impl<B: Backend> SpeechModel<B> {
+    /// Loads a Whisper directory (Hugging Face or CTranslate2).
+    pub fn load(path: &Path, device: &B::Device) -> Result<Self> {
+        let model = models::ct2::load_whisper_any::<B>(path, &WhisperAdapter::none(), device)
+            .map_err(|e| TrainError::Model(format!("{}: {e}", path.display())))?;
+        let tokenizer = WhisperTokenizer::from_dir(path)
+            .map_err(|e| TrainError::Model(format!("{}: {e}", path.display())))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            model,
+            tokenizer,
+        })
+    }
+
+    /// The input definition of a router over `feature` of this model.
+    pub fn router_input(&self, feature: AudioFeature) -> RouterInput {
+        RouterInput::Audio(AudioInput::new(
+            self.path.display().to_string(),
+            &self.model,
+            feature,
+        ))
+    }
+}
+
+/// A base model of either kind: what `label` scores and the router reads.
+pub enum BaseModel<B: Backend> {
+    /// A Llama over prompts.
+    Text(Box<TextModel<B>>),
+    /// A Whisper over utterances.
+    Speech(Box<SpeechModel<B>>),
+}
+
+impl<B: Backend> BaseModel<B> {
+    /// Loads a Whisper directory (detected by its files) or a Llama (HF directory or `.gguf`
+    /// file; `chat` applies its chat template).
+    pub fn load(path: &Path, chat: bool, device: &B::Device) -> Result<Self> {
+        Ok(if models::auto::is_whisper(path) {
+            BaseModel::Speech(Box::new(SpeechModel::load(path, device)?))
+        } else {
+            BaseModel::Text(Box::new(TextModel::load(path, chat, device)?))
+        })
+    }
+
+    /// The text model, if this is one.
+    pub fn as_text(&self) -> Option<&TextModel<B>> {
+        match self {
+            BaseModel::Text(t) => Some(t.as_ref()),
+            BaseModel::Speech(_) => None,
+        }
+    }
+
+    /// The speech model, if this is one.
+    pub fn as_speech(&self) -> Option<&SpeechModel<B>> {
+        match self {
+            BaseModel::Speech(s) => Some(s.as_ref()),
+            BaseModel::Text(_) => None,
+        }
+    }
+
+    /// The base model (rank 0) on every example: generated answers or transcripts, scored.
+    pub fn evaluate(
+        &self,
+        examples: &[Example],
+        settings: &EvalSettings,
+        title: &str,
+    ) -> Result<EvalReport> {
+        Ok(match self {
+            BaseModel::Text(t) => evaluate(
+                &t.model,
+                &t.text,
+                examples,
+                &RankPolicy::Base,
+                settings,
+                title,
+            )?,
+            BaseModel::Speech(s) => evaluate_speech(
+                &s.model,
+                &s.tokenizer,
+                examples,
+                &RankPolicy::Base,
+                settings.batch_size,
+                title,
+            )?,
+        })
+    }
+
+    /// The input definition of a router over this model as `spec` asks.
+    pub fn router_input(&self, spec: &RouterSpec) -> RouterInput {
+        match self {
+            BaseModel::Text(t) => t.router_input(spec.max_len),
+            BaseModel::Speech(s) => s.router_input(spec.audio_feature),
+        }
+    }
+
+    /// The router's input vector of every example under `input` (which must be of this
+    /// model's kind).
+    pub fn router_features(
+        &self,
+        input: &RouterInput,
+        examples: &[&Example],
+        dir: &Path,
+    ) -> Result<Vec<Vec<f32>>> {
+        Ok(match self {
+            BaseModel::Text(t) => input.text(dir)?.features(&t.model, &t.text, examples)?,
+            BaseModel::Speech(s) => input
+                .audio(dir)?
+                .features(&s.model, &load_utterances(examples)?)?,
+        })
+    }
+}
+
+impl<B: Backend> From<TextModel<B>> for BaseModel<B> {
+    fn from(t: TextModel<B>) -> Self {
+        BaseModel::Text(Box::new(t))
+    }
+}
+
+impl<B: Backend> From<SpeechModel<B>> for BaseModel<B> {
+    fn from(s: SpeechModel<B>) -> Self {
+        BaseModel::Speech(Box::new(s))
     }
 }
 
@@ -96,6 +239,8 @@ pub struct Labels {
     pub labels: Vec<LabeledSample>,
     /// The balanced easy/hard subset the router trains on.
     pub balanced: Vec<LabeledSample>,
+    /// The rule used (its threshold: the given one, or the task's default).
+    pub rule: LabelRule,
 }
 
 impl Labels {
@@ -121,23 +266,21 @@ impl Labels {
 }
 
 /// Scores the base model on every example and labels each easy or hard (QA: F1 >= threshold;
-/// math: correct; speech: WER <= threshold), then draws a balanced subset with `seed`.
+/// math: correct; speech: WER <= threshold, by default the median WER: see
+/// [`LabelRule::for_task`]), then draws a balanced subset with `seed`.
 pub fn label<B: Backend>(
-    base: &TextModel<B>,
+    base: &BaseModel<B>,
     examples: &[Example],
     settings: &EvalSettings,
     threshold: Option<f64>,
     seed: u64,
 ) -> Result<Labels> {
-    let report = evaluate(
-        &base.model,
-        &base.text,
-        examples,
-        &RankPolicy::Base,
-        settings,
-        "base",
-    )?;
-    let rule = LabelRule::for_task(examples[0].task, threshold);
+    if examples.is_empty() {
+        return Err(TrainError::EmptyData("no example to label".into()));
+    }
+    let report = base.evaluate(examples, settings, "base")?;
+    let scores: Vec<f64> = report.predictions.iter().map(|p| p.score).collect();
+    let rule = LabelRule::for_task(examples[0].task, threshold, &scores);
     let data = |e: datasets::DataError| TrainError::EmptyData(e.to_string());
     let labels = label_scores(
         report.predictions.iter().map(|p| (p.id.clone(), p.score)),
@@ -149,6 +292,7 @@ pub fn label<B: Backend>(
         report,
         labels,
         balanced,
+        rule,
     })
 }
 
@@ -161,8 +305,10 @@ pub struct RouterSpec {
     pub class_ranks: ClassRankMap,
     /// Depth, noise, epochs, seed.
     pub training: RouterTraining,
-    /// Prompts are cut to this many tokens (recorded in the router's input definition).
+    /// Prompts are cut to this many tokens (text; recorded in the router's input definition).
     pub max_len: usize,
+    /// What an audio router pools (speech).
+    pub audio_feature: AudioFeature,
 }
 
 /// A router trained by [`fit_router`].
@@ -183,15 +329,24 @@ impl<B: Backend> FittedRouter<B> {
 }
 
 /// Trains a router on `labels` (by example id; every id must be in `examples`) over the router
-/// inputs of `base`. The router trains on the autodiff backend `B` and is returned frozen.
+/// inputs of `base` (text or audio). The router trains on the autodiff backend `B` and is
+/// returned frozen. With `spec.training.holdout > 0` that fraction of each class is held out
+/// and the router's accuracy on it is recorded ([`RouterMeta::heldout_accuracy`]).
 pub fn fit_router<B: AutodiffBackend>(
-    base: &TextModel<B::InnerBackend>,
+    base: &BaseModel<B::InnerBackend>,
     examples: &[Example],
     labels: &[LabeledSample],
     spec: &RouterSpec,
     device: &B::Device,
 ) -> Result<FittedRouter<B::InnerBackend>> {
     check_unique_ids(examples, "router data")?;
+    let h = spec.training.holdout;
+    if !(0.0..1.0).contains(&h) {
+        return Err(TrainError::Config {
+            key: "router.holdout".into(),
+            message: format!("{h}: expected a fraction in [0, 1)"),
+        });
+    }
     let by_id: HashMap<&str, &Example> = examples.iter().map(|e| (e.id.as_str(), e)).collect();
     let mut chosen = Vec::with_capacity(labels.len());
     let mut classes = Vec::with_capacity(labels.len());
@@ -210,25 +365,36 @@ pub fn fit_router<B: AutodiffBackend>(
         chosen.push(*ex);
         classes.push(l.label.class());
     }
-    let input = base.router_input(spec.max_len);
-    let feats = input.features(&base.model, &base.text, &chosen)?;
+    let input = base.router_input(spec);
+    let feats = base.router_features(&input, &chosen, Path::new("(the router being trained)"))?;
+    let (train_idx, held_idx) = stratified_split(&classes, h, spec.training.seed);
+    let pick = |idx: &[usize]| -> (Vec<Vec<f32>>, Vec<usize>) {
+        idx.iter().map(|&i| (feats[i].clone(), classes[i])).unzip()
+    };
+    let (train_feats, train_classes) = pick(&train_idx);
     let (router, acc) = train_router::<B>(
-        &feats,
-        &classes,
+        &train_feats,
+        &train_classes,
         spec.class_ranks.num_classes(),
         &spec.training,
         device,
     )?;
+    let router = router.valid();
+    let heldout_accuracy = (!held_idx.is_empty()).then(|| {
+        let (f, c) = pick(&held_idx);
+        accuracy(&router, &f, &c, device)
+    });
     Ok(FittedRouter {
-        router: router.valid(),
+        router,
         meta: RouterMeta {
             input,
             num_classes: spec.class_ranks.num_classes(),
             class_ranks: spec.class_ranks.to_string(),
             train_accuracy: acc,
+            heldout_accuracy,
             training: spec.training.clone(),
         },
-        examples: chosen.len(),
+        examples: train_idx.len(),
     })
 }
 
@@ -289,6 +455,24 @@ pub fn fit<B: AutodiffBackend>(
         });
     }
     let speech = models::auto::is_whisper(&spec.model);
+    let router = match (&cfg.method, &spec.router) {
+        (Method::Flexi { .. }, Some(dir)) => {
+            let router = TrainedRouter::<B::InnerBackend>::load(dir, &device)?;
+            let want = cfg.method.class_ranks()?.unwrap_or(router.map.clone());
+            if want != router.map {
+                return Err(TrainError::Config {
+                    key: "method.class_ranks".into(),
+                    message: format!(
+                        "the router in {} maps classes to {}, the method asks for {want}",
+                        dir.display(),
+                        router.map
+                    ),
+                });
+            }
+            Some(router)
+        }
+        _ => None,
+    };
     let trainer = Trainer::<B> {
         config: cfg,
         out: spec.out.clone(),
@@ -299,27 +483,33 @@ pub fn fit<B: AutodiffBackend>(
         shards: spec.shards,
     };
     let (summary, batches, trainable, chat) = if speech {
-        if matches!(cfg.method, Method::Flexi { .. }) {
-            return Err(TrainError::Config {
-                key: "method".into(),
-                message: "Flexi-LoRA on speech needs a router over audio features, which is \
-                          not implemented yet (issue 14); use lora, dylora, dylora_plus, \
-                          adalora or full"
-                    .into(),
-            });
-        }
         let model = load_whisper_for_training::<B>(&spec.model, cfg, &device)?;
+        // Router ranks per utterance (Flexi-LoRA), from the frozen router over the model to
+        // train at rank 0, which is its base: no second copy of the model is loaded.
+        let routed: Vec<Option<usize>> = match &router {
+            Some(router) => {
+                let refs: Vec<&Example> = examples.iter().collect();
+                let ranks = router.route_audio(&model.valid(), &load_utterances(&refs)?)?;
+                ranks.into_iter().map(Some).collect()
+            }
+            None => vec![None; examples.len()],
+        };
         let tok = models::whisper::WhisperTokenizer::from_dir(&spec.model)
             .map_err(|e| TrainError::Model(format!("{}: {e}", spec.model.display())))?;
         let prompt = transcribe_prompt(&model.config, &tok)?;
         let n_mels = model.config.num_mel_bins;
         let mut batches = Vec::new();
-        for chunk in examples.chunks(cfg.batch_size) {
+        for (chunk, ranks) in examples
+            .chunks(cfg.batch_size)
+            .zip(routed.chunks(cfg.batch_size))
+        {
             let items: Vec<(String, &Path, String)> = chunk
                 .iter()
                 .map(|e| Ok((e.id.clone(), infer::speech::audio_of(e)?, e.target.clone())))
                 .collect::<Result<_>>()?;
-            batches.push(AsrBatch::from_files(&items, &tok, &prompt, n_mels)?);
+            let mut batch = AsrBatch::from_files(&items, &tok, &prompt, n_mels)?;
+            batch.routed = ranks.iter().copied().collect();
+            batches.push(batch);
         }
         let trainable = flexi_burn::ParamCount::of(&model).trainable;
         let (_, summary) = trainer.fit(&Seq2Seq, model, &batches, spec.resume)?;
@@ -330,25 +520,13 @@ pub fn fit<B: AutodiffBackend>(
         // Router ranks per example (Flexi-LoRA), from the frozen router. The router reads the
         // frozen token embedding, which the model to train shares with its base: no second
         // copy of the model is loaded.
-        let routed: Vec<Option<usize>> = match (&cfg.method, &spec.router) {
-            (Method::Flexi { .. }, Some(dir)) => {
-                let router = TrainedRouter::<B::InnerBackend>::load(dir, &device)?;
-                let want = cfg.method.class_ranks()?.unwrap_or(router.map.clone());
-                if want != router.map {
-                    return Err(TrainError::Config {
-                        key: "method.class_ranks".into(),
-                        message: format!(
-                            "the router in {} maps classes to {}, the method asks for {want}",
-                            dir.display(),
-                            router.map
-                        ),
-                    });
-                }
+        let routed: Vec<Option<usize>> = match &router {
+            Some(router) => {
                 let refs: Vec<&Example> = examples.iter().collect();
                 let ranks = router.route(&model.valid(), &text, &refs)?;
                 ranks.into_iter().map(Some).collect()
             }
-            _ => vec![None; examples.len()],
+            None => vec![None; examples.len()],
         };
         // Each example carries its own rank into its batch.
         let mut encoded = Vec::with_capacity(examples.len());

@@ -120,3 +120,124 @@ fn rank_zero_is_the_base_model() {
     assert_eq!(base_loss(&model, 0), before, "rank 0 ignores the adapter");
     assert_ne!(base_loss(&model, 4), before, "rank 4 uses it");
 }
+
+#[test]
+fn flexi_ranks_of_a_mixed_batch_reach_every_adapted_projection() {
+    use burn::module::AutodiffModule;
+    use flexi_burn::Adapters;
+    use models::whisper::WhisperAdapter;
+    // Flexi (1,4) on every target: encoder self-attention and MLP, decoder self- and
+    // cross-attention and MLP. Four utterances at ranks [1, 4, 4, 1]. With labels on the
+    // rank-1 utterances only, column 0 of every B learns and no column beyond it; with labels
+    // on the rank-4 utterances only, columns 0..4 learn everywhere.
+    let cfg = TrainConfig {
+        method: Method::Flexi {
+            class_ranks: "(1,4)".into(),
+        },
+        adapter: train::config::AdapterSettings {
+            targets: ["q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"]
+                .map(String::from)
+                .to_vec(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let device = Default::default();
+    let model = load_whisper_for_training::<B>(&fixture(), &cfg, &device).unwrap();
+    let tok = WhisperTokenizer::from_dir(fixture()).unwrap();
+    let prompt = transcribe_prompt(&model.config, &tok).unwrap();
+    let (wav, flac) = (
+        fixture().join("audio_1s.wav"),
+        fixture().join("audio_1s.flac"),
+    );
+    let items: Vec<(String, &Path, String)> = [
+        (&wav, "hello there"),
+        (&flac, "good morning"),
+        (&wav, "a short sound"),
+        (&flac, "hello"),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, (p, t))| (i.to_string(), p.as_path(), t.to_string()))
+    .collect();
+    let batch = AsrBatch::from_files(&items, &tok, &prompt, model.config.num_mel_bins).unwrap();
+    let n = batch.ids[0].len();
+    let ranks = SampleRanks::new(vec![1, 4, 4, 1]);
+    let paths: Vec<String> = model.adapters().into_iter().map(|(p, _)| p).collect();
+    for part in [
+        "encoder.layers.",
+        "decoder.layers.",
+        "self_attn",
+        "encoder_attn",
+        "fc1",
+    ] {
+        assert!(
+            paths.iter().any(|p| p.contains(part)),
+            "{part} is adapted: {paths:?}"
+        );
+    }
+    for (keep, want_cols) in [(vec![0usize, 3], 1usize), (vec![1, 2], 4)] {
+        let mut b = batch.clone();
+        for i in 0..4 {
+            if !keep.contains(&i) {
+                b.labels[i * n..(i + 1) * n].fill(-100);
+            }
+        }
+        let grads = Seq2Seq.loss(&model, &b, &ranks).unwrap().backward();
+        for (path, f) in model.adapters() {
+            let g = f
+                .lora_b
+                .grad(&grads)
+                .unwrap_or_else(|| panic!("{path}: no gradient"))
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap();
+            let r_max = f.r_max();
+            for col in 0..r_max {
+                let learns = (0..f.d_output()).any(|o| g[o * r_max + col] != 0.0);
+                assert_eq!(
+                    learns,
+                    col < want_cols,
+                    "{path} column {col} (utterances {keep:?})"
+                );
+            }
+        }
+    }
+
+    // Rank 0 in a mixed batch is the base model exactly, whatever the adapter holds.
+    let mut adapted = model.valid();
+    for (_, f) in adapted.adapters_mut() {
+        let [d_out, r] = f.lora_b.dims();
+        let values: Vec<f32> = (0..d_out * r)
+            .map(|i| 0.05 * ((i % 7) as f32 - 3.0))
+            .collect();
+        f.lora_b = burn::module::Param::from_tensor(burn::tensor::Tensor::from_data(
+            burn::tensor::TensorData::new(values, [d_out, r]),
+            &device,
+        ));
+    }
+    let base = models::ct2::load_whisper_any::<Flex>(&fixture(), &WhisperAdapter::none(), &device)
+        .unwrap();
+    let logits = |m: &models::whisper::Whisper<Flex>, ranks: Vec<usize>| {
+        let mel = m.mel_batch(&batch.mels, &device).unwrap();
+        let ids = m.ids_tensor(&batch.ids, &device).unwrap();
+        m.forward(mel, ids, &SampleRanks::new(ranks))
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    let want = logits(&base, vec![0; 4]);
+    let mixed = logits(&adapted, vec![0, 4, 1, 0]);
+    let per = want.len() / 4;
+    for i in [0, 3] {
+        assert_eq!(
+            mixed[i * per..(i + 1) * per],
+            want[i * per..(i + 1) * per],
+            "utterance {i} at rank 0"
+        );
+    }
+    for i in [1, 2] {
+        assert_ne!(mixed[i * per..(i + 1) * per], want[i * per..(i + 1) * per]);
+    }
+}

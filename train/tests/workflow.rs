@@ -10,7 +10,7 @@ use datasets::Example;
 use flexi_burn::{RankSchedule, SampleRanks, inference_ranks};
 use infer::{EvalSettings, RankPolicy, TrainedRouter};
 use models::llama::Llama;
-use train::workflow::{self, FitSpec, RouterSpec, TextModel};
+use train::workflow::{self, BaseModel, FitSpec, RouterSpec, TextModel};
 use train::{FlexiRun, Method, TrainConfig};
 
 type B = Flex;
@@ -136,6 +136,7 @@ fn label_router_fit_and_evaluate_a_flexi_run_end_to_end() {
     let base = TextModel::<B>::load(&fixture("tiny_tied"), true, &device).unwrap();
     let (data, planted) = planted_data(&dir, &base);
     let examples = workflow::read_examples(&data, None).unwrap();
+    let base = BaseModel::from(base);
 
     // 1. label: the planted answers are exactly the easy ones.
     let labels = workflow::label(&base, &examples, &settings(), None, 3).unwrap();
@@ -157,10 +158,12 @@ fn label_router_fit_and_evaluate_a_flexi_run_end_to_end() {
             ..Default::default()
         },
         max_len: 48,
+        audio_feature: Default::default(),
     };
     let fitted =
         workflow::fit_router::<Ad>(&base, &examples, &labels.balanced, &spec, &device).unwrap();
-    let input = &fitted.meta.input;
+    let input = fitted.meta.input.text(Path::new("router")).unwrap();
+    let base = base.as_text().unwrap();
     assert_eq!(
         (input.d_model, input.vocab_size, input.max_len),
         (64, base.model.config.vocab_size, 48)
@@ -273,7 +276,7 @@ fn label_router_fit_and_evaluate_a_flexi_run_end_to_end() {
 fn a_router_used_with_other_inputs_is_an_error() {
     let dir = tmp("mismatch");
     let device = Default::default();
-    let base = TextModel::<B>::load(&fixture("tiny_tied"), true, &device).unwrap();
+    let base = BaseModel::from(TextModel::<B>::load(&fixture("tiny_tied"), true, &device).unwrap());
     let answers: Vec<String> = (0..4).map(|i| WORDS[i].to_string()).collect();
     let data = dir.join("qa.jsonl");
     write_qa(&data, &answers);
@@ -292,8 +295,10 @@ fn a_router_used_with_other_inputs_is_an_error() {
         class_ranks: "2,8".parse().unwrap(),
         training: Default::default(),
         max_len: 48,
+        audio_feature: Default::default(),
     };
     let fitted = workflow::fit_router::<Ad>(&base, &examples, &labels, &spec, &device).unwrap();
+    let base = base.as_text().unwrap();
     let router_dir = dir.join("router");
     fitted.save(&router_dir).unwrap();
     let router = TrainedRouter::<B>::load(&router_dir, &device).unwrap();
@@ -313,7 +318,9 @@ fn a_router_used_with_other_inputs_is_an_error() {
     // Another model (the untied fixture has another hidden size or vocabulary): an error
     // naming the field, not a panic in a matmul.
     let mut meta = router.meta.clone();
-    meta.input.d_model = 32;
+    if let infer::RouterInput::Text(t) = &mut meta.input {
+        t.d_model = 32;
+    }
     let other = TrainedRouter::<B> {
         meta,
         ..TrainedRouter::<B>::load(&router_dir, &device).unwrap()

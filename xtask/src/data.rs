@@ -2,8 +2,9 @@
 //!
 //! - `data inspect FILE [--format NAME] [--skip-bad] [--show N]`: the reader used, the number
 //!   of examples (and of skipped records), and the first examples as the model sees them.
-//! - `data speech --out DIR --n N [--seed S] [--speakers K]`: speak N built-in sentences with
-//!   espeak-ng into a 16 kHz LibriSpeech-layout tree (`apt-get install -y espeak-ng`).
+//! - `data speech --out DIR --n N [--seed S] [--speakers K] [--part all|train|test]`: speak N
+//!   built-in sentences with espeak-ng into a 16 kHz LibriSpeech-layout tree (`apt-get
+//!   install -y espeak-ng`); `--part train` and `--part test` draw from disjoint sentences.
 
 use std::path::PathBuf;
 
@@ -67,6 +68,10 @@ struct SpeechArgs {
     /// Replace an existing split directory.
     #[arg(long)]
     overwrite: bool,
+    /// Sentences to draw from: all, or train / test (a fixed partition, so a training set
+    /// and a test set never share a sentence).
+    #[arg(long, default_value = "all")]
+    part: String,
 }
 
 /// Runs a `data` subcommand.
@@ -151,6 +156,7 @@ fn speech(a: SpeechArgs) -> anyhow::Result<()> {
         speakers: a.speakers.max(1),
         seed: a.seed,
         overwrite: a.overwrite,
+        part: a.part.parse()?,
     };
     let report = synthesize(&cfg).context("synthesizing speech")?;
     println!(

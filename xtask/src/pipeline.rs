@@ -7,7 +7,9 @@
 //! cargo xtask eval   --run runs/flexi --data TEST [--data TEST2 ...]
 //! ```
 //!
-//! `--model` is a Hugging Face directory or a `.gguf` file. Every command takes `--backend`.
+//! `--model` is a Hugging Face directory or a `.gguf` file (text), or a Whisper directory,
+//! Hugging Face or CTranslate2 (speech, with LibriSpeech-layout data). Every command takes
+//! `--backend`.
 
 use std::path::{Path, PathBuf};
 
@@ -19,7 +21,7 @@ use datasets::labels::read_jsonl;
 use flexi_burn::backend::{self, BackendJob, BackendKind};
 use infer::{EvalReport, EvalSettings};
 use serde::Serialize;
-use train::workflow::{self, FitSpec, RouterSpec, TextModel};
+use train::workflow::{self, BaseModel, FitSpec, RouterSpec};
 use train::{FlexiRun, Method, TrainConfig};
 
 pub use train::RunInfo;
@@ -27,7 +29,8 @@ pub use train::RunInfo;
 /// Options shared by the pipeline commands.
 #[derive(Args, Clone, Debug)]
 pub struct Common {
-    /// Model: a Hugging Face directory or a `.gguf` file.
+    /// Model: a Hugging Face directory or a `.gguf` file (Llama), or a Whisper directory
+    /// (Hugging Face or CTranslate2).
     #[arg(long)]
     pub model: PathBuf,
     /// Backend: flex (CPU), wgpu or cuda.
@@ -55,9 +58,9 @@ impl Common {
         Ok(self.backend.parse()?)
     }
 
-    /// The base model with its tokenizer and prompts.
-    fn base<B: burn::tensor::backend::Backend>(&self, device: &B::Device) -> Result<TextModel<B>> {
-        TextModel::load(&self.model, !self.no_chat, device)
+    /// The base model with its tokenizer (and prompts, for text).
+    fn base<B: burn::tensor::backend::Backend>(&self, device: &B::Device) -> Result<BaseModel<B>> {
+        BaseModel::load(&self.model, !self.no_chat, device)
             .with_context(|| format!("loading {}", self.model.display()))
     }
 
@@ -94,7 +97,8 @@ pub struct LabelArgs {
     /// Output directory (`scores.jsonl`, `labels.jsonl`, `router_train.jsonl`).
     #[arg(long)]
     out: PathBuf,
-    /// Easy/hard threshold (QA: F1 >= t easy; speech: WER <= t easy; math: correct = easy).
+    /// Easy/hard threshold (QA: F1 >= t easy, default 0.5; math: correct = easy; speech:
+    /// WER <= t easy, default the median WER of the set).
     #[arg(long)]
     threshold: Option<f64>,
     /// Seed of the balanced split.
@@ -115,7 +119,8 @@ impl BackendJob for LabelJob {
         labels.write(&a.out)?;
         let c = labels.counts();
         println!(
-            "labels: {} easy, {} hard -> {} in the balanced router set ({})",
+            "labels (threshold {:.4}): {} easy, {} hard -> {} in the balanced router set ({})",
+            labels.rule.threshold(),
             c.easy,
             c.hard,
             labels.balanced.len(),
@@ -158,6 +163,13 @@ pub struct RouterArgs {
     /// Seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// What an audio router pools (Whisper models): log_mel, conv_stem or encoder.
+    #[arg(long, default_value = "encoder")]
+    audio_feature: String,
+    /// Fraction of each class held out to measure the router's accuracy on unseen inputs
+    /// (the router then trains on the rest).
+    #[arg(long, default_value_t = 0.0)]
+    holdout: f64,
     /// Output directory (`router.safetensors`, `router.json`).
     #[arg(long)]
     out: PathBuf,
@@ -176,9 +188,11 @@ impl BackendJob for RouterJob {
                 noise_std: a.noise_std,
                 epochs: a.epochs,
                 seed: a.seed,
+                holdout: a.holdout,
                 ..Default::default()
             },
             max_len: a.common.max_len,
+            audio_feature: a.audio_feature.parse()?,
         };
         let examples = read_examples(&a.data, None)?;
         let labels = read_jsonl(&a.labels)
@@ -193,8 +207,17 @@ impl BackendJob for RouterJob {
                 )
             })?;
         fitted.save(&a.out)?;
+        let held = fitted
+            .meta
+            .heldout_accuracy
+            .map(|h| format!(", held-out accuracy {:.1} %", 100.0 * h))
+            .unwrap_or_default();
+        let input = match &fitted.meta.input {
+            infer::RouterInput::Text(_) => "text".to_string(),
+            infer::RouterInput::Audio(i) => format!("audio {}", i.feature),
+        };
         println!(
-            "router: {} examples, training accuracy {:.1} %, class->rank {} -> {}",
+            "router ({input}): {} examples, training accuracy {:.1} %{held}, class->rank {} -> {}",
             fitted.examples,
             100.0 * fitted.meta.train_accuracy,
             spec.class_ranks,
@@ -531,6 +554,8 @@ impl RouterArgs {
             noise_std: 1.0,
             epochs: 50,
             seed,
+            audio_feature: "encoder".into(),
+            holdout: 0.0,
             out,
         }
     }

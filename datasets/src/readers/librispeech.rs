@@ -1,7 +1,7 @@
 //! LibriSpeech directory trees: `split/speaker/chapter/{spk}-{ch}.trans.txt` with lines
 //! `UTTID TEXT`, next to `{UTTID}.flac` (or `.wav`).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fs;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -54,6 +54,43 @@ pub(crate) struct LibriSpeechReader {
     files: VecDeque<PathBuf>,
     current: Option<(PathBuf, String, Box<dyn BufRead>, usize)>,
     source: Option<String>,
+    /// Utterance ids of the current transcript file.
+    seen: HashSet<String>,
+}
+
+/// An audio file next to `trans` that belongs to its chapter (`SPK-CH-*.{flac,wav}`) but has
+/// no line in it: the transcript does not match the audio files.
+fn untranscribed_audio(trans: &Path, seen: &HashSet<String>) -> Result<Option<PathBuf>> {
+    let Some(dir) = trans.parent() else {
+        return Ok(None);
+    };
+    let chapter = trans
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".trans.txt"))
+        .unwrap_or_default();
+    let io = |source| DataError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut stray: Vec<PathBuf> = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        let (Some(stem), Some(ext)) = (
+            path.file_stem().and_then(|s| s.to_str()),
+            path.extension().and_then(|s| s.to_str()),
+        ) else {
+            continue;
+        };
+        let of_chapter = stem
+            .strip_prefix(chapter)
+            .is_some_and(|rest| rest.starts_with('-'));
+        if of_chapter && AUDIO_EXTENSIONS.contains(&ext) && !seen.contains(stem) {
+            stray.push(path);
+        }
+    }
+    stray.sort();
+    Ok(stray.into_iter().next())
 }
 
 impl LibriSpeechReader {
@@ -69,6 +106,7 @@ impl LibriSpeechReader {
             files: files.into(),
             current: None,
             source,
+            seen: HashSet::new(),
         })
     }
 
@@ -136,13 +174,28 @@ impl Iterator for LibriSpeechReader {
             let (trans, source, reader, line_no) = self.current.as_mut()?;
             let mut line = String::new();
             match reader.read_line(&mut line) {
-                Ok(0) => self.current = None,
+                Ok(0) => {
+                    let trans = trans.clone();
+                    self.current = None;
+                    let seen = std::mem::take(&mut self.seen);
+                    match untranscribed_audio(&trans, &seen) {
+                        Ok(None) => {}
+                        Ok(Some(audio)) => {
+                            return Some(Err(DataError::UntranscribedAudio { path: trans, audio }));
+                        }
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
                 Ok(_) => {
                     *line_no += 1;
                     if line.trim().is_empty() {
                         continue;
                     }
-                    return Some(Self::parse_line(trans, source, *line_no, &line));
+                    let ex = Self::parse_line(trans, source, *line_no, &line);
+                    if let Ok(ex) = &ex {
+                        self.seen.insert(ex.id.clone());
+                    }
+                    return Some(ex);
                 }
                 Err(source) => {
                     let path = trans.clone();

@@ -71,6 +71,17 @@ impl<B: Backend> WhisperEncoder<B> {
     /// one 30 s window; transformers refuses anything else, this accepts shorter input as
     /// well, e.g. for tests).
     pub fn forward(&self, mel: Tensor<B, 3>, ranks: &SampleRanks) -> Result<Tensor<B, 3>> {
+        let mut x = self.stem(mel)?;
+        for layer in &self.layers {
+            x = layer.forward(x, ranks);
+        }
+        Ok(self.layer_norm.forward(x))
+    }
+
+    /// The frozen stem: both convolutions and the positions,
+    /// `mel [b, n_mels, frames] -> [b, frames / 2, d_model]` (no adapter takes part). Encoder
+    /// position `t` sees mel frames `2t - 2 ..= 2t + 2` only.
+    pub fn stem(&self, mel: Tensor<B, 3>) -> Result<Tensor<B, 3>> {
         let [_, n_mels, frames] = mel.dims();
         let [c_out, c_in, _] = self.conv1.weight.dims();
         let [max_pos, _] = self.embed_positions.dims();
@@ -93,10 +104,6 @@ impl<B: Backend> WhisperEncoder<B> {
             .val()
             .slice([0..t, 0..c_out])
             .unsqueeze::<3>();
-        let mut x = x.swap_dims(1, 2).add(pos);
-        for layer in &self.layers {
-            x = layer.forward(x, ranks);
-        }
-        Ok(self.layer_norm.forward(x))
+        Ok(x.swap_dims(1, 2).add(pos))
     }
 }

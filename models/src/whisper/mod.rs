@@ -48,6 +48,6 @@ pub use decoder::{DecoderLayer, WhisperDecoder};
 pub use encoder::{EncoderLayer, WhisperEncoder};
 pub use error::{Result, WhisperError};
 pub use load::{build_whisper, load_whisper};
-pub use mel::{LogMel, MelExtractor, N_FRAMES, N_SAMPLES, Padding, split_windows};
+pub use mel::{HOP_LENGTH, LogMel, MelExtractor, N_FRAMES, N_SAMPLES, Padding, split_windows};
 pub use model::Whisper;
 pub use tokenizer::{Task, WhisperTokenizer};
