@@ -5,7 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use burn::config::Config;
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::{gelu, log_softmax};
 use burn::tensor::backend::Backend;
@@ -30,6 +30,10 @@ pub struct RouterConfig {
     /// Standard deviation of the Gaussian noise added to the logits in the training loss.
     #[config(default = 1.0)]
     pub noise_std: f64,
+    /// Standardise each input feature with fixed statistics ([`InputNorm`], set with
+    /// [`Router::with_input_stats`]) before the first layer.
+    #[config(default = false)]
+    pub standardize: bool,
 }
 
 impl RouterConfig {
@@ -76,7 +80,12 @@ impl RouterConfig {
             Some(h) => (Some(LinearConfig::new(self.d_model, h).init(device)), h),
             None => (None, self.d_model),
         };
+        let input_norm = self.standardize.then(|| InputNorm {
+            shift: Param::from_tensor(Tensor::zeros([self.d_model], device)).set_require_grad(false),
+            scale: Param::from_tensor(Tensor::ones([self.d_model], device)).set_require_grad(false),
+        });
         Ok(Router {
+            input_norm,
             hidden,
             output: LinearConfig::new(d_last, self.num_classes).init(device),
             noise_std: self.noise_std,
@@ -84,9 +93,22 @@ impl RouterConfig {
     }
 }
 
+/// A fixed per-feature affine map `(x - shift) * scale` of the router's input: the training
+/// set's mean and inverse standard deviation, so that features of very different offsets and
+/// spreads (pooled audio features) reach the first layer on one scale. Not trained.
+#[derive(Module, Debug)]
+pub struct InputNorm<B: Backend> {
+    /// Subtracted from each feature `[d_model]`.
+    pub shift: Param<Tensor<B, 1>>,
+    /// Then multiplied into it `[d_model]`.
+    pub scale: Param<Tensor<B, 1>>,
+}
+
 /// A small classifier over pooled prompt embeddings.
 #[derive(Module, Debug)]
 pub struct Router<B: Backend> {
+    /// Optional input standardisation ([`RouterConfig::standardize`]).
+    pub input_norm: Option<InputNorm<B>>,
     /// Optional hidden layer (GELU).
     pub hidden: Option<Linear<B>>,
     /// Output layer to K logits.
@@ -111,8 +133,48 @@ impl<B: Backend> Router<B> {
         self.output.weight.dims()[1]
     }
 
+    /// Sets the input standardisation to the per-feature mean and standard deviation of
+    /// `features [n][d_model]` (a standard deviation below 1e-6 counts as 1e-6). Does nothing
+    /// for a router built without [`RouterConfig::standardize`].
+    pub fn with_input_stats(mut self, features: &[Vec<f32>]) -> Self {
+        let Some(norm) = self.input_norm.as_mut() else {
+            return self;
+        };
+        let [d] = norm.shift.dims();
+        if features.is_empty() || features.iter().any(|f| f.len() != d) {
+            return self;
+        }
+        let n = features.len() as f64;
+        let mut mean = vec![0f64; d];
+        for f in features {
+            for (m, v) in mean.iter_mut().zip(f) {
+                *m += f64::from(*v) / n;
+            }
+        }
+        let mut var = vec![0f64; d];
+        for f in features {
+            for ((s, v), m) in var.iter_mut().zip(f).zip(&mean) {
+                *s += (f64::from(*v) - m).powi(2) / n;
+            }
+        }
+        let device = norm.shift.device();
+        let shift: Vec<f32> = mean.iter().map(|m| *m as f32).collect();
+        let scale: Vec<f32> = var.iter().map(|v| (1.0 / v.sqrt().max(1e-6)) as f32).collect();
+        norm.shift = Param::from_tensor(Tensor::from_data(TensorData::new(shift, [d]), &device))
+            .set_require_grad(false);
+        norm.scale = Param::from_tensor(Tensor::from_data(TensorData::new(scale, [d]), &device))
+            .set_require_grad(false);
+        self
+    }
+
     /// Logits `[batch, K]` of pooled embeddings `[batch, d_model]`.
     pub fn forward(&self, pooled: Tensor<B, 2>) -> Tensor<B, 2> {
+        let pooled = match &self.input_norm {
+            Some(n) => pooled
+                .sub(n.shift.val().unsqueeze::<2>())
+                .mul(n.scale.val().unsqueeze::<2>()),
+            None => pooled,
+        };
         let x = match &self.hidden {
             Some(h) => gelu(h.forward(pooled)),
             None => pooled,

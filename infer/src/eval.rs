@@ -138,6 +138,16 @@ impl EvalReport {
             .and_then(|row| row.values.first().copied())
             .unwrap_or(f64::NAN)
     }
+
+    /// The average of the metric named `name` (e.g. `"WER"`, `"CER"`) in the first table that
+    /// has it.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.tables.iter().find_map(|t| {
+            let col = t.metrics.iter().position(|m| m == name)?;
+            let row = t.average.as_ref().or(t.rows.last())?;
+            row.values.get(col).copied()
+        })
+    }
 }
 
 /// Generates and scores every example.

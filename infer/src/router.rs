@@ -433,6 +433,10 @@ pub struct RouterTraining {
     /// Fraction of each class held out to measure accuracy on unseen inputs (0: none; the
     /// router then trains on every labelled input).
     pub holdout: f64,
+    /// Standardise each input feature with the training set's mean and standard deviation
+    /// (`None`: yes for audio routers, no for text routers, as measured in `docs/speech.md`;
+    /// a saved router records what was used, and one saved without it had none).
+    pub standardize: Option<bool>,
 }
 
 impl Default for RouterTraining {
@@ -445,6 +449,7 @@ impl Default for RouterTraining {
             batch_size: 32,
             seed: 42,
             holdout: 0.0,
+            standardize: None,
         }
     }
 }
@@ -505,6 +510,7 @@ impl<B: Backend> TrainedRouter<B> {
             .with_num_classes(meta.num_classes)
             .with_hidden(meta.training.hidden)
             .with_noise_std(meta.training.noise_std)
+            .with_standardize(meta.training.standardize.unwrap_or(false))
             .try_init(device)?;
         let w = dir.join("router.safetensors");
         let router = load_tensors(router, &read_safetensors(&w)?, &w)?;

@@ -19,7 +19,8 @@ pub use infer::router::{
 use crate::error::{Result, TrainError};
 
 /// Trains a router on `features [n][d]` with class `labels`; returns it and its training
-/// accuracy. Features are used as the model gives them (no standardisation).
+/// accuracy. With `cfg.standardize == Some(true)` the router standardises its input with the
+/// mean and standard deviation of `features`; otherwise features are used as given.
 pub fn train_router<B: AutodiffBackend>(
     features: &[Vec<f32>],
     labels: &[usize],
@@ -52,7 +53,9 @@ pub fn train_router<B: AutodiffBackend>(
         .with_num_classes(num_classes)
         .with_hidden(cfg.hidden)
         .with_noise_std(cfg.noise_std)
-        .try_init(device)?;
+        .with_standardize(cfg.standardize.unwrap_or(false))
+        .try_init(device)?
+        .with_input_stats(features);
     let mut optim = AdamConfig::new().init();
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let mut order: Vec<usize> = (0..features.len()).collect();

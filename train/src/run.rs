@@ -44,6 +44,22 @@ pub struct RunInfo {
     /// A speech (Whisper) run.
     #[serde(default)]
     pub speech: bool,
+    /// Trainable parameters (the adapters, or every weight for full fine-tuning).
+    #[serde(default)]
+    pub trainable_params: usize,
+    /// Parameters of the base model.
+    #[serde(default)]
+    pub base_params: usize,
+}
+
+impl RunInfo {
+    /// Trainable parameters as a percentage of the base model's (NaN when not recorded).
+    pub fn trainable_percent(&self) -> f64 {
+        if self.base_params == 0 {
+            return f64::NAN;
+        }
+        100.0 * self.trainable_params as f64 / self.base_params as f64
+    }
 }
 
 impl RunInfo {
@@ -421,6 +437,8 @@ impl<B: Backend> FlexiRun<B> {
                 first_loss: f64::NAN,
                 last_loss: f64::NAN,
                 speech: false,
+                trainable_params: 0,
+                base_params: 0,
             }),
             model: RunModel::Text {
                 model: Box::new(model),

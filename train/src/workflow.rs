@@ -372,11 +372,20 @@ pub fn fit_router<B: AutodiffBackend>(
         idx.iter().map(|&i| (feats[i].clone(), classes[i])).unzip()
     };
     let (train_feats, train_classes) = pick(&train_idx);
+    // Audio features standardised by default, text ones not (see RouterTraining::standardize).
+    let training = RouterTraining {
+        standardize: Some(
+            spec.training
+                .standardize
+                .unwrap_or(matches!(input, RouterInput::Audio(_))),
+        ),
+        ..spec.training.clone()
+    };
     let (router, acc) = train_router::<B>(
         &train_feats,
         &train_classes,
         spec.class_ranks.num_classes(),
-        &spec.training,
+        &training,
         device,
     )?;
     let router = router.valid();
@@ -392,7 +401,7 @@ pub fn fit_router<B: AutodiffBackend>(
             class_ranks: spec.class_ranks.to_string(),
             train_accuracy: acc,
             heldout_accuracy,
-            training: spec.training.clone(),
+            training,
         },
         examples: train_idx.len(),
     })
@@ -482,7 +491,7 @@ pub fn fit<B: AutodiffBackend>(
         save_checkpoints: true,
         shards: spec.shards,
     };
-    let (summary, batches, trainable, chat) = if speech {
+    let (summary, batches, params, chat) = if speech {
         let model = load_whisper_for_training::<B>(&spec.model, cfg, &device)?;
         // Router ranks per utterance (Flexi-LoRA), from the frozen router over the model to
         // train at rank 0, which is its base: no second copy of the model is loaded.
@@ -511,9 +520,9 @@ pub fn fit<B: AutodiffBackend>(
             batch.routed = ranks.iter().copied().collect();
             batches.push(batch);
         }
-        let trainable = flexi_burn::ParamCount::of(&model).trainable;
+        let params = flexi_burn::ParamCount::of(&model);
         let (_, summary) = trainer.fit(&Seq2Seq, model, &batches, spec.resume)?;
-        (summary, batches.len(), trainable, false)
+        (summary, batches.len(), params, false)
     } else {
         let text = LmText::load(&spec.model, spec.chat)?;
         let model = load_for_training::<B>(&spec.model, cfg, &device)?;
@@ -542,9 +551,9 @@ pub fn fit<B: AutodiffBackend>(
                 b
             })
             .collect();
-        let trainable = flexi_burn::ParamCount::of(&model).trainable;
+        let params = flexi_burn::ParamCount::of(&model);
         let (_, summary) = trainer.fit(&CausalLm, model, &batches, spec.resume)?;
-        (summary, batches.len(), trainable, text.chat)
+        (summary, batches.len(), params, text.chat)
     };
     let info = RunInfo {
         model: spec.model.clone(),
@@ -556,12 +565,20 @@ pub fn fit<B: AutodiffBackend>(
         first_loss: summary.losses.first().copied().unwrap_or(f64::NAN),
         last_loss: summary.losses.last().copied().unwrap_or(f64::NAN),
         speech,
+        trainable_params: params.trainable,
+        // The base model's own parameters: all of them for full fine-tuning, the frozen ones
+        // otherwise (the adapters are the trainable ones).
+        base_params: if cfg.method == Method::Full {
+            params.total
+        } else {
+            params.total - params.trainable
+        },
     };
     info.write(&spec.out)?;
     Ok(Fitted {
+        trainable: info.trainable_params,
         info,
         summary,
         batches,
-        trainable,
     })
 }

@@ -9,4 +9,5 @@ pub mod llama;
 pub mod models_cmd;
 pub mod pipeline;
 pub mod portability;
+pub mod speech_study;
 pub mod whisper_cmd;

@@ -27,7 +27,9 @@ fn keep_freed_pages() {
         libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
     }
 }
-use xtask::{bench, data, demo, llama, models_cmd, pipeline, portability, whisper_cmd};
+use xtask::{
+    bench, data, demo, llama, models_cmd, pipeline, portability, speech_study, whisper_cmd,
+};
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "flexi-burn workflows", version)]
@@ -41,6 +43,9 @@ enum Command {
     /// The main job: SmolLM2-135M, Flexi-LoRA (2,8) against LoRA-8 and DyLoRA on a small
     /// math set, ending in the comparison table (about 15 minutes on a 2-core CPU).
     Demo(demo::DemoArgs),
+    /// The speech study: Whisper tiny.en on a synthetic espeak-ng set, every method against
+    /// Flexi-LoRA (1,8) and (2,8), ending in the WER table.
+    Speech(speech_study::SpeechStudyArgs),
     /// Score the base model per training example and write easy/hard labels.
     Label(pipeline::LabelArgs),
     /// Train the difficulty router on balanced labels.
@@ -73,6 +78,7 @@ fn main() -> anyhow::Result<()> {
     keep_freed_pages();
     match Cli::parse().command {
         Command::Demo(args) => demo::run(args),
+        Command::Speech(args) => speech_study::run(args),
         Command::Label(args) => pipeline::run_label(args),
         Command::Router(args) => pipeline::run_router(args),
         Command::Train(args) => pipeline::run_train(args),

@@ -323,6 +323,17 @@ fn locate(model: Model, dir: &Path) -> Result<Option<PathBuf>> {
     })
 }
 
+/// Whisper tiny.en's CTranslate2 directory, fetched into the cache on first use (the speech
+/// study's model).
+pub fn whisper_tiny_en() -> Result<PathBuf> {
+    fetch(&FetchArgs {
+        model: Model::WhisperTinyEn,
+        cache: None,
+        python: "python3".into(),
+        force: false,
+    })
+}
+
 /// SmolLM2-135M-Instruct's GGUF file, fetched into the cache on first use (the demo's model).
 pub fn smollm2() -> Result<PathBuf> {
     fetch(&FetchArgs {

@@ -170,6 +170,10 @@ pub struct RouterArgs {
     /// (the router then trains on the rest).
     #[arg(long, default_value_t = 0.0)]
     holdout: f64,
+    /// Standardise the router's input features: on or off (default: on for audio, off for
+    /// text).
+    #[arg(long)]
+    standardize: Option<String>,
     /// Output directory (`router.safetensors`, `router.json`).
     #[arg(long)]
     out: PathBuf,
@@ -189,6 +193,12 @@ impl BackendJob for RouterJob {
                 epochs: a.epochs,
                 seed: a.seed,
                 holdout: a.holdout,
+                standardize: match a.standardize.as_deref() {
+                    None => None,
+                    Some("on") => Some(true),
+                    Some("off") => Some(false),
+                    Some(other) => bail!("--standardize {other:?}: expected on or off"),
+                },
                 ..Default::default()
             },
             max_len: a.common.max_len,
@@ -556,8 +566,17 @@ impl RouterArgs {
             seed,
             audio_feature: "encoder".into(),
             holdout: 0.0,
+            standardize: None,
             out,
         }
+    }
+}
+
+impl RouterArgs {
+    /// Pools `feature` for an audio router.
+    pub fn with_audio_feature(mut self, feature: &str) -> Self {
+        self.audio_feature = feature.to_string();
+        self
     }
 }
 

@@ -166,7 +166,7 @@ fn the_cli_runs_the_flexi_workflow_end_to_end() {
         "4",
     ]);
     assert!(
-        out.contains("labels: 6 easy, 6 hard -> 12 in the balanced router set"),
+        out.contains("labels (threshold 0.5000): 6 easy, 6 hard -> 12 in the balanced router set"),
         "{out}"
     );
     let out = xtask(&[
@@ -186,9 +186,10 @@ fn the_cli_runs_the_flexi_workflow_end_to_end() {
         "--out",
         router.to_str().unwrap(),
     ]);
-    assert!(out.contains("router: 12 examples"), "{out}");
+    assert!(out.contains("router (text): 12 examples"), "{out}");
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(router.join("router.json")).unwrap()).unwrap();
+    assert_eq!(meta["input"]["modality"], "text");
     assert_eq!(meta["input"]["max_len"], 48);
     assert_eq!(meta["input"]["d_model"], 64);
     xtask(&[
