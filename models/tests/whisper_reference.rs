@@ -14,9 +14,10 @@ use burn::tensor::{Distribution, Tensor};
 use flexi_burn::{FlexiLinear, SampleRanks};
 use models::format::FormatError;
 use models::whisper::{
-    GreedyConfig, LogMel, MelExtractor, N_SAMPLES, Padding, TranscribeOptions, Whisper,
-    WhisperAdapter, WhisperConfig, WhisperError, WhisperTokenizer, greedy_decode, load_audio,
-    load_whisper, split_windows, to_f32_vec, transcribe, transcribe_with_ranks,
+    GreedyConfig, LogMel, LongForm, MelExtractor, N_SAMPLES, Padding, TimestampRules,
+    TranscribeOptions, Whisper, WhisperAdapter, WhisperConfig, WhisperError, WhisperTokenizer,
+    greedy_decode, greedy_decode_with_timestamps, join_segments, load_audio, load_whisper,
+    split_windows, to_f32_vec, transcribe, transcribe_segments, transcribe_with_ranks,
 };
 use safetensors::{Dtype, SafeTensors};
 
@@ -556,13 +557,39 @@ fn transcription_silence_empty_and_long_audio() {
         matches!(&e, WhisperError::EmptyAudio { input } if input == "empty.wav"),
         "{e}"
     );
-    // Audio longer than 30 s is split into 30 s windows whose texts are joined.
+    // Audio longer than 30 s seeks by timestamps, which this toy vocabulary lacks
+    // (<|notimestamps|> is its last token): a typed error naming the alternative.
+    assert_eq!(tok.timestamp_begin, model.config.vocab_size as u32);
     let long = test_signal(N_SAMPLES + 8000);
-    let whole = transcribe(
+    let e = transcribe(
         &model,
         &tok,
         &[("long".into(), long.clone())],
         &options,
+        &device,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            WhisperError::NoTimestampTokens {
+                timestamp_begin: 311,
+                vocab_size: 311
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("LongForm::Split"), "{e}");
+    // With LongForm::Split it is cut into 30 s windows whose texts are joined.
+    let split = TranscribeOptions {
+        long_form: LongForm::Split,
+        ..options.clone()
+    };
+    let whole = transcribe(
+        &model,
+        &tok,
+        &[("long".into(), long.clone())],
+        &split,
         &device,
     )
     .unwrap();
@@ -668,4 +695,101 @@ fn transcription_with_per_input_ranks() {
     assert!(matches!(e, WhisperError::InvalidInput(_)), "{e}");
     let e = transcribe_with_ranks(&model, &tok, &audios, &[0, 3], &options, &device).unwrap_err();
     assert!(matches!(e, WhisperError::Flexi(_)), "{e}");
+}
+
+#[test]
+fn long_form_seeking_batches_inputs_at_their_own_ranks() {
+    let device = Default::default();
+    // The toy vocabulary has no timestamp tokens; let its last 161 ids (150..=310) play them,
+    // so that the seeking loop runs end to end on the random model.
+    let mut tok = WhisperTokenizer::from_dir(dir()).unwrap();
+    tok.timestamp_begin = 150;
+    let mut model = load_whisper::<B>(dir(), &WhisperAdapter::all(2, 4.0), &device).unwrap();
+    for l in adapters(&mut model) {
+        let [d_out, r] = l.lora_b.dims();
+        l.lora_b = Param::from_tensor(Tensor::random(
+            [d_out, r],
+            Distribution::Normal(0.0, 0.5),
+            &device,
+        ));
+    }
+    let rules = TimestampRules::new(&model, &tok).unwrap();
+    assert_eq!(rules.timestamp_begin, 150);
+    // Decoding under the rules: a timestamp first (<= 1.0 s), then pairs, never decreasing.
+    let mel = MelExtractor::new(80)
+        .log_mel(&test_signal(16000 * 3), Padding::ThirtySeconds, "3 s")
+        .unwrap();
+    let ranks = SampleRanks::new(vec![0, 2]);
+    let enc = model
+        .encode(
+            model.mel_batch(&[mel.clone(), mel], &device).unwrap(),
+            &ranks,
+        )
+        .unwrap();
+    let prompt = tok
+        .timestamp_prompt(true, Some("en"), Default::default())
+        .unwrap();
+    assert_eq!(prompt, vec![301, 302, 306]);
+    let config = GreedyConfig::from_model(&model, 30);
+    let got = greedy_decode_with_timestamps(
+        &model,
+        &enc,
+        &[prompt.clone(), prompt],
+        &ranks,
+        &config,
+        &rules,
+    )
+    .unwrap();
+    for ids in &got {
+        assert!((150..=200).contains(&ids[0]), "{ids:?}");
+        let stamps: Vec<u32> = ids.iter().copied().filter(|&t| t >= 150).collect();
+        assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "{ids:?}");
+        // No three timestamps in a row, and none right after a segment's start.
+        assert!(
+            ids.windows(3).all(|w| !w.iter().all(|&t| t >= 150)),
+            "{ids:?}"
+        );
+        assert!(ids[1] < 150, "{ids:?}");
+    }
+
+    // Two long inputs and a short one, at ranks 0, 2 and 1: batched together (each at its
+    // own seek position, the shorter one leaving the batch first) they give what each gives
+    // alone.
+    let options = TranscribeOptions {
+        max_new_tokens: 12,
+        ..Default::default()
+    };
+    let audios = vec![
+        ("a".to_string(), test_signal(16000 * 45)),
+        ("b".to_string(), test_signal(16000 * 36)[8000..].to_vec()),
+        ("c".to_string(), test_signal(16000 * 5)),
+    ];
+    let ranks = [0, 2, 1];
+    let together = transcribe_segments(&model, &tok, &audios, &ranks, &options, &device).unwrap();
+    for (i, audio) in audios.iter().enumerate() {
+        let single = TranscribeOptions {
+            batch_size: 1,
+            ..options.clone()
+        };
+        let alone = transcribe_segments(
+            &model,
+            &tok,
+            std::slice::from_ref(audio),
+            &ranks[i..=i],
+            &single,
+            &device,
+        )
+        .unwrap();
+        assert_eq!(together[i], alone[0], "input {i}");
+        let seconds = audio.1.len() as f64 / 16000.0;
+        for s in &together[i] {
+            assert!(s.start <= s.end && s.end <= seconds, "{s:?}");
+        }
+        assert!(together[i].windows(2).all(|w| w[0].start <= w[1].start));
+    }
+    // The short input is one short-form window (no timestamps).
+    assert!(together[2].len() <= 1);
+    let texts = transcribe_with_ranks(&model, &tok, &audios, &ranks, &options, &device).unwrap();
+    assert_eq!(texts.len(), 3);
+    assert_eq!(texts[0], join_segments(&together[0]));
 }

@@ -90,7 +90,7 @@ fn transcribe_on<B: Backend>(args: TranscribeArgs, device: &B::Device) -> Result
         },
         max_new_tokens: args.max_new_tokens,
         batch_size: args.batch_size,
-        rank: 0,
+        ..Default::default()
     };
     let texts = transcribe(&model, &tok, &audios, &options, device).context("transcribing")?;
     for text in texts {

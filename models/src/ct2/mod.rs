@@ -22,6 +22,6 @@ pub mod whisper;
 pub use error::{Ct2Error, Result};
 pub use reader::{Ct2Dtype, Ct2Model, Variable};
 pub use whisper::{
-    check_whisper_spec, is_ct2_dir, load_whisper_any, load_whisper_ct2, whisper_config,
-    whisper_config_json, whisper_hf_tensors,
+    check_whisper_spec, is_ct2_dir, load_whisper_any, load_whisper_ct2, vocabulary_token_id,
+    whisper_config, whisper_config_json, whisper_hf_tensors,
 };

@@ -80,8 +80,10 @@ fn dim(model: &Ct2Model, name: &str, axis: usize) -> Result<usize> {
 }
 
 /// The id of `token` in the model directory's `vocabulary.txt` (one token per line, the
-/// vocabulary CTranslate2 itself uses) or, failing that, `tokenizer.json`.
-fn token_id(dir: &Path, token: &str) -> Result<u32> {
+/// vocabulary CTranslate2 itself uses) or, failing that, `tokenizer.json`. CTranslate2's
+/// converter appends Whisper's timestamp tokens (`<|0.00|>` ... `<|30.00|>`) to
+/// `vocabulary.txt`, so their ids can be read here even where `tokenizer.json` lacks them.
+pub fn vocabulary_token_id(dir: &Path, token: &str) -> Result<u32> {
     let vocab = dir.join("vocabulary.txt");
     if let Ok(text) = std::fs::read_to_string(&vocab) {
         return text
@@ -147,7 +149,7 @@ pub fn whisper_config_json(model: &Ct2Model, dir: &Path) -> Result<(Value, Value
         })?,
         Err(_) => json!({}),
     };
-    let eos = token_id(dir, "<|endoftext|>")?;
+    let eos = vocabulary_token_id(dir, "<|endoftext|>")?;
     let config = json!({
         "model_type": "whisper",
         "architectures": ["WhisperForConditionalGeneration"],
@@ -163,7 +165,7 @@ pub fn whisper_config_json(model: &Ct2Model, dir: &Path) -> Result<(Value, Value
         "num_mel_bins": dim(model, "encoder/conv1/weight", 1)?,
         "max_source_positions": dim(model, "encoder/position_encodings/encodings", 0)?,
         "max_target_positions": dim(model, "decoder/position_encodings/encodings", 0)?,
-        "decoder_start_token_id": token_id(dir, "<|startoftranscript|>")?,
+        "decoder_start_token_id": vocabulary_token_id(dir, "<|startoftranscript|>")?,
         "eos_token_id": eos,
         "pad_token_id": eos,
         "bos_token_id": eos,

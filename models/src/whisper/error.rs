@@ -70,7 +70,7 @@ pub enum WhisperError {
     /// Audio longer than one 30 s window where only one window is accepted.
     #[error(
         "{input}: the audio is {seconds:.2} s long, longer than Whisper's {max_seconds} s window; \
-         split it into windows (`split_windows`, as `transcribe` does) or trim it"
+         transcribe it with `transcribe` (long-form seeking), split it (`split_windows`) or trim it"
     )]
     AudioTooLong {
         /// The file, or a description of the in-memory input.
@@ -124,6 +124,19 @@ pub enum WhisperError {
     /// Inconsistent inputs (shapes, batch sizes, empty prompts, ...).
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// Long-form transcription needs timestamp tokens, and the model's vocabulary ends before
+    /// the first one.
+    #[error(
+        "the model has no timestamp tokens (<|0.00|> would be id {timestamp_begin}, vocab_size \
+         is {vocab_size}): audio longer than 30 s needs them for seeking; transcribe it with \
+         `LongForm::Split` instead"
+    )]
+    NoTimestampTokens {
+        /// The id `<|0.00|>` would have.
+        timestamp_begin: u32,
+        /// The model's vocabulary size.
+        vocab_size: usize,
+    },
     /// A LoRA rank or configuration error from the core library.
     #[error(transparent)]
     Flexi(#[from] flexi_burn::FlexiError),

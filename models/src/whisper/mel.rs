@@ -153,7 +153,8 @@ impl MelExtractor {
     /// The log-mel spectrogram of 16 kHz mono `samples` (`source` names them in errors).
     ///
     /// With [`Padding::ThirtySeconds`] the samples are zero-padded to 30 s; longer input is
-    /// refused with [`WhisperError::AudioTooLong`] (split it with [`split_windows`] first).
+    /// refused with [`WhisperError::AudioTooLong`] (`transcribe` seeks through longer audio;
+    /// [`split_windows`] cuts it into hard windows).
     /// Empty input is [`WhisperError::EmptyAudio`]; silence is valid (every value is then
     /// `(log10(1e-10) + 4) / 4 = -1.5`).
     pub fn log_mel(&self, samples: &[f32], padding: Padding, source: &str) -> Result<LogMel> {
@@ -239,9 +240,9 @@ impl MelExtractor {
     }
 }
 
-/// Splits 16 kHz samples into consecutive 30 s windows (the last one shorter), the way
-/// long-form transcription here handles audio longer than one window. Empty input gives no
-/// window.
+/// Splits 16 kHz samples into consecutive 30 s windows (the last one shorter): the hard
+/// windows of `LongForm::Split` (the default long-form transcription seeks by timestamps
+/// instead; see `decode`). Empty input gives no window.
 pub fn split_windows(samples: &[f32]) -> Vec<&[f32]> {
     samples.chunks(N_SAMPLES).collect()
 }

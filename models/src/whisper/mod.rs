@@ -11,7 +11,7 @@
 //! | [`decoder`] | learned positions, self + cross attention, tied output projection |
 //! | [`model`] | [`Whisper`]: encode / decode with per-sample ranks |
 //! | [`load`] | HF safetensors (f32 / f16 / bf16) -> [`Whisper`] |
-//! | [`decode`] | batched greedy decoding with KV cache; file transcription |
+//! | [`decode`] | batched greedy decoding with KV cache; timestamp rules; transcription with long-form seeking |
 //! | [`tokenizer`] | `tokenizer.json`, special-token prompts |
 //! | [`error`] | [`WhisperError`] |
 //!
@@ -42,7 +42,10 @@ pub use attention::{DecoderCache, LayerCache, WhisperAttention};
 pub use audio::{Audio, SAMPLE_RATE, decode_bytes, decode_file, load_audio, resample};
 pub use config::{WhisperAdapter, WhisperConfig, WhisperTarget};
 pub use decode::{
-    GreedyConfig, TranscribeOptions, greedy_decode, to_f32_vec, transcribe, transcribe_with_ranks,
+    GreedyConfig, INPUT_STRIDE, LongForm, MAX_INITIAL_TIMESTAMP_INDEX, Segment, TIME_PRECISION,
+    TimestampRules, TranscribeOptions, WindowSegment, greedy_decode, greedy_decode_with_timestamps,
+    join_segments, segment_window, to_f32_vec, transcribe, transcribe_segments,
+    transcribe_with_ranks,
 };
 pub use decoder::{DecoderLayer, WhisperDecoder};
 pub use encoder::{EncoderLayer, WhisperEncoder};

@@ -3,7 +3,12 @@
 //! Multilingual models are prompted with
 //! `<|startoftranscript|> <|lang|> <|transcribe|> <|notimestamps|>` (or `<|translate|>`);
 //! English-only models (`*.en`) with `<|startoftranscript|> <|notimestamps|>`, as
-//! transformers' `generate` does for them.
+//! transformers' `generate` does for them. Long-form transcription prompts without
+//! `<|notimestamps|>` ([`WhisperTokenizer::timestamp_prompt`]) so that the model writes
+//! timestamp tokens `<|0.00|>`, `<|0.02|>`, ... `<|30.00|>`: they follow `<|notimestamps|>`
+//! (transformers' `timestamp_begin = no_timestamps_token_id + 1`). Many `tokenizer.json` files
+//! do not list them (they are ids past the text vocabulary); where one does, its `<|0.00|>`
+//! id is used.
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +35,9 @@ pub struct WhisperTokenizer {
     pub eot: u32,
     /// `<|notimestamps|>`.
     pub no_timestamps: u32,
+    /// `<|0.00|>`, the first timestamp token (`<|notimestamps|>` + 1 unless the tokenizer
+    /// lists `<|0.00|>`); ids from here on are timestamps in 0.02 s steps.
+    pub timestamp_begin: u32,
 }
 
 impl std::fmt::Debug for WhisperTokenizer {
@@ -38,6 +46,8 @@ impl std::fmt::Debug for WhisperTokenizer {
             .field("path", &self.path)
             .field("sot", &self.sot)
             .field("eot", &self.eot)
+            .field("no_timestamps", &self.no_timestamps)
+            .field("timestamp_begin", &self.timestamp_begin)
             .finish_non_exhaustive()
     }
 }
@@ -71,10 +81,17 @@ impl WhisperTokenizer {
                     reason: format!("no special token {token}: not a Whisper tokenizer"),
                 })
         };
+        let sot = special("<|startoftranscript|>")?;
+        let eot = special("<|endoftext|>")?;
+        let no_timestamps = special("<|notimestamps|>")?;
+        let timestamp_begin = inner
+            .token_to_id("<|0.00|>")
+            .unwrap_or(no_timestamps.saturating_add(1));
         Ok(Self {
-            sot: special("<|startoftranscript|>")?,
-            eot: special("<|endoftext|>")?,
-            no_timestamps: special("<|notimestamps|>")?,
+            sot,
+            eot,
+            no_timestamps,
+            timestamp_begin,
             inner,
             path,
         })
@@ -120,6 +137,24 @@ impl WhisperTokenizer {
                 reason: format!("no task token {task_token}"),
             })?;
         Ok(vec![self.sot, lang_id, task_id, self.no_timestamps])
+    }
+
+    /// The prompt of long-form decoding with timestamps: [`Self::prompt`] without the final
+    /// `<|notimestamps|>` (`<|startoftranscript|>` alone for English-only models).
+    pub fn timestamp_prompt(
+        &self,
+        multilingual: bool,
+        language: Option<&str>,
+        task: Task,
+    ) -> Result<Vec<u32>> {
+        let mut prompt = self.prompt(multilingual, language, task)?;
+        prompt.retain(|&t| t != self.no_timestamps);
+        Ok(prompt)
+    }
+
+    /// Whether `id` is a timestamp token (`<|0.00|>` or later).
+    pub fn is_timestamp(&self, id: u32) -> bool {
+        id >= self.timestamp_begin
     }
 
     /// Text of `ids`, without special tokens, trimmed.
