@@ -81,7 +81,8 @@ impl RouterConfig {
             None => (None, self.d_model),
         };
         let input_norm = self.standardize.then(|| InputNorm {
-            shift: Param::from_tensor(Tensor::zeros([self.d_model], device)).set_require_grad(false),
+            shift: Param::from_tensor(Tensor::zeros([self.d_model], device))
+                .set_require_grad(false),
             scale: Param::from_tensor(Tensor::ones([self.d_model], device)).set_require_grad(false),
         });
         Ok(Router {
@@ -159,7 +160,10 @@ impl<B: Backend> Router<B> {
         }
         let device = norm.shift.device();
         let shift: Vec<f32> = mean.iter().map(|m| *m as f32).collect();
-        let scale: Vec<f32> = var.iter().map(|v| (1.0 / v.sqrt().max(1e-6)) as f32).collect();
+        let scale: Vec<f32> = var
+            .iter()
+            .map(|v| (1.0 / v.sqrt().max(1e-6)) as f32)
+            .collect();
         norm.shift = Param::from_tensor(Tensor::from_data(TensorData::new(shift, [d]), &device))
             .set_require_grad(false);
         norm.scale = Param::from_tensor(Tensor::from_data(TensorData::new(scale, [d]), &device))

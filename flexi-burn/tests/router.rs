@@ -172,3 +172,54 @@ fn class_rank_map_parses_and_maps() {
         .unwrap_err();
     assert!(bad.to_string().contains("num_classes = 1"), "{bad}");
 }
+
+#[test]
+fn input_standardisation_uses_the_training_statistics() {
+    // Features with offsets 100 + j and spreads 0.01 (j + 1): the standardised router equals
+    // the plain router applied to (x - mean) / std, with hand-computed statistics.
+    let device = Default::default();
+    let rows: Vec<Vec<f32>> = (0..4)
+        .map(|i| {
+            (0..D)
+                .map(|j| 100.0 + j as f32 + 0.01 * (j + 1) as f32 * [-1.5, -0.5, 0.5, 1.5][i])
+                .collect()
+        })
+        .collect();
+    // mean = 100 + j, population std = 0.01 (j + 1) * sqrt(1.25).
+    let by_hand: Vec<f32> = rows
+        .iter()
+        .flat_map(|r| {
+            r.iter()
+                .enumerate()
+                .map(|(j, v)| (v - (100.0 + j as f32)) / (0.01 * (j + 1) as f32 * 1.25f32.sqrt()))
+        })
+        .collect();
+    let x = |v: Vec<f32>| Tensor::<Cpu, 2>::from_data(TensorData::new(v, [4, D]), &device);
+    let cfg = RouterConfig::new(D).with_hidden(Some(4));
+    let plain = cfg.init::<Cpu>(&device);
+    // (Evaluated before its layers are cloned: Burn initialises parameters lazily, and a clone
+    // of an uninitialised parameter draws its own values.)
+    let want = plain
+        .forward(x(by_hand))
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    let mut std_router = cfg
+        .clone()
+        .with_standardize(true)
+        .init::<Cpu>(&device)
+        .with_input_stats(&rows);
+    std_router.hidden = plain.hidden.clone();
+    std_router.output = plain.output.clone();
+    let got = std_router
+        .forward(x(rows.concat()))
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-3, "{got:?} vs {want:?}");
+    }
+    // A router built without standardisation ignores the statistics.
+    let same = cfg.init::<Cpu>(&device).with_input_stats(&rows);
+    assert!(same.input_norm.is_none());
+}
