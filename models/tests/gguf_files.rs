@@ -147,6 +147,33 @@ fn tensors_dequantise_to_hand_computed_values() {
 }
 
 #[test]
+fn offsets_and_sizes_that_overflow_are_errors_not_wraparounds() {
+    // One f32 tensor "a" of 4 elements, no metadata: its u64 offset is bytes 49..57 (magic,
+    // version, two counts = 24; name = 8 + 1; n_dims 4; ne 8; type 4).
+    let mut w = Writer::new(3);
+    w.f32_tensor("a", &[4], &[1.0; 4]);
+    let good = w.bytes();
+    GgufFile::from_bytes("t.gguf", good.clone()).unwrap();
+    assert_eq!(&good[49..57], &0u64.to_le_bytes());
+    // An aligned offset that wraps data_start + offset around to a small position.
+    let mut bad = good.clone();
+    bad[49..57].copy_from_slice(&(u64::MAX - 31).to_le_bytes());
+    let e = GgufFile::from_bytes("t.gguf", bad).unwrap_err();
+    assert!(
+        matches!(e, GgufError::Malformed { .. }) && e.to_string().contains("overflows"),
+        "{e}"
+    );
+    // Dimensions whose element count overflows u64: an error, not a panic or a wrap.
+    let mut w = Writer::new(3);
+    w.tensor("b", &[1 << 40, 1 << 40], 0, vec![0; 4]);
+    let e = GgufFile::from_bytes("t.gguf", w.bytes()).unwrap_err();
+    assert!(
+        matches!(e, GgufError::Malformed { .. }) && e.to_string().contains("overflow"),
+        "{e}"
+    );
+}
+
+#[test]
 fn truncated_files_name_what_is_cut() {
     let mut w = Writer::new(3);
     w.str("general.architecture", "llama");

@@ -161,10 +161,27 @@ impl TensorInfo {
         self.ne.iter().product::<u64>() as usize
     }
 
+    /// The number of bytes of the tensor's data, or `None` when the element count or the
+    /// byte count overflows `u64` or is not whole blocks (an untrusted header can claim
+    /// anything; [`GgufFile`] refuses such a tensor when the file is opened).
+    fn checked_n_bytes(&self) -> Option<u64> {
+        checked_bytes(&self.ne, self.ggml_type)
+    }
+
     /// The number of bytes of the tensor's data (validated when the file is opened).
     pub fn n_bytes(&self) -> usize {
         self.ggml_type.bytes_for(self.n_elements()).unwrap_or(0)
     }
+}
+
+/// Bytes of a tensor of `ne` elements of `ty`, or `None` on overflow or partial blocks.
+fn checked_bytes(ne: &[u64], ty: GgmlType) -> Option<u64> {
+    let n = ne.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))?;
+    let (bs, ts) = ty.block();
+    if !n.is_multiple_of(bs as u64) {
+        return None;
+    }
+    (n / bs as u64).checked_mul(ts as u64)
 }
 
 enum Bytes {
@@ -453,6 +470,12 @@ impl GgufFile {
             if tensor_index.insert(name.clone(), tensors.len()).is_some() {
                 return Err(malformed("duplicate tensor name".into()));
             }
+            if checked_bytes(&ne, ggml_type).is_none_or(|b| b > usize::MAX as u64) {
+                return Err(malformed(format!(
+                    "dimensions {ne:?} of {} give a size that overflows",
+                    ggml_type.name()
+                )));
+            }
             tensors.push(TensorInfo {
                 name,
                 ne,
@@ -463,8 +486,23 @@ impl GgufFile {
         let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
         let len = bytes.len() as u64;
         for t in &tensors {
-            let start = data_start + t.offset;
-            let end = start + t.n_bytes() as u64;
+            // Checked: an offset near u64::MAX must not wrap around to a small position.
+            let size = t.checked_n_bytes().unwrap_or(u64::MAX);
+            let (Some(start), Some(end)) = (
+                data_start.checked_add(t.offset),
+                data_start
+                    .checked_add(t.offset)
+                    .and_then(|s| s.checked_add(size)),
+            ) else {
+                return Err(GgufError::Malformed {
+                    path: path.clone(),
+                    what: format!("tensor {}", t.name),
+                    reason: format!(
+                        "data offset {} + {size} bytes overflows the file position",
+                        t.offset
+                    ),
+                });
+            };
             if end > len {
                 return Err(GgufError::Truncated {
                     path: path.clone(),
