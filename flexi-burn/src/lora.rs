@@ -17,6 +17,10 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::linear;
 use burn::tensor::{Tensor, TensorData};
 
+use std::any::Any;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
 use crate::error::FlexiError;
 
 /// `x [rows, d_in]` through a [`Linear`] (Burn layout `[d_in, d_out]`) as one 2-D matmul.
@@ -111,11 +115,76 @@ impl ScalePolicy {
 ///
 /// This is the explicit rank argument of every adapted forward pass; models pass the same
 /// value to every adapted layer, so a sample uses one rank throughout the network.
+///
+/// A batch that mixes ranks builds its per-sample prefix mask on the device once and every
+/// adapted layer with the same settings reuses it (a model with 120 adapted projections would
+/// otherwise upload 120 copies from the host per forward pass); clones share that cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SampleRanks {
     ranks: Vec<usize>,
     frozen_prefix: bool,
+    masks: MaskCache,
 }
+
+/// The device masks built for one [`SampleRanks`] (see [`FlexiLinear`]'s prefix mask), keyed
+/// by everything a mask depends on besides the ranks: backend and tensor rank (by type), the
+/// device, the widest rank and the scale of each rank.
+#[derive(Clone, Default)]
+struct MaskCache(Arc<Mutex<Vec<Box<dyn Any + Send + Sync>>>>);
+
+/// One cached mask.
+struct MaskEntry<B: Backend, const D: usize> {
+    device: B::Device,
+    r_hi: usize,
+    /// `s(r)` per sample as f32 bits (all 1.0 with a learned scale).
+    scales: Vec<u32>,
+    mask: Tensor<B, D>,
+}
+
+impl MaskCache {
+    fn get_or_build<B: Backend, const D: usize>(
+        &self,
+        device: &B::Device,
+        r_hi: usize,
+        scales: &[f32],
+        build: impl FnOnce() -> Tensor<B, D>,
+    ) -> Tensor<B, D> {
+        let bits: Vec<u32> = scales.iter().map(|s| s.to_bits()).collect();
+        // A poisoned lock only means another thread panicked mid-lookup: the entries are
+        // whole (pushed after being built), so keep using them.
+        let mut entries = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let hit = entries.iter().find_map(|e| {
+            e.downcast_ref::<MaskEntry<B, D>>()
+                .filter(|e| e.r_hi == r_hi && e.scales == bits && &e.device == device)
+        });
+        if let Some(e) = hit {
+            return e.mask.clone();
+        }
+        let mask = build();
+        entries.push(Box::new(MaskEntry::<B, D> {
+            device: device.clone(),
+            r_hi,
+            scales: bits,
+            mask: mask.clone(),
+        }));
+        mask
+    }
+}
+
+impl fmt::Debug for MaskCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MaskCache")
+    }
+}
+
+/// Two rank arguments are equal when their ranks and mode are; the cache is not compared.
+impl PartialEq for MaskCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for MaskCache {}
 
 impl SampleRanks {
     /// Per-sample ranks.
@@ -123,6 +192,7 @@ impl SampleRanks {
         Self {
             ranks,
             frozen_prefix: false,
+            masks: MaskCache::default(),
         }
     }
 
@@ -485,7 +555,7 @@ impl<B: Backend> FlexiLinear<B> {
             }
         } else {
             // Per-sample prefix mask (carrying s(r_i)), broadcast over the sample's rows.
-            let mask = self.prefix_mask::<3>(ranks.as_slice(), r_hi, &h.device());
+            let mask = self.prefix_mask::<3>(ranks, r_hi, &h.device());
             let mut h = h.reshape([batch, rows / batch, r_hi]).mul(mask);
             if self.rank_scale.is_some() {
                 h = h.mul(self.learned_scale::<3>(ranks.as_slice()));
@@ -526,22 +596,28 @@ impl<B: Backend> FlexiLinear<B> {
     /// `[batch, 1, ..., 1, r_hi]` to broadcast over the middle dimensions.
     fn prefix_mask<const D: usize>(
         &self,
-        ranks: &[usize],
+        ranks: &SampleRanks,
         r_hi: usize,
         device: &B::Device,
     ) -> Tensor<B, D> {
-        let mut values = Vec::with_capacity(ranks.len() * r_hi);
-        for &r in ranks {
-            let s = match self.rank_scale {
+        let scales: Vec<f32> = ranks
+            .as_slice()
+            .iter()
+            .map(|&r| match self.rank_scale {
                 None => self.scale.scale(self.alpha, r) as f32,
                 Some(_) => 1.0,
-            };
-            values.extend((0..r_hi).map(|j| if j < r { s } else { 0.0 }));
-        }
-        let mut shape = [1usize; D];
-        shape[0] = ranks.len();
-        shape[D - 1] = r_hi;
-        Tensor::from_data(TensorData::new(values, shape), device)
+            })
+            .collect();
+        ranks.masks.get_or_build(device, r_hi, &scales, || {
+            let mut values = Vec::with_capacity(scales.len() * r_hi);
+            for (&r, &s) in ranks.as_slice().iter().zip(&scales) {
+                values.extend((0..r_hi).map(|j| if j < r { s } else { 0.0 }));
+            }
+            let mut shape = [1usize; D];
+            shape[0] = scales.len();
+            shape[D - 1] = r_hi;
+            Tensor::from_data(TensorData::new(values, shape), device)
+        })
     }
 
     /// Per-sample learned scale `s(r_i)` shaped `[batch, 1, ..., 1]` (0 for rank 0),

@@ -462,3 +462,34 @@ fn adalora_svd_form_computes_b_diag_e_a() {
     let ge = to_vec(layer.lora_e.as_ref().unwrap().grad(&grads).unwrap());
     assert!(ge.iter().all(|g| *g != 0.0), "{ge:?}");
 }
+
+#[test]
+fn a_rank_argument_shared_by_layers_of_other_settings_gives_each_its_own_mask() {
+    // The mixed-rank prefix mask is built once per rank argument and reused by every layer
+    // with the same settings; a layer with another alpha, scale policy, r_max or backend
+    // must not pick up a mask built for another.
+    let device = Default::default();
+    let ranks = SampleRanks::new(vec![1, 3, 0]);
+    let x = tensor::<Cpu, 3>([3, SEQ, D_IN], 31, &device);
+    let mut layers = vec![
+        layer::<Cpu>(D_IN, D_OUT, R_MAX, ScalePolicy::AlphaOverRank, &device),
+        layer::<Cpu>(D_IN, D_OUT, R_MAX, ScalePolicy::AlphaOverSqrtRank, &device),
+        layer::<Cpu>(D_IN, D_OUT, R_MAX, ScalePolicy::Learned, &device),
+        layer::<Cpu>(D_IN, D_OUT, 3, ScalePolicy::AlphaOverRank, &device),
+    ];
+    let mut other_alpha = layer::<Cpu>(D_IN, D_OUT, R_MAX, ScalePolicy::AlphaOverRank, &device);
+    other_alpha.alpha = 9.0;
+    layers.push(other_alpha);
+    for (i, l) in layers.iter().enumerate() {
+        let shared = to_vec(l.forward(x.clone(), &ranks));
+        let fresh = to_vec(l.forward(x.clone(), &SampleRanks::new(vec![1, 3, 0])));
+        assert_eq!(shared, fresh, "layer {i}");
+    }
+    // The same argument under autodiff (another backend type) as well.
+    let ad = layer::<CpuAd>(D_IN, D_OUT, R_MAX, ScalePolicy::AlphaOverRank, &device);
+    let x_ad = tensor::<CpuAd, 3>([3, SEQ, D_IN], 31, &device);
+    assert_eq!(
+        to_vec(ad.forward(x_ad, &ranks)),
+        to_vec(layers[0].forward(x, &SampleRanks::new(vec![1, 3, 0])))
+    );
+}
