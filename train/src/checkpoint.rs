@@ -42,6 +42,46 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     }
 }
 
+/// Writes `bytes` to `path` so that a reader (or a process killed mid-write) only ever sees the
+/// old file or the whole new one: written to `path` + `.tmp`, synced, then renamed over it.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    write_synced(&tmp, bytes)?;
+    fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// Keeps the lines of `metrics.jsonl` for steps up to `step` (a resumed run recomputes the
+/// steps after its checkpoint and appends them again) and drops a torn last line left by a
+/// killed process. Lines that do not parse are dropped too. A missing file is fine.
+pub fn trim_metrics(path: &Path, step: usize) -> Result<()> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(TrainError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            });
+        }
+    };
+    let kept: String = text
+        .split_inclusive('\n')
+        .filter(|line| line.ends_with('\n'))
+        .filter(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s as usize <= step)
+        })
+        .collect();
+    if kept.len() == text.len() {
+        return Ok(());
+    }
+    write_atomic(path, kept.as_bytes())
+}
+
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = fs::File::create(path).map_err(io(path))?;
     f.write_all(bytes).map_err(io(path))?;

@@ -83,7 +83,7 @@ impl RunInfo {
     pub fn write(&self, dir: &Path) -> Result<()> {
         let p = dir.join(Self::FILE);
         let json = serde_json::to_vec_pretty(self).map_err(|e| TrainError::Model(e.to_string()))?;
-        std::fs::write(&p, json).map_err(|e| TrainError::Io { path: p, source: e })
+        crate::checkpoint::write_atomic(&p, &json)
     }
 }
 

@@ -304,6 +304,8 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
             ProgressBar::hidden()
         };
         let metrics_path = self.out.join("metrics.jsonl");
+        // Steps after the checkpoint are done again: their old lines go.
+        crate::checkpoint::trim_metrics(&metrics_path, start)?;
         let mut metrics = OpenOptions::new()
             .create(true)
             .append(true)
