@@ -460,3 +460,39 @@ fn a_kv_cache_reused_at_other_ranks_is_an_error() {
         .unwrap();
     assert_eq!(cache.len(), 4);
 }
+
+#[test]
+fn an_exported_adalora_adapter_gives_pefts_logits() {
+    // `tiny_tied/adalora_peft`: an AdaLoRA run of the tiny Llama (init_r 6, pruned to
+    // different kept counts per layer), written by `cargo xtask export --format peft` as a
+    // plain LoRA of its kept components; `peft_logits.safetensors` holds the logits PEFT
+    // computes from that directory (`tools/peft_export_check.py --write`). Read here, the
+    // adapter gives the same logits.
+    let dir = fixture("tiny_tied");
+    let adapter = dir.join("adalora_peft");
+    let refs = reference(adapter.join("peft_logits.safetensors"));
+    let model = load_llama_with_peft::<B>(&dir, &adapter, &Default::default()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(adapter.join("adapter_config.json")).unwrap())
+            .unwrap();
+    let r = config["r"].as_u64().unwrap() as usize;
+    let ids: Vec<u32> = vec![1, 5, 9, 13, 17, 2, 4, 6];
+    let batch = PaddedBatch::left_pad(&[ids], 0);
+    let ours = to_vec(model.forward(&batch, &SampleRanks::uniform(1, r)).unwrap());
+    let theirs = &refs["logits"].f;
+    let base = to_vec(model.forward(&batch, &SampleRanks::uniform(1, 0)).unwrap());
+    let d = ours
+        .iter()
+        .zip(theirs)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let moved = base
+        .iter()
+        .zip(theirs)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    println!(
+        "adalora export (r = {r}): max abs diff to PEFT {d:.2e}, adapter moves logits {moved:.2e}"
+    );
+    assert_eq!(ours.len(), theirs.len());
+    assert!(d <= 1e-4, "{d}");
+    assert!(moved > 1e-2, "the adapter changes the logits: {moved}");
+}

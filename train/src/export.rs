@@ -7,9 +7,11 @@
 //! `alpha / sqrt(r)` through `lora_alpha` and `use_rslora`, a learned per-rank scale by
 //! folding `s(r) / (alpha / r)` into `lora_B`.
 //!
-//! Covered: Llama runs of LoRA, DyLoRA (default: its eval rank), DyLoRA+ and Flexi-LoRA
-//! (default: `r_max`). Not yet: AdaLoRA (PEFT's `lora_E` layout), full fine-tuning (a merged
-//! checkpoint instead) and Whisper targets.
+//! Covered: Llama runs of LoRA, DyLoRA (default: its eval rank), DyLoRA+, Flexi-LoRA
+//! (default: `r_max`) and AdaLoRA, written as a plain LoRA of the components its pruning kept
+//! (`E` folded into `B`; every layer at the largest kept count, zero-padded). Not yet: PEFT's
+//! own AdaLoRA layout (`lora_E`), full fine-tuning (a merged checkpoint instead) and Whisper
+//! targets.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -96,7 +98,17 @@ fn write_peft<B: Backend>(
     };
     let cfg = &info.config;
     match &cfg.method {
-        Method::Adalora(_) => return Err(unsupported("AdaLoRA runs")),
+        Method::Adalora(_) => {
+            if let Some(r) = rank {
+                return Err(TrainError::Config {
+                    key: "rank".into(),
+                    message: format!(
+                        "an AdaLoRA run is exported at the rank its pruning kept, not at a chosen \
+                         rank ({r}): leave --rank out"
+                    ),
+                });
+            }
+        }
         Method::Full => {
             return Err(TrainError::Config {
                 key: "export".into(),
@@ -105,7 +117,33 @@ fn write_peft<B: Backend>(
         }
         _ => {}
     }
-    let rank = checked_rank(&cfg.method, rank)?;
+    let adapters = model.adapters();
+    // AdaLoRA: `s B diag(E) A` with pruned components at E = 0, written as a plain LoRA of
+    // the kept components (E folded into B). Layers keep different numbers of components;
+    // all are written at the largest kept count, zero-padded (a zero row of A and column of B
+    // add nothing), so that the adapter has one `r` as every PEFT server expects.
+    let kept: Option<Vec<Vec<usize>>> = match &cfg.method {
+        Method::Adalora(_) => Some(
+            adapters
+                .iter()
+                .map(|(_, layer)| match &layer.lora_e {
+                    Some(e) => HostTensor::of(e.val())
+                        .values
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, v)| **v != 0.0)
+                        .map(|(j, _)| j)
+                        .collect(),
+                    None => (0..layer.r_max()).collect(),
+                })
+                .collect(),
+        ),
+        _ => None,
+    };
+    let rank = match &kept {
+        Some(k) => k.iter().map(Vec::len).max().unwrap_or(0).max(1),
+        None => checked_rank(&cfg.method, rank)?,
+    };
     let alpha = cfg.adapter.alpha;
     let (lora_alpha, use_rslora) = match cfg.adapter.scale {
         ScalePolicy::AlphaOverSqrtRank => (alpha, true),
@@ -117,16 +155,21 @@ fn write_peft<B: Backend>(
         lora_alpha / rank as f64
     };
     let mut tensors = BTreeMap::new();
-    let adapters = model.adapters();
-    for (path, layer) in &adapters {
+    for (l, (path, layer)) in adapters.iter().enumerate() {
         let (d_in, d_out) = (layer.d_input(), layer.d_output());
-        let a = HostTensor::of(layer.lora_a.val().slice([0..rank, 0..d_in]));
-        let mut b = HostTensor::of(layer.lora_b.val().slice([0..d_out, 0..rank]));
-        // PEFT applies `peft_scale`; the run applies `s(rank)` (learned, or equal).
-        let fold = (layer.scale_at(rank) / peft_scale) as f32;
-        if (fold - 1.0).abs() > f32::EPSILON {
-            b.values.iter_mut().for_each(|v| *v *= fold);
-        }
+        let (a, b) = match &kept {
+            Some(kept) => adalora_factors(layer, &kept[l], rank, peft_scale),
+            None => {
+                let a = HostTensor::of(layer.lora_a.val().slice([0..rank, 0..d_in]));
+                let mut b = HostTensor::of(layer.lora_b.val().slice([0..d_out, 0..rank]));
+                // PEFT applies `peft_scale`; the run applies `s(rank)` (learned, or equal).
+                let fold = (layer.scale_at(rank) / peft_scale) as f32;
+                if (fold - 1.0).abs() > f32::EPSILON {
+                    b.values.iter_mut().for_each(|v| *v *= fold);
+                }
+                (a, b)
+            }
+        };
         let prefix = peft_prefix(path);
         tensors.insert(format!("{prefix}.lora_A.weight"), a);
         tensors.insert(format!("{prefix}.lora_B.weight"), b);
@@ -164,6 +207,46 @@ fn write_peft<B: Backend>(
         use_rslora,
         layers: adapters.len(),
     })
+}
+
+/// An AdaLoRA layer's kept components as plain LoRA factors of rank `rank`:
+/// `A' [rank, in]` = the kept rows of `A`, `B' [out, rank]` = the kept columns of `B` times
+/// their `E` and `s(r_max) / peft_scale`, zero beyond the kept count.
+fn adalora_factors<B: Backend>(
+    layer: &flexi_burn::FlexiLinear<B>,
+    kept: &[usize],
+    rank: usize,
+    peft_scale: f64,
+) -> (HostTensor, HostTensor) {
+    let (d_in, d_out, r_max) = (layer.d_input(), layer.d_output(), layer.r_max());
+    let a = HostTensor::of(layer.lora_a.val());
+    let b = HostTensor::of(layer.lora_b.val());
+    let e = layer
+        .lora_e
+        .as_ref()
+        .map(|e| HostTensor::of(e.val()).values)
+        .unwrap_or_else(|| vec![1.0; r_max]);
+    // The forward pass at r_max: s(r_max) * B diag(E) A.
+    let fold = layer.scale_at(r_max) / peft_scale;
+    let mut a2 = vec![0f32; rank * d_in];
+    let mut b2 = vec![0f32; d_out * rank];
+    for (i, &j) in kept.iter().enumerate() {
+        a2[i * d_in..(i + 1) * d_in].copy_from_slice(&a.values[j * d_in..(j + 1) * d_in]);
+        let col = (e[j] as f64 * fold) as f32;
+        for o in 0..d_out {
+            b2[o * rank + i] = b.values[o * r_max + j] * col;
+        }
+    }
+    (
+        HostTensor {
+            shape: vec![rank, d_in],
+            values: a2,
+        },
+        HostTensor {
+            shape: vec![d_out, rank],
+            values: b2,
+        },
+    )
 }
 
 /// What [`merge_hf`] wrote.

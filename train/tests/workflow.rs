@@ -662,6 +662,78 @@ fn a_run_exported_as_a_peft_adapter_gives_the_same_logits() {
             assert!(moved > 1e-3, "the adapter changes the logits");
         }
     }
+    // AdaLoRA, pruned to different kept counts per layer: exported as a plain LoRA of its
+    // kept components at the largest kept count, it equals the run at r_max (E folded in).
+    let cfg = TrainConfig {
+        method: Method::Adalora(train::adalora::AdaLoraConfig {
+            init_r: 6,
+            target_r: 2,
+            tinit: 1,
+            tfinal: 1,
+            delta_t: 1,
+            ..Default::default()
+        }),
+        batch_size: 4,
+        max_steps: 6,
+        max_len: 64,
+        lr: 2e-2,
+        seed: 5,
+        ..Default::default()
+    };
+    let run_dir = dir.join("adalora");
+    fit(
+        fixture("tiny_tied"),
+        cfg,
+        None,
+        false,
+        run_dir.clone(),
+        &examples,
+    )
+    .unwrap();
+    let run = FlexiRun::<B>::load(&run_dir, &device).unwrap();
+    let train::run::RunModel::Text { model, .. } = &run.model else {
+        panic!("a text run")
+    };
+    let kept: Vec<usize> = flexi_burn::Adapters::adapters(model.as_ref())
+        .iter()
+        .map(|(_, l)| {
+            let e = l.lora_e.as_ref().unwrap().val().into_data();
+            e.to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .filter(|v| **v != 0.0)
+                .count()
+        })
+        .collect();
+    let out = dir.join("adalora-peft");
+    let e = train::export::export_peft(&run, None, &out).unwrap();
+    assert_eq!(
+        e.rank,
+        *kept.iter().max().unwrap(),
+        "kept per layer: {kept:?}"
+    );
+    assert!(e.rank < 6, "pruning kept fewer than init_r: {kept:?}");
+    let peft: Llama<B> = load_llama_with_peft(fixture("tiny_tied"), &out, &device).unwrap();
+    let want = to_vec(model.forward(&batch, &SampleRanks::uniform(2, 6)).unwrap());
+    let got = to_vec(
+        peft.forward(&batch, &SampleRanks::uniform(2, e.rank))
+            .unwrap(),
+    );
+    let d = want
+        .iter()
+        .zip(&got)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    println!(
+        "adalora (kept {kept:?}) as LoRA r = {}: max abs diff {d:.2e}",
+        e.rank
+    );
+    assert!(d <= 1e-5, "adalora: {d}");
+    // It is exported at its kept rank, not at a chosen one.
+    let err = train::export::export_peft(&run, Some(2), &dir.join("bad"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("leave --rank out"), "{err}");
+
     // A base model or a rank beyond r_max cannot be exported.
     let run = FlexiRun::<B>::load(&dir.join("dylora"), &device).unwrap();
     let err = train::export::export_peft(&run, Some(9), &dir.join("bad"))
