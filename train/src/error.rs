@@ -47,6 +47,18 @@ pub enum TrainError {
         /// Example ids of the batch.
         examples: Vec<String>,
     },
+    /// Another run holds the directory ([`crate::lock::RunLock`]).
+    #[error(
+        "{} is in use by another run ({holder}); wait for it to finish or choose another output \
+         directory",
+        dir.display()
+    )]
+    Locked {
+        /// The run directory.
+        dir: PathBuf,
+        /// Who holds it (`pid 1234, started 2026-12-03T18:40:00Z`).
+        holder: String,
+    },
     /// No training data.
     #[error("empty training set: {0}")]
     EmptyData(String),

@@ -12,6 +12,7 @@
 //! - [`lr`]: learning-rate schedules.
 //! - [`adalora`]: AdaLoRA's importance scores, cubic budget, pruning and orthogonality penalty.
 //! - [`checkpoint`]: atomic checkpoint directories.
+//! - [`lock`]: one writer per run directory ([`RunLock`], an OS advisory lock on `DIR/.lock`).
 //! - [`params`]: stable parameter ids, trainable tensors to/from safetensors.
 //! - [`router`]: training the Flexi-LoRA router.
 //! - [`workflow`]: label -> router -> fit as library calls ([`workflow::label`],
@@ -26,6 +27,7 @@ pub mod config;
 pub mod error;
 pub mod export;
 pub mod lm;
+pub mod lock;
 pub mod lr;
 pub mod params;
 pub mod router;
@@ -35,5 +37,6 @@ pub mod workflow;
 
 pub use config::{Method, TrainConfig};
 pub use error::{Result, TrainError};
+pub use lock::RunLock;
 pub use run::{FlexiRun, RunInfo};
 pub use trainer::{Objective, TrainSummary, Trainer};

@@ -446,7 +446,9 @@ pub struct Fitted {
 
 /// Fine-tunes `spec.model` on `examples` with `spec.config`'s method and writes the run
 /// directory (checkpoints, `metrics.jsonl`, `run.json`). Flexi-LoRA routes every example with
-/// the frozen router first; each example carries its rank into its batch.
+/// the frozen router first; each example carries its rank into its batch. The run holds
+/// `spec.out`'s [`crate::RunLock`] throughout: when another run holds it, this returns
+/// [`TrainError::Locked`] at once.
 pub fn fit<B: AutodiffBackend>(
     spec: &FitSpec,
     examples: &[Example],
@@ -463,6 +465,9 @@ pub fn fit<B: AutodiffBackend>(
             message: "Flexi-LoRA needs a trained router (`cargo xtask router`)".into(),
         });
     }
+    // One run per directory: a second `fit` on `spec.out` (this process or another) is
+    // refused here, before anything is written, and the lock holds until the run is done.
+    let _lock = crate::lock::RunLock::acquire(&spec.out)?;
     let speech = models::auto::is_whisper(&spec.model);
     let router = match (&cfg.method, &spec.router) {
         (Method::Flexi { .. }, Some(dir)) => {

@@ -22,7 +22,7 @@ use flexi_burn::backend::{self, BackendJob, BackendKind};
 use infer::{EvalReport, EvalSettings};
 use serde::Serialize;
 use train::workflow::{self, BaseModel, FitSpec, RouterSpec};
-use train::{FlexiRun, Method, TrainConfig};
+use train::{FlexiRun, Method, RunLock, TrainConfig};
 
 pub use train::RunInfo;
 
@@ -112,6 +112,8 @@ impl BackendJob for LabelJob {
     type Output = Result<()>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let a = self.0;
+        // One writer per output directory, held until the labels are written.
+        let _lock = RunLock::acquire(&a.out)?;
         let examples = read_examples(&a.data, a.common.limit)?;
         let base = a.common.base::<B::InnerBackend>(&device)?;
         let labels = workflow::label(&base, &examples, &a.common.settings(), a.threshold, a.seed)?;
@@ -185,6 +187,7 @@ impl BackendJob for RouterJob {
     type Output = Result<()>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let a = self.0;
+        let _lock = RunLock::acquire(&a.out)?;
         let spec = RouterSpec {
             class_ranks: a.ranks.parse()?,
             training: train::router::RouterTraining {
@@ -445,6 +448,15 @@ impl BackendJob for EvalJob {
     type Output = Result<EvalSummary>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<EvalSummary> {
         let a = self.0;
+        // The directory `eval.json` goes to (the run's, by default) is held for the whole
+        // evaluation: a run that is still training there is refused, not read half-written.
+        // (A missing run directory is not created: loading it reports it.)
+        let target = match (&a.out, &a.run) {
+            (Some(out), _) => Some(out),
+            (None, Some(run)) if run.is_dir() => Some(run),
+            _ => None,
+        };
+        let _lock = target.map(|dir| RunLock::acquire(dir)).transpose()?;
         // Inference on the plain backend: the run's model, adapter and rank policy (router
         // included), or the base model at rank 0.
         let run: FlexiRun<B::InnerBackend> = match (&a.run, a.base) {
