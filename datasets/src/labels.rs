@@ -183,19 +183,33 @@ pub fn balanced_split(samples: &[LabeledSample], seed: u64) -> Result<Vec<Labele
     Ok(out)
 }
 
-/// Writes samples as JSONL.
+/// Writes labelled samples as JSONL, one object per line. The file is replaced whole or not
+/// at all: the lines go to `path` + `.tmp`, which is synced and renamed over `path`, so a
+/// full disk (or a killed process) leaves the previous file as it was; the error names `path`.
 pub fn write_jsonl(path: impl AsRef<Path>, samples: &[LabeledSample]) -> Result<()> {
     let path = path.as_ref();
     let werr = |source| DataError::Write {
         path: path.to_path_buf(),
         source,
     };
-    let mut w = BufWriter::new(File::create(path).map_err(werr)?);
-    for s in samples {
-        let line = serde_json::to_string(s).map_err(|e| werr(std::io::Error::other(e)))?;
-        writeln!(w, "{line}").map_err(werr)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    fn write_all(tmp: &Path, path: &Path, samples: &[LabeledSample]) -> std::io::Result<()> {
+        let mut w = BufWriter::new(File::create(tmp)?);
+        for s in samples {
+            let line = serde_json::to_string(s).map_err(std::io::Error::other)?;
+            writeln!(w, "{line}")?;
+        }
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        std::fs::rename(tmp, path)
     }
-    w.flush().map_err(werr)
+    let written = write_all(&tmp, path, samples);
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(werr)
 }
 
 /// Reads labelled samples from JSONL (errors name the line).

@@ -392,3 +392,32 @@ fn difficulty_labels_and_balanced_split() {
     let err = read_scores_jsonl(&scores_path).expect_err("missing score");
     assert!(matches!(err, DataError::Malformed { line: 2, .. }), "{err}");
 }
+
+#[test]
+fn a_full_disk_while_writing_labels_keeps_the_previous_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("labels.jsonl");
+    let old = label_scores(vec![("a", 1.0), ("b", 0.0)], LabelRule::AtLeast(0.5)).expect("old");
+    write_jsonl(&path, &old).expect("first write");
+    let before = std::fs::read(&path).expect("read");
+    // The next write's temporary file lands on /dev/full: every write fails with ENOSPC.
+    std::os::unix::fs::symlink("/dev/full", dir.path().join("labels.jsonl.tmp")).expect("link");
+    let new = label_scores(vec![("c", 1.0)], LabelRule::AtLeast(0.5)).expect("new");
+    let err = write_jsonl(&path, &new).expect_err("disk full");
+    let msg = err.to_string();
+    assert!(matches!(err, DataError::Write { .. }), "{msg}");
+    assert!(
+        msg.starts_with(&format!("{}: cannot write: ", path.display()))
+            && msg.contains("No space left on device"),
+        "{msg}"
+    );
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        before,
+        "the old labels"
+    );
+    assert_eq!(read_jsonl(&path).expect("read back"), old);
+    // Once there is room again, the file is replaced whole.
+    write_jsonl(&path, &new).expect("write");
+    assert_eq!(read_jsonl(&path).expect("read back"), new);
+}

@@ -106,6 +106,12 @@ impl LmText {
         ))
     }
 
+    /// Refuses a tokenizer whose ids do not fit a model of `vocab_size` embeddings (the
+    /// tokenizer of another model), naming the tokenizer file and both sizes.
+    pub fn check_vocab(&self, vocab_size: usize) -> Result<()> {
+        Ok(self.tokenizer.check_vocab(vocab_size)?)
+    }
+
     /// Wraps a tokenizer; the chat template is used when `use_chat` and the tokenizer has one.
     pub fn new(tokenizer: Tokenizer, use_chat: bool) -> Self {
         let chat = use_chat.then(|| tokenizer.chat_template()).flatten();

@@ -275,3 +275,58 @@ fn prompt_longer_than_context_and_bad_tokens_are_refused() {
         .unwrap_err();
     assert!(matches!(err, LlamaError::Flexi(_)), "{err}");
 }
+
+#[test]
+fn a_whisper_checkpoint_is_not_a_llama() {
+    // A Whisper directory given where a Llama is expected: refused by its model_type, not
+    // reported as a missing Llama field.
+    let dir = fixture("whisper_tiny");
+    let err = load(&dir).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, LlamaError::ConfigField { field, .. } if field == "model_type"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&dir.join("config.json").display().to_string())
+            && msg.contains(
+                "field `model_type`: is \"whisper\", expected \"llama\" (this is not a Llama checkpoint)"
+            ),
+        "{msg}"
+    );
+}
+
+/// A copy of tiny_tied's `tokenizer.json` with `extra` more tokens (ids 300..300 + extra),
+/// as the tokenizer of a model with a larger vocabulary would have.
+fn tokenizer_with_extra_tokens(dir: &Path, extra: usize) {
+    let src = fixture("tiny_tied").join("tokenizer.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src).unwrap()).unwrap();
+    let vocab = v["model"]["vocab"].as_object_mut().unwrap();
+    let n = vocab.len();
+    for i in 0..extra {
+        vocab.insert(format!("extra{i}"), (n + i).into());
+    }
+    std::fs::write(dir.join("tokenizer.json"), v.to_string()).unwrap();
+}
+
+#[test]
+fn a_tokenizer_of_another_model_is_refused() {
+    let (_tmp, dir) = copy_fixture();
+    let vocab_size = LlamaConfig::from_dir(&dir).unwrap().vocab_size;
+    let own = models::llama::Tokenizer::from_dir(&dir).unwrap();
+    own.check_vocab(vocab_size).unwrap();
+    tokenizer_with_extra_tokens(&dir, 100);
+    let tok = models::llama::Tokenizer::from_dir(&dir).unwrap();
+    let err = tok.check_vocab(vocab_size).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, LlamaError::Tokenizer { .. }), "{msg}");
+    assert_eq!(
+        msg,
+        format!(
+            "tokenizer {}: has token ids up to 399, but the model's vocab_size is 320: it is the \
+             tokenizer of another model",
+            dir.join("tokenizer.json").display()
+        )
+    );
+}

@@ -151,6 +151,28 @@ fn bad_files_are_named() {
 }
 
 #[test]
+fn a_truncated_model_bin_on_disk_names_its_path() {
+    // A download cut short: the loader names the file on disk and the variable that is cut.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut b = Bin::new("WhisperSpec", 3);
+    b.f32("x", &[4], &[0.0; 4]);
+    let full = b.bytes();
+    let path = tmp.path().join("model.bin");
+    std::fs::write(&path, &full[..full.len() - 6]).unwrap();
+    let e = load_whisper_ct2::<B>(tmp.path(), &WhisperAdapter::none(), &Default::default())
+        .unwrap_err();
+    assert!(matches!(e, Ct2Error::Truncated { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with(&path.display().to_string())
+            && msg.contains("variable x")
+            && msg.contains("truncated"),
+        "{msg}"
+    );
+    println!("{msg}");
+}
+
+#[test]
 fn other_specs_and_revisions_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     for (spec, rev) in [("WhisperSpec", 2), ("TransformerSpec", 3)] {

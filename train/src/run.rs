@@ -154,9 +154,11 @@ impl<B: Backend> FlexiRun<B> {
             }
         } else {
             let m = crate::lm::load_adapted::<B>(&info.model, cfg, device)?;
+            let text = LmText::load(&info.model, info.chat)?;
+            text.check_vocab(m.config.vocab_size)?;
             RunModel::Text {
                 model: Box::new(load_newest(dir, m)?),
-                text: Box::new(LmText::load(&info.model, info.chat)?),
+                text: Box::new(text),
             }
         };
         let ranks = match (&cfg.method, &info.router) {
@@ -414,6 +416,7 @@ impl<B: Backend> FlexiRun<B> {
         let router = TrainedRouter::<B>::load(&router_dir, device)?;
         let input = router.meta.input.text(&router_dir)?;
         let text = LmText::load(base, input.chat_template.is_some())?;
+        text.check_vocab(model.config.vocab_size)?;
         input.check(&model, &text, &router_dir)?;
         let config = TrainConfig {
             method: Method::Flexi { class_ranks },

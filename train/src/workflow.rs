@@ -45,8 +45,9 @@ use crate::trainer::{TrainSummary, Trainer};
 /// Reads a data file (format detected), keeping the first `limit` examples; ids must be
 /// unique and the file non-empty.
 pub fn read_examples(path: &Path, limit: Option<usize>) -> Result<Vec<Example>> {
-    let data = read_all(path, &ReadOptions::default())
-        .map_err(|e| TrainError::EmptyData(format!("{}: {e}", path.display())))?;
+    // The reader's own error names the file (and line): a missing or malformed file is not
+    // reported as an empty training set.
+    let data = read_all(path, &ReadOptions::default()).map_err(infer::InferError::from)?;
     let mut ex = data.examples;
     if let Some(n) = limit {
         ex.truncate(n);
@@ -77,10 +78,12 @@ impl<B: Backend> TextModel<B> {
     pub fn load(path: &Path, chat: bool, device: &B::Device) -> Result<Self> {
         let model = models::auto::load_llama_any::<B>(path, &AdapterConfig::none(), device)
             .map_err(|e| TrainError::Model(format!("{}: {e}", path.display())))?;
+        let text = LmText::load(path, chat)?;
+        text.check_vocab(model.config.vocab_size)?;
         Ok(Self {
             path: path.to_path_buf(),
             model,
-            text: LmText::load(path, chat)?,
+            text,
         })
     }
 
@@ -250,13 +253,13 @@ impl Labels {
             path: dir.to_path_buf(),
             source: e,
         })?;
-        let data = |e: datasets::DataError| TrainError::EmptyData(e.to_string());
+        // Each file is replaced whole or not at all (a full disk keeps the previous one).
+        let data = |e: datasets::DataError| TrainError::Infer(e.into());
         write_jsonl(dir.join("labels.jsonl"), &self.labels).map_err(data)?;
         write_jsonl(dir.join("router_train.jsonl"), &self.balanced).map_err(data)?;
-        let p = dir.join("base_eval.json");
         let json = serde_json::to_vec_pretty(&self.report)
             .map_err(|e| TrainError::Model(e.to_string()))?;
-        std::fs::write(&p, json).map_err(|e| TrainError::Io { path: p, source: e })
+        crate::checkpoint::write_atomic(&dir.join("base_eval.json"), &json)
     }
 
     /// Easy and hard counts of all labels.
@@ -531,6 +534,7 @@ pub fn fit<B: AutodiffBackend>(
     } else {
         let text = LmText::load(&spec.model, spec.chat)?;
         let model = load_for_training::<B>(&spec.model, cfg, &device)?;
+        text.check_vocab(model.config.vocab_size)?;
         // Router ranks per example (Flexi-LoRA), from the frozen router. The router reads the
         // frozen token embedding, which the model to train shares with its base: no second
         // copy of the model is loaded.

@@ -519,7 +519,15 @@ fn a_full_disk_while_saving_keeps_the_previous_checkpoint() {
     std::fs::create_dir_all(&tmpdir).unwrap();
     std::os::unix::fs::symlink("/dev/full", tmpdir.join("weights.safetensors")).unwrap();
     let err = run(&cfg, &out, &batches(None), None, true).err().unwrap();
-    assert!(err.to_string().contains("No space left"), "{err}");
+    let msg = err.to_string();
+    assert!(matches!(err, TrainError::Io { .. }), "{msg}");
+    assert!(
+        msg.starts_with(&format!(
+            "{}: No space left on device",
+            tmpdir.join("weights.safetensors").display()
+        )),
+        "{msg}"
+    );
     let latest = std::fs::read_to_string(out.join("checkpoints/latest")).unwrap();
     assert_eq!(latest, "step-000002");
     assert!(

@@ -854,3 +854,74 @@ fn a_merged_checkpoint_is_the_run_at_its_rank() {
     // One bf16 rounding of W0 + s B A (8 mantissa bits) per merged weight.
     assert!(d <= 2e-2 * scale.max(1.0), "{d}");
 }
+
+#[test]
+fn a_tokenizer_of_another_model_is_refused_when_the_model_loads() {
+    // tiny_tied's weights (vocab_size 320) with the tokenizer of a larger vocabulary: refused
+    // when the model is loaded, naming the tokenizer file and both sizes, instead of an id
+    // out of range in the first forward pass.
+    let dir = tmp("other-tokenizer");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("tiny_tied").join(f), dir.join(f)).unwrap();
+    }
+    let mut v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("tiny_tied").join("tokenizer.json")).unwrap(),
+    )
+    .unwrap();
+    let vocab = v["model"]["vocab"].as_object_mut().unwrap();
+    let n = vocab.len();
+    for i in 0..100 {
+        vocab.insert(format!("extra{i}"), (n + i).into());
+    }
+    std::fs::write(dir.join("tokenizer.json"), v.to_string()).unwrap();
+    let Err(err) = TextModel::<B>::load(&dir, false, &Default::default()) else {
+        panic!("a tokenizer of 400 tokens for a model of 320 loaded");
+    };
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "tokenizer {}: has token ids up to 399, but the model's vocab_size is 320: it is the \
+             tokenizer of another model",
+            dir.join("tokenizer.json").display()
+        )
+    );
+}
+
+#[test]
+fn a_full_disk_while_writing_labels_keeps_the_previous_ones() {
+    use datasets::labels::{LabelRule, LabeledSample};
+    let dir = tmp("labels-full-disk");
+    let sample = |id: &str, score: f64, label: &str| -> LabeledSample {
+        serde_json::from_value(serde_json::json!({"id": id, "score": score, "label": label}))
+            .unwrap()
+    };
+    let labels = |samples: Vec<LabeledSample>| workflow::Labels {
+        report: infer::EvalReport {
+            tables: vec![],
+            mean_rank: 0.0,
+            activated_params: 0.0,
+            predictions: vec![],
+        },
+        balanced: samples.clone(),
+        labels: samples,
+        rule: LabelRule::AtLeast(0.5),
+    };
+    labels(vec![sample("a", 1.0, "easy"), sample("b", 0.0, "hard")])
+        .write(&dir)
+        .unwrap();
+    let before = std::fs::read(dir.join("labels.jsonl")).unwrap();
+    // The next labels.jsonl goes through labels.jsonl.tmp, here /dev/full (ENOSPC).
+    std::os::unix::fs::symlink("/dev/full", dir.join("labels.jsonl.tmp")).unwrap();
+    let err = labels(vec![sample("c", 1.0, "easy")])
+        .write(&dir)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(&format!(
+            "{}: cannot write: No space left on device",
+            dir.join("labels.jsonl").display()
+        )),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(dir.join("labels.jsonl")).unwrap(), before);
+}

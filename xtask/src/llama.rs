@@ -157,6 +157,7 @@ impl BackendJob for GenerateJob {
 fn generate_on<B: Backend>(args: GenerateArgs, device: &B::Device) -> Result<()> {
     let (model, rank) = args.model.load::<B>(device)?;
     let tok = models::auto::load_tokenizer_any(&args.model.model)?;
+    tok.check_vocab(model.config.vocab_size)?;
     let template = (!args.raw).then(|| tok.chat_template()).flatten();
     let prompts = args
         .prompt

@@ -122,7 +122,34 @@ fn bad_input_exits_non_zero_without_panicking() {
     let bad = bad_dir.to_str().unwrap();
     let out = scratch("never.safetensors");
     let out = out.to_str().unwrap();
+    // tiny_tied's weights with the tokenizer of a larger vocabulary (100 more tokens).
+    let other_tok = scratch("other-tokenizer");
+    std::fs::create_dir_all(&other_tok).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("tiny_tied").join(f), other_tok.join(f)).unwrap();
+    }
+    let mut v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("tiny_tied").join("tokenizer.json")).unwrap(),
+    )
+    .unwrap();
+    let vocab = v["model"]["vocab"].as_object_mut().unwrap();
+    let n = vocab.len();
+    for i in 0..100 {
+        vocab.insert(format!("extra{i}"), (n + i).into());
+    }
+    std::fs::write(other_tok.join("tokenizer.json"), v.to_string()).unwrap();
+    let other_tok_s = other_tok.to_str().unwrap();
+    let whisper = fixture("whisper_tiny");
+    let whisper = whisper.to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["generate", "--model", whisper, "--prompt", "x"],
+            "field `model_type`: is \"whisper\", expected \"llama\" (this is not a Llama checkpoint)",
+        ),
+        (
+            vec!["generate", "--model", other_tok_s, "--prompt", "x"],
+            "has token ids up to 399, but the model's vocab_size is 320: it is the tokenizer of another model",
+        ),
         (
             vec!["generate", "--model", "/nonexistent/model", "--prompt", "x"],
             "/nonexistent/model",
@@ -180,4 +207,5 @@ fn bad_input_exits_non_zero_without_panicking() {
         println!("{args:?} -> {}", stderr.lines().next().unwrap_or(""));
     }
     std::fs::remove_dir_all(&bad_dir).ok();
+    std::fs::remove_dir_all(&other_tok).ok();
 }

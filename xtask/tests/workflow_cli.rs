@@ -321,3 +321,112 @@ fn the_library_example_and_the_cli_agree_on_the_same_run() {
         "{preds:?}"
     );
 }
+
+/// `xtask ARGS` that must fail: its stderr, after checking the exit status and that nothing
+/// panicked.
+fn xtask_fails(args: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("xtask runs");
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{args:?} succeeded");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    stderr
+}
+
+#[test]
+fn bad_workflow_input_exits_non_zero_without_panicking() {
+    let dir = scratch("bad-input");
+    let tied = fixture("tiny_tied");
+    let tied = tied.to_str().unwrap();
+    let whisper = fixture("whisper_tiny");
+    let whisper = whisper.to_str().unwrap();
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../datasets/tests/fixtures");
+    let good = data.join("gsm8k.jsonl");
+    let good = good.to_str().unwrap();
+    let malformed = data.join("bad_gsm8k.jsonl");
+    let malformed = malformed.to_str().unwrap();
+    let empty = data.join("empty.jsonl");
+    let empty = empty.to_str().unwrap();
+    let missing = dir.join("no-such-train.jsonl");
+    let missing = missing.to_str().unwrap();
+    let out = dir.join("run");
+    let out_s = out.to_str().unwrap();
+    let not_audio = dir.join("notes.wav");
+    std::fs::write(&not_audio, "hello, this is not audio").unwrap();
+    let empty_audio = dir.join("empty.wav");
+    std::fs::write(&empty_audio, b"").unwrap();
+    let train = |data: &str, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["train", "--model", tied, "--data", data, "--out", out_s]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(["--method", "lora", "--rank", "2"].map(String::from));
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            train(missing, &[]),
+            format!("{missing}: cannot read: No such file or directory"),
+        ),
+        (
+            train(malformed, &[]),
+            format!("{malformed}:2: malformed record: "),
+        ),
+        (
+            train(empty, &[]),
+            format!("{empty}: the file holds no records (it is empty or holds only a header)"),
+        ),
+        (
+            train(good, &["--set", "lr=-1"]),
+            "config lr: -1 is not a positive number".into(),
+        ),
+        (
+            ["eval", "--run", missing, "--data", good]
+                .map(String::from)
+                .to_vec(),
+            format!("{missing}/run.json: No such file or directory"),
+        ),
+        (
+            [
+                "transcribe",
+                "--model",
+                whisper,
+                not_audio.to_str().unwrap(),
+            ]
+            .map(String::from)
+            .to_vec(),
+            format!("{}: unsupported audio: unknown format", not_audio.display()),
+        ),
+        (
+            [
+                "transcribe",
+                "--model",
+                whisper,
+                empty_audio.to_str().unwrap(),
+            ]
+            .map(String::from)
+            .to_vec(),
+            format!(
+                "{} (empty file): the audio has no samples",
+                empty_audio.display()
+            ),
+        ),
+    ];
+    for (args, needle) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let stderr = xtask_fails(&args);
+        assert!(
+            stderr.contains(&needle),
+            "{args:?}: {needle:?} not in {stderr}"
+        );
+        assert!(!stderr.contains("empty training set"), "{args:?}: {stderr}");
+        println!("{} -> {}", args[0], stderr.trim().replace('\n', " | "));
+    }
+    // Nothing was written for the failed runs.
+    assert!(!out.join("run.json").exists());
+    std::fs::remove_dir_all(&dir).ok();
+}

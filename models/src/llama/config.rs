@@ -161,6 +161,16 @@ impl LlamaConfig {
         };
         let f = Fields { path, obj };
 
+        // A config of another architecture (a Whisper, BERT, ... checkpoint) is refused by
+        // name instead of failing on the first Llama field it lacks.
+        if let Some(t) = f.get("model_type")
+            && t.as_str() != Some("llama")
+        {
+            return Err(f.err(
+                "model_type",
+                format!("is {t}, expected \"llama\" (this is not a Llama checkpoint)"),
+            ));
+        }
         let hidden_size = f.usize("hidden_size")?;
         let num_attention_heads = f.usize("num_attention_heads")?;
         let num_key_value_heads = f

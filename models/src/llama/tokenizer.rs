@@ -106,6 +106,20 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// Refuses a tokenizer whose token ids do not fit a model of `vocab_size` embeddings (the
+    /// tokenizer of another model): [`LlamaError::Tokenizer`] naming the file and both sizes.
+    /// A model may have more embeddings than the tokenizer has tokens (padded vocabularies).
+    pub fn check_vocab(&self, vocab_size: usize) -> Result<()> {
+        let max_id = self.inner.get_vocab(true).into_values().max();
+        match max_id {
+            Some(id) if id as usize >= vocab_size => Err(self.err(format!(
+                "has token ids up to {id}, but the model's vocab_size is {vocab_size}: it is \
+                 the tokenizer of another model"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// The model's chat template: its own Jinja template when it ships one, else the one the
     /// vocabulary implies (Llama 3 if it has `<|start_header_id|>`, ChatML if it has
     /// `<|im_start|>`), none otherwise.
