@@ -341,7 +341,9 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                 order_epoch = epoch;
             }
             B::seed(&self.device, mix(c.seed ^ 0xd0, step as u64));
-            let mut sampler = schedule
+            // One draw per optimizer step: every micro-batch of the step starts from the
+            // step's generator, so DyLoRA's rank b is the step's, whatever grad_accum is.
+            let step_sampler = schedule
                 .clone()
                 .map(|s| RankSampler::new(s, mix(c.seed ^ 0x7a, step as u64)));
             let first = (step % steps_per_epoch) * c.grad_accum;
@@ -354,8 +356,8 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
             for (mi, &bi) in micro.iter().enumerate() {
                 let batch = &batches[bi];
                 let n = objective.batch_len(batch);
-                let ranks = match &mut sampler {
-                    Some(s) => s.ranks(n, Phase::Train, objective.routed_ranks(batch))?,
+                let ranks = match step_sampler.clone() {
+                    Some(mut s) => s.ranks(n, Phase::Train, objective.routed_ranks(batch))?,
                     None => SampleRanks::uniform(n, 0),
                 };
                 let shared = StepShared {

@@ -411,6 +411,28 @@ fn ranks_reach_every_adapted_layer_as_each_method_says() {
         s.ranks.chunks(4).any(|c| c[0] != s.ranks[0]),
         "DyLoRA draws different ranks"
     );
+    // With gradient accumulation the rank is drawn per optimizer step, not per micro-batch:
+    // the two micro-batches of a step use the same rank (DyLoRA's b is the step's), and the
+    // steps of a grad_accum = 1 run draw the same sequence.
+    let mut accum = cfg.clone();
+    accum.grad_accum = 2;
+    accum.max_steps = 6;
+    let mut four = batches(None);
+    four.push(four[0].clone()); // 4 batches: every step has two micro-batches
+    let (_, s2) = run(&accum, &tmp("dylora-accum"), &four, None, false).unwrap();
+    assert_eq!(s2.ranks.len(), 6 * 8);
+    for step in s2.ranks.chunks(8) {
+        assert!(
+            step.iter().all(|r| *r == step[0]),
+            "one rank per optimizer step over its micro-batches: {step:?}"
+        );
+    }
+    let firsts: Vec<usize> = s2.ranks.chunks(8).map(|c| c[0]).collect();
+    let single: Vec<usize> = s.ranks.chunks(4).take(6).map(|c| c[0]).collect();
+    assert_eq!(
+        firsts, single,
+        "the draw of step k does not depend on grad_accum"
+    );
     // DyLoRA+ draws at inference too; DyLoRA uses eval_rank there.
     let plus = Method::DyloraPlus { r_max: 4 }.schedule().unwrap();
     let draws: Vec<usize> = (0..20)
