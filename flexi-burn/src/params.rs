@@ -179,6 +179,50 @@ pub fn lora_params_per_rank<B: Backend, M: crate::Adapters<B>>(module: &M) -> us
         .sum()
 }
 
+/// Activated LoRA parameters of a model at each rank `0..=r_max`: entry `r` is
+/// `sum over adapted layers of k_l(r) (d_in + d_out)`, where `k_l(r)` is `min(r, r_max_l)`,
+/// or, for an SVD-form (AdaLoRA) layer, the components below `r` that pruning kept (`E != 0`).
+/// So a pruned AdaLoRA adapter counts what it computes with (its budget), not its `init_r`.
+/// `E` itself is not counted (one number per component, as the paper's LoRA-r counts).
+pub fn activated_params_by_rank<B: Backend, M: crate::Adapters<B>>(module: &M) -> Vec<usize> {
+    let layers = module.adapters();
+    let r_max = layers.iter().map(|(_, l)| l.r_max()).max().unwrap_or(0);
+    let kept: Vec<(usize, Vec<bool>)> = layers
+        .iter()
+        .map(|(_, l)| {
+            let per = l.lora_a.dims()[1] + l.lora_b.dims()[0];
+            let live = match &l.lora_e {
+                Some(e) => e
+                    .val()
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .map(|v| v.iter().map(|x| *x != 0.0).collect())
+                    .unwrap_or_else(|_| vec![true; l.r_max()]),
+                None => vec![true; l.r_max()],
+            };
+            (per, live)
+        })
+        .collect();
+    (0..=r_max)
+        .map(|r| {
+            kept.iter()
+                .map(|(per, live)| per * live.iter().take(r).filter(|k| **k).count())
+                .sum()
+        })
+        .collect()
+}
+
+/// Average activated parameters per input for inputs that used `ranks`, from a table of
+/// [`activated_params_by_rank`] (ranks beyond the table count as its last entry).
+pub fn average_activated_params_by_rank(table: &[usize], ranks: &[usize]) -> f64 {
+    if ranks.is_empty() || table.is_empty() {
+        return 0.0;
+    }
+    let at = |r: usize| table[r.min(table.len() - 1)] as f64;
+    ranks.iter().map(|r| at(*r)).sum::<f64>() / ranks.len() as f64
+}
+
 /// `param` with new values `data` (same shape), keeping its id and, on autodiff backends,
 /// whether it requires a gradient (a fresh leaf). Loading checkpoints and seeded
 /// initialisation both replace parameters this way.

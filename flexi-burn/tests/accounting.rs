@@ -153,3 +153,45 @@ fn schedules_draw_ranks_as_the_paper_says() {
         }
     );
 }
+
+#[test]
+fn activated_parameters_count_what_each_rank_computes_with() {
+    use burn::module::Param;
+    use burn::tensor::{Tensor, TensorData};
+    let device = Default::default();
+    // Two plain layers (per rank 2048 + 512 and 2048 + 2048) of r_max 4: rank r activates
+    // r components of each.
+    let plain: Vec<flexi_burn::FlexiLinear<Cpu>> = [(2048, 512), (2048, 2048)]
+        .iter()
+        .map(|&(i, o)| FlexiLinearConfig::new(i, o, 4).init::<Cpu>(&device))
+        .collect();
+    let table = flexi_burn::params::activated_params_by_rank(&plain);
+    assert_eq!(table, vec![0, 6656, 13_312, 19_968, 26_624]);
+    // Flexi (1,4) on three inputs: (6656 + 26624 + 26624) / 3.
+    let avg = flexi_burn::params::average_activated_params_by_rank(&table, &[1, 4, 4]);
+    assert_eq!(avg, (6656.0 + 2.0 * 26_624.0) / 3.0);
+    // AdaLoRA (SVD form, init_r 4) pruned to components {0, 2} in the first layer and {1} in
+    // the second: its r_max counts 2 * 2560 + 1 * 4096, not 4 of each.
+    let mut svd: Vec<flexi_burn::FlexiLinear<Cpu>> = [(2048, 512), (2048, 2048)]
+        .iter()
+        .map(|&(i, o)| {
+            FlexiLinearConfig::new(i, o, 4)
+                .with_svd_form(true)
+                .init::<Cpu>(&device)
+        })
+        .collect();
+    for (layer, e) in svd
+        .iter_mut()
+        .zip([[0.5f32, 0.0, -0.1, 0.0], [0.0, 0.3, 0.0, 0.0]])
+    {
+        layer.lora_e = Some(Param::from_tensor(Tensor::from_data(
+            TensorData::new(e.to_vec(), [4]),
+            &device,
+        )));
+    }
+    let table = flexi_burn::params::activated_params_by_rank(&svd);
+    assert_eq!(
+        table,
+        vec![0, 2560, 2560 + 4096, 2 * 2560 + 4096, 2 * 2560 + 4096]
+    );
+}

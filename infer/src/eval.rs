@@ -7,8 +7,9 @@ use std::collections::HashSet;
 use burn::tensor::backend::Backend;
 use datasets::Example;
 use datasets::metrics::{EvalOptions, Evaluator, ScoreTable, sample_score};
-use flexi_burn::params::lora_params_per_rank;
-use flexi_burn::{RankSchedule, SampleRanks, average_activated_params, inference_ranks};
+use flexi_burn::params::activated_params_by_rank;
+use flexi_burn::params::average_activated_params_by_rank;
+use flexi_burn::{RankSchedule, SampleRanks, inference_ranks};
 use indicatif::{ProgressBar, ProgressStyle};
 use models::llama::{GenerationConfig, Llama, generate};
 use serde::Serialize;
@@ -207,7 +208,7 @@ pub fn evaluate<B: Backend>(
         examples,
         &answers,
         title,
-        lora_params_per_rank(model),
+        &activated_params_by_rank(model),
     ))
 }
 
@@ -217,7 +218,7 @@ pub fn score(
     examples: &[Example],
     answers: &[(String, usize)],
     title: &str,
-    params_per_rank: usize,
+    activated_by_rank: &[usize],
 ) -> EvalReport {
     let options = EvalOptions::default();
     let mut evaluator = Evaluator::new(options);
@@ -236,7 +237,7 @@ pub fn score(
     EvalReport {
         tables: evaluator.tables(title),
         mean_rank: ranks.iter().sum::<usize>() as f64 / ranks.len().max(1) as f64,
-        activated_params: average_activated_params(params_per_rank, &ranks),
+        activated_params: average_activated_params_by_rank(activated_by_rank, &ranks),
         predictions,
     }
 }

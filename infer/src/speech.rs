@@ -5,7 +5,7 @@ use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use datasets::Example;
-use flexi_burn::params::lora_params_per_rank;
+use flexi_burn::params::activated_params_by_rank;
 use models::whisper::{
     TranscribeOptions, Whisper, WhisperTokenizer, load_audio, transcribe_with_ranks,
 };
@@ -68,7 +68,7 @@ pub fn evaluate_speech<B: Backend>(
         examples,
         &answers,
         title,
-        lora_params_per_rank(model),
+        &activated_params_by_rank(model),
     ))
 }
 

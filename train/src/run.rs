@@ -283,7 +283,7 @@ impl<B: Backend> FlexiRun<B> {
     ) -> Result<EvalReport> {
         infer::check_unique_ids(examples, title)?;
         let policy = self.policy(examples)?;
-        Ok(match &self.model {
+        let mut report = match &self.model {
             RunModel::Text { model, text } => {
                 evaluate(model, text, examples, &policy, settings, title)?
             }
@@ -295,7 +295,15 @@ impl<B: Backend> FlexiRun<B> {
                 settings.batch_size,
                 title,
             )?,
-        })
+        };
+        // Full fine-tuning has no adapter: every weight it trained is active for every input
+        // (the paper's count), not 0.
+        if let Some(info) = &self.info
+            && matches!(info.config.method, Method::Full)
+        {
+            report.activated_params = info.trainable_params as f64;
+        }
+        Ok(report)
     }
 
     /// Greedy answers to `examples`' prompts (text runs), with the run's ranks: the answer

@@ -925,3 +925,89 @@ fn a_full_disk_while_writing_labels_keeps_the_previous_ones() {
     );
     assert_eq!(std::fs::read(dir.join("labels.jsonl")).unwrap(), before);
 }
+
+#[test]
+fn activated_parameters_of_full_fine_tuning_and_adalora_count_what_is_used() {
+    // Full fine-tuning has no adapter but uses every weight it trained for every input: its
+    // report counts them all (it used to say 0). A pruned AdaLoRA counts its kept components,
+    // not init_r.
+    let dir = tmp("activated");
+    let answers: Vec<String> = (0..8).map(|i| WORDS[i % 10].to_string()).collect();
+    let data = dir.join("qa.jsonl");
+    write_qa(&data, &answers);
+    let examples = workflow::read_examples(&data, None).unwrap();
+    let device = Default::default();
+    let mut full = TrainConfig {
+        method: Method::Full,
+        batch_size: 4,
+        max_steps: 1,
+        max_len: 64,
+        ..Default::default()
+    };
+    full.seed = 3;
+    fit(
+        fixture("tiny_tied"),
+        full,
+        None,
+        false,
+        dir.join("full"),
+        &examples,
+    )
+    .unwrap();
+    let run = FlexiRun::<B>::load(&dir.join("full"), &device).unwrap();
+    let info = run.info.clone().unwrap();
+    assert!(info.trainable_params > 10_000, "{}", info.trainable_params);
+    let report = run.evaluate(&examples, &settings(), "full").unwrap();
+    assert_eq!(report.activated_params, info.trainable_params as f64);
+
+    let ada = TrainConfig {
+        method: Method::Adalora(train::adalora::AdaLoraConfig {
+            init_r: 6,
+            target_r: 2,
+            tinit: 1,
+            tfinal: 1,
+            delta_t: 1,
+            ..Default::default()
+        }),
+        batch_size: 4,
+        max_steps: 6,
+        max_len: 64,
+        lr: 2e-2,
+        seed: 5,
+        ..Default::default()
+    };
+    fit(
+        fixture("tiny_tied"),
+        ada,
+        None,
+        false,
+        dir.join("ada"),
+        &examples,
+    )
+    .unwrap();
+    let run = FlexiRun::<B>::load(&dir.join("ada"), &device).unwrap();
+    let train::run::RunModel::Text { model, .. } = &run.model else {
+        panic!("a text run")
+    };
+    let layers = flexi_burn::Adapters::adapters(model.as_ref());
+    let kept: usize = layers
+        .iter()
+        .map(|(_, l)| {
+            let e = l.lora_e.as_ref().unwrap().val().into_data();
+            let live = e
+                .to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .filter(|v| **v != 0.0)
+                .count();
+            live * (l.d_input() + l.d_output())
+        })
+        .sum();
+    let per_rank: usize = layers.iter().map(|(_, l)| l.d_input() + l.d_output()).sum();
+    let report = run.evaluate(&examples, &settings(), "ada").unwrap();
+    assert_eq!(report.activated_params, kept as f64);
+    assert!(
+        report.activated_params < (6 * per_rank) as f64,
+        "below init_r's count"
+    );
+}
