@@ -7,12 +7,17 @@
 //! - Score of triplet `i` of a layer: `s(E_i) + mean_j s(A_ij) + mean_j s(B_ji)`.
 //! - Budget (total kept triplets) follows a cubic schedule from `init_r * n` to `target_r * n`
 //!   between `tinit` and `total - tfinal`; every `delta_t` steps the lowest-scoring triplets are
-//!   pruned by zeroing their `E` entry, after the optimizer step. After `total - tfinal` the
+//!   pruned by zeroing their `E` entry, after the optimizer step; at `total - tfinal` the mask
+//!   to the target budget is forced (PEFT's `force_mask`) whatever `delta_t` is. After it the
 //!   last rank pattern is kept.
 //! - Orthogonality penalty `w * mean(||A A^T - I||_F, ||B^T B - I||_F)` over all A and B.
 //!
 //! Layers are found generically: any [`FlexiLinear`] inside any Burn module (a visitor that
 //! follows module paths), so model code needs no AdaLoRA hook.
+//!
+//! `alpha` is the run's adapter alpha (`TrainConfig`'s `adapter.alpha`, default 16, the
+//! project's default for every method), where PEFT's `AdaLoraConfig` defaults `lora_alpha` to
+//! 8: set `adapter.alpha = 8` to match PEFT's default scale `8 / init_r`.
 //!
 //! One deliberate difference to PEFT: PEFT prunes every triplet whose score is `<=` the k-th
 //! smallest, which can prune more than k on ties; here exactly the k lowest are pruned (ties
@@ -209,6 +214,9 @@ impl AdaLoraAllocator {
             self.update_importance(&values, grads);
         }
         let (budget, prune) = self.config.budget(step, self.total_steps, layers.len());
+        // PEFT forces the final mask at `total - tfinal` even when `delta_t` does not divide
+        // that step (`force_mask=True`); later steps keep its pattern.
+        let prune = prune || step == final_from;
         if step <= final_from && prune {
             self.rank_pattern = self.select(&layers, &values, budget);
         }

@@ -258,3 +258,60 @@ fn orthogonality_penalty_matches_hand_values() {
     let want = 0.5 * (3.0 + 3f32.sqrt()) / 2.0;
     assert!((p - want).abs() < 1e-6, "{p} vs {want}");
 }
+
+#[test]
+fn the_final_mask_is_forced_at_total_minus_tfinal_whatever_delta_t() {
+    // PEFT masks to the target budget at step total - tfinal even when delta_t does not
+    // divide it (`force_mask=True`), then keeps that pattern. Here total 10, tfinal 3: the
+    // final step is 7, delta_t 4 prunes only at step 4 on its own.
+    let r = 6;
+    let config = AdaLoraConfig {
+        init_r: r,
+        target_r: 2,
+        tinit: 1,
+        tfinal: 3,
+        delta_t: 4,
+        ..Default::default()
+    };
+    let total = 10;
+    let mut alloc = AdaLoraAllocator::new(config.clone(), total);
+    let mut model = tiny(r);
+    let mut kept_by_step = Vec::new();
+    for step in 1..=total {
+        let grads = loss(&model).backward();
+        let snap = alloc.snapshot(&model, &GradientsParams::from_grads(grads, &model));
+        model = alloc.update_and_allocate(model, &snap, step);
+        let kept: usize = model
+            .layers
+            .iter()
+            .map(|l| {
+                to_vec(l.lora_e.as_ref().unwrap().val())
+                    .iter()
+                    .filter(|v| **v != 0.0)
+                    .count()
+            })
+            .sum();
+        kept_by_step.push(kept);
+    }
+    // 3 layers: init budget 18, target 6. Step 4 masks to 12 * (1 - 3/6)^3 + 6 = 7.5 -> 7;
+    // step 7 must be forced to the target 6 (without the force, steps 8-10 would keep
+    // step 4's pattern of 7), and 8-10 keep its pattern.
+    assert_eq!(kept_by_step, vec![18, 18, 18, 7, 7, 7, 6, 6, 6, 6]);
+    assert_eq!(
+        kept_by_step[6], 6,
+        "forced at total - tfinal: {kept_by_step:?}"
+    );
+    assert!(
+        kept_by_step[7..].iter().all(|k| *k == 6),
+        "{kept_by_step:?}"
+    );
+    assert_eq!(
+        alloc
+            .rank_pattern()
+            .values()
+            .flatten()
+            .filter(|k| **k)
+            .count(),
+        6
+    );
+}
