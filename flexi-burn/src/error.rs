@@ -63,6 +63,15 @@ pub enum FlexiError {
         reason: String,
     },
     /// A router class index that the class -> rank map does not cover.
+    #[error(
+        "the router's output for sample {sample} is not a number ({value}): its input features are NaN or infinite, or its weights are"
+    )]
+    NonFiniteRouterOutput {
+        /// The sample.
+        sample: usize,
+        /// The first non-finite logit.
+        value: f32,
+    },
     #[error("router predicted class {class}, but the class->rank map has only {classes} classes")]
     UnknownClass {
         /// The predicted class.

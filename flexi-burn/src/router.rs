@@ -233,11 +233,7 @@ impl<B: Backend> Router<B> {
 
     /// Predicted class per sample: argmax of the logits, no noise.
     pub fn predict(&self, pooled: Tensor<B, 2>) -> Vec<usize> {
-        let classes = self.forward(pooled).argmax(1).into_data();
-        classes
-            .iter::<i64>()
-            .map(|c| usize::try_from(c).unwrap_or(0))
-            .collect()
+        argmax_classes(self.forward(pooled))
     }
 }
 
@@ -251,8 +247,31 @@ impl<B: Backend> Router<B> {
                 expected: "one rank per router class",
             });
         }
-        map.ranks(&self.predict(pooled))
+        let logits = self.forward(pooled); // [batch, K]
+        let k = logits.dims()[1];
+        let values = logits.clone().into_data().convert::<f32>();
+        if let Ok(values) = values.to_vec::<f32>()
+            && let Some(i) = values.iter().position(|v| !v.is_finite())
+        {
+            // argmax over NaN would pick a class silently.
+            return Err(FlexiError::NonFiniteRouterOutput {
+                sample: i / k.max(1),
+                value: values[i],
+            });
+        }
+        map.ranks(&argmax_classes(logits))
     }
+}
+
+/// The argmax class of each row of `logits [batch, K]`.
+fn argmax_classes<B: Backend>(logits: Tensor<B, 2>) -> Vec<usize> {
+    logits
+        .argmax(1)
+        .into_data()
+        .iter::<i64>()
+        // argmax returns an index in 0..K.
+        .map(|c| c.max(0) as usize)
+        .collect()
 }
 
 /// A draw from N(0, 1) (Box–Muller), so noise is reproducible from the caller's generator on

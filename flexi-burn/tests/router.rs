@@ -223,3 +223,26 @@ fn input_standardisation_uses_the_training_statistics() {
     let same = cfg.init::<Cpu>(&device).with_input_stats(&rows);
     assert!(same.input_norm.is_none());
 }
+
+#[test]
+fn nan_features_are_an_error_not_a_silent_class() {
+    // argmax over NaN logits picks index 0: routing such an input would silently give it
+    // the easy class's rank.
+    let device = Default::default();
+    let router = RouterConfig::new(4).init::<Cpu>(&device);
+    let map: ClassRankMap = "(2,8)".parse().unwrap();
+    let ok = Tensor::<Cpu, 2>::from_data(TensorData::new(vec![0.5f32; 8], [2, 4]), &device);
+    assert_eq!(router.route(ok, &map).unwrap().len(), 2);
+    let mut v = vec![0.5f32; 8];
+    v[5] = f32::NAN;
+    let bad = Tensor::<Cpu, 2>::from_data(TensorData::new(v, [2, 4]), &device);
+    let err = router.route(bad, &map).unwrap_err();
+    assert!(
+        matches!(err, FlexiError::NonFiniteRouterOutput { sample: 1, .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("sample 1 is not a number"),
+        "{err}"
+    );
+}
