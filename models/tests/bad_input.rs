@@ -212,6 +212,45 @@ fn missing_shard_names_the_shard() {
 }
 
 #[test]
+fn a_shard_outside_the_checkpoint_directory_is_refused() {
+    // An index from the internet must not make the loader read other files: HF writes shard
+    // names as plain file names next to the index.
+    for bad in [
+        "../model-00001-of-00005.safetensors",
+        "/etc/passwd",
+        "sub/x.safetensors",
+        "..",
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = fixture("tiny_untied");
+        for e in std::fs::read_dir(&src).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+        }
+        let index = tmp.path().join("model.safetensors.index.json");
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&index).unwrap()).unwrap();
+        let map = json["weight_map"].as_object_mut().unwrap();
+        let first = map.keys().min().unwrap().clone();
+        map.insert(first.clone(), serde_json::Value::String(bad.into()));
+        std::fs::write(&index, serde_json::to_vec(&json).unwrap()).unwrap();
+        let err = load(tmp.path()).unwrap_err();
+        match &err {
+            LlamaError::Format(FormatError::ConfigField {
+                path,
+                field,
+                reason,
+            }) => {
+                assert_eq!(path, &index);
+                assert_eq!(field, &format!("weight_map.{first}"));
+                assert!(reason.contains("not a plain file name"), "{reason}");
+            }
+            other => panic!("{bad}: {other}"),
+        }
+    }
+}
+
+#[test]
 fn prompt_longer_than_context_and_bad_tokens_are_refused() {
     let model = load(&fixture("tiny_tied")).unwrap();
     let max = model.config.max_position_embeddings;

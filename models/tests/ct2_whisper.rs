@@ -3,80 +3,19 @@
 //! and the tiny Whisper fixture written as a CTranslate2 `WhisperSpec` (fused QKV, float16,
 //! aliased projection) loading into the same model as its HF directory.
 
+mod ct2_common;
+
 use std::path::Path;
 
 use burn::backend::Flex;
 use burn::tensor::{Distribution, Tensor};
+use ct2_common::Bin;
 use flexi_burn::SampleRanks;
 use models::ct2::{Ct2Error, Ct2Model, load_whisper_any, load_whisper_ct2, whisper_config};
 use models::whisper::{Whisper, WhisperAdapter, load_whisper};
 use safetensors::SafeTensors;
 
 type B = Flex;
-
-/// A `model.bin` writer (binary version 6).
-struct Bin {
-    version: u32,
-    spec: String,
-    revision: u32,
-    vars: Vec<(String, Vec<u32>, u8, Vec<u8>)>,
-    aliases: Vec<(String, String)>,
-}
-
-fn string(out: &mut Vec<u8>, s: &str) {
-    out.extend(((s.len() + 1) as u16).to_le_bytes());
-    out.extend(s.as_bytes());
-    out.push(0);
-}
-
-impl Bin {
-    fn new(spec: &str, revision: u32) -> Self {
-        Self {
-            version: 6,
-            spec: spec.into(),
-            revision,
-            vars: vec![],
-            aliases: vec![],
-        }
-    }
-
-    fn var(&mut self, name: &str, shape: &[u32], dtype: u8, data: Vec<u8>) -> &mut Self {
-        self.vars.push((name.into(), shape.to_vec(), dtype, data));
-        self
-    }
-
-    fn f32(&mut self, name: &str, shape: &[u32], v: &[f32]) -> &mut Self {
-        self.var(
-            name,
-            shape,
-            0,
-            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        )
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        let mut out = self.version.to_le_bytes().to_vec();
-        string(&mut out, &self.spec);
-        out.extend(self.revision.to_le_bytes());
-        out.extend((self.vars.len() as u32).to_le_bytes());
-        for (name, shape, dtype, data) in &self.vars {
-            string(&mut out, name);
-            out.push(shape.len() as u8);
-            for d in shape {
-                out.extend(d.to_le_bytes());
-            }
-            out.push(*dtype);
-            out.extend((data.len() as u32).to_le_bytes());
-            out.extend(data);
-        }
-        out.extend((self.aliases.len() as u32).to_le_bytes());
-        for (a, t) in &self.aliases {
-            string(&mut out, a);
-            string(&mut out, t);
-        }
-        out
-    }
-}
 
 #[test]
 fn header_dtypes_scales_and_aliases() {

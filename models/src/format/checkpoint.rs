@@ -139,6 +139,21 @@ impl Checkpoint {
                     reason: "expected a file name".into(),
                 });
             };
+            // HF writes shard names as plain file names next to the index; anything else (an
+            // absolute path, `..`, a subdirectory) would read files outside the checkpoint.
+            let plain = Path::new(file)
+                .file_name()
+                .is_some_and(|n| n == std::ffi::OsStr::new(file))
+                && !file.contains(['/', '\\']);
+            if !plain {
+                return Err(FormatError::ConfigField {
+                    path: index.to_path_buf(),
+                    field: format!("weight_map.{tensor}"),
+                    reason: format!(
+                        "shard {file:?} is not a plain file name in the index's directory"
+                    ),
+                });
+            }
             let idx = match by_file.get(file) {
                 Some(&i) => i,
                 None => {
@@ -208,6 +223,30 @@ impl Checkpoint {
             (0..n).map(|_| normal.sample(&mut rng)).collect()
         };
         TensorData::new(values, shape.to_vec())
+    }
+
+    /// The names of the tensors not yet read (sorted); empty for a random checkpoint, whose
+    /// tensors exist only when asked for.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .location
+            .keys()
+            .chain(self.memory.keys())
+            .filter(|n| !self.used.contains(*n))
+            .cloned()
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The shape of tensor `name` as stored, if the checkpoint holds it and it was not read yet.
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        if let Some(data) = self.memory.get(name) {
+            return Some(data.shape.to_vec());
+        }
+        let shard = &self.shards[*self.location.get(name)?];
+        Some(shard.view().tensor(name).ok()?.shape().to_vec())
     }
 
     /// Whether the checkpoint has a tensor of this name.

@@ -1,0 +1,3 @@
+#![no_main]
+//! `cargo fuzz run gguf`: see fuzz/README.md.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| flexi_burn_fuzz::harness::gguf(data));
