@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 
 use burn::tensor::backend::Backend;
-use datasets::Example;
 use datasets::metrics::{EvalOptions, Evaluator, ScoreTable, sample_score};
+use datasets::{Example, Task};
 use flexi_burn::params::activated_params_by_rank;
 use flexi_burn::params::average_activated_params_by_rank;
 use flexi_burn::{RankSchedule, SampleRanks, inference_ranks};
@@ -114,6 +114,9 @@ pub struct Prediction {
     pub prediction: String,
     /// Per-sample score (F1 / correct / WER).
     pub score: f64,
+    /// The generation reached `max_new_tokens` without a stop token: the answer was cut, and
+    /// the score read whatever the cut text held.
+    pub truncated: bool,
 }
 
 /// Everything an evaluation run measured.
@@ -127,6 +130,11 @@ pub struct EvalReport {
     pub activated_params: f64,
     /// Per-example results.
     pub predictions: Vec<Prediction>,
+    /// How many generations were cut at `max_new_tokens` (see [`Prediction::truncated`]).
+    pub truncated: usize,
+    /// The generation limit the report was made with (0 where nothing was generated here,
+    /// e.g. a report scored from given answers).
+    pub max_new_tokens: usize,
 }
 
 impl EvalReport {
@@ -168,10 +176,13 @@ pub fn evaluate<B: Backend>(
     }
     check_unique_ids(examples, title)?;
     policy.check(examples.len())?;
-    // Encode first (clear errors before any generation), then batch by length.
+    // Encode first (clear errors before any generation), then batch by length. Prompt and
+    // answer never ask for more than the model's context: a longer prompt is cut (from the
+    // left, as in training) to leave room for the answer.
+    let max_len = settings.max_len.min(model.config.max_position_embeddings);
     let prompts: Vec<Vec<u32>> = examples
         .iter()
-        .map(|ex| text.encode_prompt(ex, settings.max_len, settings.max_new_tokens))
+        .map(|ex| text.encode_prompt(ex, max_len, settings.max_new_tokens))
         .collect::<Result<_>>()?;
     let mut order: Vec<usize> = (0..examples.len()).collect();
     order.sort_by_key(|&i| prompts[i].len());
@@ -193,23 +204,57 @@ pub fn evaluate<B: Backend>(
         ..GenerationConfig::greedy(settings.max_new_tokens, text.stop_ids.clone())
     };
     let mut answers: Vec<(String, usize)> = vec![(String::new(), 0); examples.len()];
+    let mut truncated = vec![false; examples.len()];
     for (batch_index, chunk) in order.chunks(settings.batch_size).enumerate() {
         let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
         let ranks = policy.batch_ranks(batch_index, chunk)?;
         let out = generate(model, &batch, &ranks, &gen_config)?;
-        for ((&i, tokens), &r) in chunk.iter().zip(&out.tokens).zip(ranks.as_slice()) {
-            answers[i] = (text.decode_answer(tokens)?, r);
+        for (j, (&i, tokens)) in chunk.iter().zip(&out.tokens).enumerate() {
+            answers[i] = (text.decode_answer(tokens)?, ranks.as_slice()[j]);
+            truncated[i] = was_truncated(tokens, out.stopped_on_eos[j], text, settings);
         }
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
 
-    Ok(score(
-        examples,
-        &answers,
-        title,
-        &activated_params_by_rank(model),
-    ))
+    let mut report = score(examples, &answers, title, &activated_params_by_rank(model));
+    mark_truncated(&mut report, &truncated, settings.max_new_tokens);
+    Ok(report)
+}
+
+/// Whether a generation was cut at the limit: it never produced a stop token and used up
+/// every new token it was allowed.
+pub fn was_truncated(
+    tokens: &[u32],
+    stopped: bool,
+    text: &LmText,
+    settings: &EvalSettings,
+) -> bool {
+    !stopped
+        && !tokens.iter().any(|t| text.stop_ids.contains(t))
+        && tokens.len() >= settings.max_new_tokens
+}
+
+/// Records which answers of `report` were cut at `max_new_tokens` (one flag per prediction).
+pub fn mark_truncated(report: &mut EvalReport, truncated: &[bool], max_new_tokens: usize) {
+    for (p, &t) in report.predictions.iter_mut().zip(truncated) {
+        p.truncated = t;
+    }
+    report.truncated = truncated.iter().filter(|&&t| t).count();
+    report.max_new_tokens = max_new_tokens;
+}
+
+/// A generation limit that fits the task's answers: GSM8K-style reasoning runs to a few
+/// hundred tokens (its reference solutions average ~120 Llama-3 tokens, the longest ~400), an
+/// extractive QA answer is a short span, a transcript of a 30 s window is at most Whisper's
+/// 224-token decoder budget. Cut answers are counted in every report
+/// ([`EvalReport::truncated`]).
+pub fn default_max_new_tokens(task: Task) -> usize {
+    match task {
+        Task::Math => 256,
+        Task::Qa => 32,
+        Task::Speech => 224,
+    }
 }
 
 /// Scores `answers` (text and rank, one per example) with each example's task metric: the
@@ -231,6 +276,7 @@ pub fn score(
             rank: *rank,
             prediction: pred.clone(),
             score: sample_score(ex, pred, &options),
+            truncated: false,
         });
     }
     let ranks: Vec<usize> = answers.iter().map(|(_, r)| *r).collect();
@@ -239,5 +285,7 @@ pub fn score(
         mean_rank: ranks.iter().sum::<usize>() as f64 / ranks.len().max(1) as f64,
         activated_params: average_activated_params_by_rank(activated_by_rank, &ranks),
         predictions,
+        truncated: 0,
+        max_new_tokens: 0,
     }
 }

@@ -21,7 +21,10 @@ pub mod text;
 pub mod weights;
 
 pub use error::{InferError, Result};
-pub use eval::{EvalReport, EvalSettings, Prediction, RankPolicy, check_unique_ids, evaluate};
+pub use eval::{
+    EvalReport, EvalSettings, Prediction, RankPolicy, check_unique_ids, default_max_new_tokens,
+    evaluate,
+};
 pub use router::{
     AudioFeature, AudioInput, RouterInput, RouterMeta, RouterTraining, TextInput, TrainedRouter,
 };

@@ -324,3 +324,45 @@ fn text_prompts_carry_one_bos_and_answers_stop_at_the_chat_turn() {
         .to_string();
     assert!(e.contains("max_len 4"), "{e}");
 }
+
+#[test]
+fn answers_cut_at_max_new_tokens_are_counted_per_example() {
+    use flexi_burn::SampleRanks;
+    use models::llama::{GenerationConfig, generate};
+    let model = adapted_model();
+    let text = text();
+    let ex = examples(6);
+    for max_new_tokens in [1, 5] {
+        let s = EvalSettings {
+            max_new_tokens,
+            ..settings(3)
+        };
+        let report = evaluate(&model, &text, &ex, &RankPolicy::Base, &s, "tiny").unwrap();
+        // Independently: each prompt generated alone, cut when it used every allowed token
+        // without producing a stop token.
+        let config = GenerationConfig {
+            pad_token_id: text.pad_id(),
+            ..GenerationConfig::greedy(max_new_tokens, text.stop_ids.clone())
+        };
+        let mut cut = 0;
+        for (e, p) in ex.iter().zip(&report.predictions) {
+            let prompt = text.encode_prompt(e, 60, max_new_tokens).unwrap();
+            let out = generate(&model, &[prompt], &SampleRanks::uniform(1, 0), &config).unwrap();
+            let tokens = &out.tokens[0];
+            let want =
+                tokens.len() == max_new_tokens && !tokens.iter().any(|t| text.stop_ids.contains(t));
+            assert_eq!(
+                p.truncated, want,
+                "{} at max_new_tokens {max_new_tokens}",
+                e.id
+            );
+            cut += want as usize;
+        }
+        assert_eq!(report.truncated, cut);
+        assert_eq!(report.max_new_tokens, max_new_tokens);
+        if max_new_tokens == 1 {
+            // The random tiny model does not stop at its first token: every answer is cut.
+            assert_eq!(cut, ex.len());
+        }
+    }
+}

@@ -89,6 +89,7 @@ fn main() -> Result<()> {
         resume: false,
         progress: false,
         shards: 1,
+        parallel: None,
     };
     let fitted = workflow::fit::<Ad>(&spec, &examples, device).context("fine-tuning")?;
     println!(

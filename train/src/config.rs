@@ -51,7 +51,14 @@ impl Method {
         match self {
             Method::Full => "full".into(),
             Method::Lora { rank } => format!("lora-{rank}"),
-            Method::Dylora { eval_rank, .. } => format!("dylora-{eval_rank}"),
+            // `dylora-8@4`: trained up to rank 8, inferred at rank 4 (the name says both, so a
+            // table row and a training log of the same run read alike).
+            Method::Dylora {
+                r_max, eval_rank, ..
+            } if r_max == eval_rank => format!("dylora-{r_max}"),
+            Method::Dylora {
+                r_max, eval_rank, ..
+            } => format!("dylora-{r_max}@{eval_rank}"),
             Method::DyloraPlus { r_max } => format!("dylora+-{r_max}"),
             Method::Adalora(c) => format!("adalora-{}", c.target_r),
             Method::Flexi { class_ranks } => format!("flexi{class_ranks}"),

@@ -59,6 +59,15 @@ pub enum TrainError {
         /// Who holds it (`pid 1234, started 2026-12-03T18:40:00Z`).
         holder: String,
     },
+    /// Data-parallel training: a collective operation failed or the other peers did not
+    /// arrive in time (a peer died or cannot be reached).
+    #[error("data-parallel peer {peer}: {message}")]
+    Peer {
+        /// This peer's rank.
+        peer: usize,
+        /// What failed.
+        message: String,
+    },
     /// No training data.
     #[error("empty training set: {0}")]
     EmptyData(String),

@@ -10,6 +10,8 @@
 //! - [`lm`]: the causal-LM objective for `models::llama` (loss on answer tokens).
 //! - [`asr`]: the seq2seq objective for `models::whisper` (loss on transcript tokens).
 //! - [`lr`]: learning-rate schedules.
+//! - [`parallel`]: data-parallel training over burn-collective ([`DataParallel`]: peers on one
+//!   machine or several, gradients all-reduced, peer 0 writes).
 //! - [`adalora`]: AdaLoRA's importance scores, cubic budget, pruning and orthogonality penalty.
 //! - [`checkpoint`]: atomic checkpoint directories.
 //! - [`lock`]: one writer per run directory ([`RunLock`], an OS advisory lock on `DIR/.lock`).
@@ -29,6 +31,7 @@ pub mod export;
 pub mod lm;
 pub mod lock;
 pub mod lr;
+pub mod parallel;
 pub mod params;
 pub mod router;
 pub mod run;
@@ -38,5 +41,6 @@ pub mod workflow;
 pub use config::{Method, TrainConfig};
 pub use error::{Result, TrainError};
 pub use lock::RunLock;
+pub use parallel::{DataParallel, NodeSetup};
 pub use run::{FlexiRun, RunInfo};
 pub use trainer::{Objective, TrainSummary, Trainer};

@@ -29,6 +29,7 @@ use crate::checkpoint::{CheckpointState, Checkpoints};
 use crate::config::{Method, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::lr::LrSchedule;
+use crate::parallel::DataParallel;
 use crate::params::{load_tensors, read_safetensors, to_safetensors, trainable_tensors};
 
 /// A model and its loss on a batch: what the loop needs to know about a task.
@@ -133,6 +134,10 @@ pub struct Trainer<'a, B: AutodiffBackend> {
     /// with fewer samples, an objective that cannot split, or adapter dropout, whose draws
     /// come from the backend's process-global RNG) computes the batch on one thread.
     pub shards: usize,
+    /// Data-parallel training: this process is one peer of several, computes its slice of
+    /// every batch and sums the gradients with the others before each optimizer step
+    /// ([`crate::parallel`]). `None`: one process trains on the whole batch.
+    pub parallel: Option<DataParallel>,
 }
 
 /// What every micro-batch of one optimizer step shares.
@@ -242,12 +247,15 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
             _ => None,
         };
         let checkpoints = Checkpoints::new(&self.out, 2);
-        std::fs::create_dir_all(&self.out).map_err(|e| TrainError::Io {
-            path: self.out.clone(),
-            source: e,
-        })?;
-
-        // Resume.
+        // Peer 0 of a data-parallel run writes; the others only read checkpoints (resume).
+        let leader = self.parallel.as_ref().is_none_or(DataParallel::is_leader);
+        if leader {
+            std::fs::create_dir_all(&self.out).map_err(|e| TrainError::Io {
+                path: self.out.clone(),
+                source: e,
+            })?;
+        }
+        // Resume (files only: every peer reads peer 0's checkpoint).
         let mut model = model;
         let mut start = 0;
         if resume && let Some(dir) = checkpoints.latest()? {
@@ -288,7 +296,27 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
         }
 
         let end = self.stop_at.map_or(total_steps, |s| s.min(total_steps));
-        let pb = if self.progress {
+        if let Some(limit) = self
+            .parallel
+            .as_ref()
+            .and_then(DataParallel::max_steps_per_launch)
+            && end.saturating_sub(start) > limit
+        {
+            return Err(TrainError::Config {
+                key: "nodes".into(),
+                message: format!(
+                    "this launch would take {} optimizer steps across machines, but \
+                     burn-collective 0.21's global all-reduce completes only {limit} time(s) per \
+                     run (a bug in its node sync, docs/upstream/collective-sync-bug.md): train on \
+                     one machine with --devices N",
+                    end.saturating_sub(start)
+                ),
+            });
+        }
+        if let Some(p) = &self.parallel {
+            p.register::<B>(&self.device)?;
+        }
+        let pb = if self.progress && leader {
             let pb = ProgressBar::new(total_steps as u64);
             pb.set_style(
                 ProgressStyle::with_template(
@@ -304,16 +332,22 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
             ProgressBar::hidden()
         };
         let metrics_path = self.out.join("metrics.jsonl");
-        // Steps after the checkpoint are done again: their old lines go.
-        crate::checkpoint::trim_metrics(&metrics_path, start)?;
-        let mut metrics = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .map_err(|e| TrainError::Io {
-                path: metrics_path.clone(),
-                source: e,
-            })?;
+        let mut metrics = if leader {
+            // Steps after the checkpoint are done again: their old lines go.
+            crate::checkpoint::trim_metrics(&metrics_path, start)?;
+            Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&metrics_path)
+                    .map_err(|e| TrainError::Io {
+                        path: metrics_path.clone(),
+                        source: e,
+                    })?,
+            )
+        } else {
+            None
+        };
 
         let pool = match self.shards {
             0 | 1 => None,
@@ -353,6 +387,7 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
             let mut step_loss = 0.0;
             let mut tokens = 0;
             let mut step_ranks = Vec::new();
+            let mut global_ranks = None;
             for (mi, &bi) in micro.iter().enumerate() {
                 let batch = &batches[bi];
                 let n = objective.batch_len(batch);
@@ -368,7 +403,8 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                     pool: pool.as_ref(),
                 };
                 let (value, grads) = self.micro_batch(&shared, batch, &ranks)?;
-                if !value.is_finite() {
+                // A data-parallel peer holds part of the loss: the sum is checked below.
+                if self.parallel.is_none() && !value.is_finite() {
                     return Err(TrainError::NonFiniteLoss {
                         step,
                         micro_batch: mi,
@@ -382,6 +418,32 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                 step_ranks.extend_from_slice(ranks.as_slice());
             }
             let mut grads = accumulator.grads();
+            if let Some(p) = &self.parallel {
+                // Every peer's gradients summed: the whole batch's, identical on every peer.
+                let rank_sum = step_ranks.iter().sum::<usize>() as f64;
+                let (summed, stats) = p.all_reduce_step(
+                    &model,
+                    grads,
+                    &[step_loss, tokens as f64, rank_sum, step_ranks.len() as f64],
+                    &self.device,
+                    step,
+                )?;
+                grads = summed;
+                step_loss = stats[0];
+                tokens = stats[1].round() as usize;
+                global_ranks = Some((stats[2], stats[3]));
+                if !step_loss.is_finite() {
+                    return Err(TrainError::NonFiniteLoss {
+                        step,
+                        micro_batch: 0,
+                        loss: step_loss,
+                        examples: micro
+                            .iter()
+                            .flat_map(|&bi| objective.example_ids(&batches[bi]))
+                            .collect(),
+                    });
+                }
+            }
             let grad_norm = clip_global_norm(&model, &mut grads, c.grad_clip);
             let snapshot = adalora.as_ref().map(|a| a.snapshot(&model, &grads));
             let rate = lr.at(step);
@@ -397,14 +459,21 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                 loss: step_loss,
                 lr: rate,
                 grad_norm,
-                mean_rank: step_ranks.iter().sum::<usize>() as f64 / step_ranks.len().max(1) as f64,
+                mean_rank: match global_ranks {
+                    Some((sum, count)) => sum / count.max(1.0),
+                    None => {
+                        step_ranks.iter().sum::<usize>() as f64 / step_ranks.len().max(1) as f64
+                    }
+                },
                 tokens_per_s: tokens as f64 / secs.max(1e-9),
             };
-            let line = serde_json::to_string(&log).unwrap_or_default();
-            writeln!(metrics, "{line}").map_err(|e| TrainError::Io {
-                path: metrics_path.clone(),
-                source: e,
-            })?;
+            if let Some(metrics) = &mut metrics {
+                let line = serde_json::to_string(&log).unwrap_or_default();
+                writeln!(metrics, "{line}").map_err(|e| TrainError::Io {
+                    path: metrics_path.clone(),
+                    source: e,
+                })?;
+            }
             pb.set_message(format!(
                 "loss {:.4} lr {:.2e} {:.0} tok/s",
                 step_loss, rate, log.tokens_per_s
@@ -416,7 +485,7 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
 
             let done = step + 1;
             let periodic = c.save_every > 0 && done % c.save_every == 0;
-            if self.save_checkpoints && (periodic || done == end) {
+            if leader && self.save_checkpoints && (periodic || done == end) {
                 summary.checkpoint = Some(self.save(
                     &checkpoints,
                     &model,
@@ -428,6 +497,9 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
             }
         }
         pb.finish_and_clear();
+        if let Some(p) = &self.parallel {
+            p.finish::<B>()?;
+        }
         summary.seconds = began.elapsed().as_secs_f64();
         Ok((model, summary))
     }
@@ -448,33 +520,60 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
             pool,
         } = *step;
         let n = objective.batch_len(batch);
-        let shards = if self.config.adapter.dropout > 0.0 {
+        let threads = if self.config.adapter.dropout > 0.0 {
             1
         } else {
-            self.shards.clamp(1, n.max(1))
+            self.shards.max(1)
         };
         // Sharding needs the loss's target count (an objective that does not give it, 0, is
         // never split); a batch without any target takes the one-thread path and its error.
         let total = objective.loss_targets(batch);
-        let split: Option<Vec<_>> = (shards > 1 && total > 0)
-            .then(|| {
-                let mut kept = Vec::with_capacity(shards);
-                for i in 0..shards {
-                    let range = i * n / shards..(i + 1) * n / shards;
-                    let shard = objective.shard(batch, range.clone())?;
-                    // A shard without targets adds nothing to the weighted loss, and its own
-                    // mean would be 0/0.
-                    if objective.loss_targets(&shard) == 0 {
-                        continue;
-                    }
-                    let ranks = SampleRanks::new(ranks.as_slice()[range].to_vec())
-                        .with_frozen_prefix(ranks.frozen_prefix());
-                    kept.push((shard, ranks));
+        // A data-parallel peer computes its slice of the batch, weighted by the slice's share
+        // of the whole batch's targets; the AdaLoRA penalty is added once, by peer 0.
+        let (mine, penalty) = match &self.parallel {
+            None => (None, true),
+            Some(p) => {
+                let range = p.slice(n);
+                if range.is_empty() {
+                    return Ok((0.0, GradientsParams::new()));
                 }
-                Some(kept)
-            })
-            .flatten();
-        let Some(split) = split else {
+                let no_split = || TrainError::Config {
+                    key: "devices".into(),
+                    message: "data-parallel training needs batches that split by sample, with \
+                              a loss target count (this objective or batch has none)"
+                        .into(),
+                };
+                if total == 0 {
+                    return Err(no_split());
+                }
+                let slice = objective.shard(batch, range.clone()).ok_or_else(no_split)?;
+                let slice_ranks = SampleRanks::new(ranks.as_slice()[range].to_vec())
+                    .with_frozen_prefix(ranks.frozen_prefix());
+                (Some((slice, slice_ranks)), p.is_leader())
+            }
+        };
+        let pieces: Option<Vec<(O::Batch, SampleRanks)>> = match mine {
+            Some((slice, slice_ranks)) => {
+                let m = objective.batch_len(&slice);
+                let k = threads.clamp(1, m.max(1));
+                if k == 1 {
+                    Some(if objective.loss_targets(&slice) > 0 {
+                        vec![(slice, slice_ranks)]
+                    } else {
+                        Vec::new()
+                    })
+                } else {
+                    split_batch(objective, &slice, &slice_ranks, k)
+                }
+            }
+            None => {
+                let k = threads.clamp(1, n.max(1));
+                (k > 1 && total > 0)
+                    .then(|| split_batch(objective, batch, ranks, k))
+                    .flatten()
+            }
+        };
+        let Some(pieces) = pieces else {
             // One thread: the whole batch.
             let mut loss = objective.loss(model, batch, ranks)?;
             let value: f64 = burn::tensor::ElementConversion::elem(loss.clone().into_scalar());
@@ -485,6 +584,31 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
             return Ok((value, GradientsParams::from_grads(grads, model)));
         };
         let total = total as f64;
+        let piece_grads = |i: usize,
+                           piece: &O::Batch,
+                           piece_ranks: &SampleRanks,
+                           model: &O::Model,
+                           device: &B::Device|
+         -> Result<(f64, GradientsParams)> {
+            let weight = objective.loss_targets(piece) as f64 / total;
+            let mut loss = objective.loss(model, piece, piece_ranks)?;
+            let value: f64 = burn::tensor::ElementConversion::elem(loss.clone().into_scalar());
+            loss = loss.mul_scalar(weight);
+            if let (0, true, Some(a)) = (i, penalty, adalora) {
+                loss = loss.add(a.orth_penalty(model, device));
+            }
+            let grads = loss.div_scalar(micro_batches as f64).backward();
+            Ok((value * weight, GradientsParams::from_grads(grads, model)))
+        };
+        if pieces.len() <= 1 {
+            // Nothing to spread over threads (a peer's slice on one thread, or nothing).
+            return match pieces.first() {
+                Some((piece, piece_ranks)) => {
+                    piece_grads(0, piece, piece_ranks, model, &self.device)
+                }
+                None => Ok((0.0, GradientsParams::new())),
+            };
+        }
         let Some(pool) = pool else {
             unreachable!("fit builds the shard pool whenever shards > 1")
         };
@@ -492,8 +616,8 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
         // run: no threads are created per step, and the backend's parallel kernels (matmul)
         // called inside a shard share the same workers instead of oversubscribing the cores).
         let mut slots: Vec<Option<Result<(f64, GradientsParams)>>> =
-            (0..split.len()).map(|_| None).collect();
-        let tasks: Vec<_> = split
+            (0..pieces.len()).map(|_| None).collect();
+        let tasks: Vec<_> = pieces
             .into_iter()
             .enumerate()
             .map(|(i, (shard, shard_ranks))| {
@@ -501,23 +625,12 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                 (i, shard, shard_ranks, model, self.device.clone())
             })
             .collect();
+        let piece_grads = &piece_grads;
         pool.scope(|scope| {
             for ((i, shard, shard_ranks, model, device), slot) in tasks.into_iter().zip(&mut slots)
             {
                 scope.spawn(move |_| {
-                    let run = || -> Result<(f64, GradientsParams)> {
-                        let weight = objective.loss_targets(&shard) as f64 / total;
-                        let mut loss = objective.loss(&model, &shard, &shard_ranks)?;
-                        let value: f64 =
-                            burn::tensor::ElementConversion::elem(loss.clone().into_scalar());
-                        loss = loss.mul_scalar(weight);
-                        if let (0, Some(a)) = (i, adalora) {
-                            loss = loss.add(a.orth_penalty(&model, &device));
-                        }
-                        let grads = loss.div_scalar(micro_batches as f64).backward();
-                        Ok((value * weight, GradientsParams::from_grads(grads, &model)))
-                    };
-                    *slot = Some(run());
+                    *slot = Some(piece_grads(i, &shard, &shard_ranks, &model, &device));
                 });
             }
         });
@@ -565,6 +678,30 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
             ],
         )
     }
+}
+
+/// `batch` (with its `ranks`) cut into `k` contiguous pieces of samples, leaving out pieces
+/// without loss targets (they add nothing to the weighted loss, and their own mean would be
+/// 0/0); `None` when the objective cannot split the batch.
+fn split_batch<B: AutodiffBackend, O: Objective<B>>(
+    objective: &O,
+    batch: &O::Batch,
+    ranks: &SampleRanks,
+    k: usize,
+) -> Option<Vec<(O::Batch, SampleRanks)>> {
+    let n = objective.batch_len(batch);
+    let mut kept = Vec::with_capacity(k);
+    for i in 0..k {
+        let range = i * n / k..(i + 1) * n / k;
+        let shard = objective.shard(batch, range.clone())?;
+        if objective.loss_targets(&shard) == 0 {
+            continue;
+        }
+        let shard_ranks = SampleRanks::new(ranks.as_slice()[range].to_vec())
+            .with_frozen_prefix(ranks.frozen_prefix());
+        kept.push((shard, shard_ranks));
+    }
+    Some(kept)
 }
 
 pub use flexi_burn::schedule::inference_ranks;

@@ -282,6 +282,21 @@ pub fn label<B: Backend>(
         return Err(TrainError::EmptyData("no example to label".into()));
     }
     let report = base.evaluate(examples, settings, "base")?;
+    labels_from_report(report, examples, threshold, seed)
+}
+
+/// Labels from any model's evaluation of `examples` (SPEC 2.2: the base model, as [`label`]
+/// does, or a reference adapter: a trained run's [`crate::FlexiRun::evaluate`] report), with
+/// the task's rule and a balanced subset drawn with `seed`.
+pub fn labels_from_report(
+    report: EvalReport,
+    examples: &[Example],
+    threshold: Option<f64>,
+    seed: u64,
+) -> Result<Labels> {
+    if examples.is_empty() {
+        return Err(TrainError::EmptyData("no example to label".into()));
+    }
     let scores: Vec<f64> = report.predictions.iter().map(|p| p.score).collect();
     let rule = LabelRule::for_task(examples[0].task, threshold, &scores);
     let data = |e: datasets::DataError| TrainError::EmptyData(e.to_string());
@@ -432,6 +447,9 @@ pub struct FitSpec {
     /// Data-parallel shards per step on this device
     /// ([`crate::trainer::default_shards`]: every core on the CPU, 1 on a GPU).
     pub shards: usize,
+    /// Data-parallel training: this call is one peer of several ([`crate::parallel`]); peer
+    /// 0 writes the run directory. `None`: this process trains alone.
+    pub parallel: Option<crate::parallel::DataParallel>,
 }
 
 /// What [`fit`] did.
@@ -470,7 +488,12 @@ pub fn fit<B: AutodiffBackend>(
     }
     // One run per directory: a second `fit` on `spec.out` (this process or another) is
     // refused here, before anything is written, and the lock holds until the run is done.
-    let _lock = crate::lock::RunLock::acquire(&spec.out)?;
+    let leader = spec.parallel.as_ref().is_none_or(|p| p.is_leader());
+    let _lock = if leader {
+        Some(crate::lock::RunLock::acquire(&spec.out)?)
+    } else {
+        None
+    };
     let speech = models::auto::is_whisper(&spec.model);
     let router = match (&cfg.method, &spec.router) {
         (Method::Flexi { .. }, Some(dir)) => {
@@ -498,6 +521,7 @@ pub fn fit<B: AutodiffBackend>(
         stop_at: None,
         save_checkpoints: true,
         shards: spec.shards,
+        parallel: spec.parallel.clone(),
     };
     let (summary, batches, params, chat) = if speech {
         let model = load_whisper_for_training::<B>(&spec.model, cfg, &device)?;
@@ -583,7 +607,9 @@ pub fn fit<B: AutodiffBackend>(
             params.total - params.trainable
         },
     };
-    info.write(&spec.out)?;
+    if leader {
+        info.write(&spec.out)?;
+    }
     Ok(Fitted {
         trainable: info.trainable_params,
         info,

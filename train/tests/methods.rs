@@ -93,6 +93,7 @@ fn run_sharded(
         stop_at,
         save_checkpoints: true,
         shards,
+        parallel: None,
     };
     trainer.fit(&CausalLm, model, batches, resume)
 }
@@ -560,4 +561,181 @@ fn a_full_disk_while_saving_keeps_the_previous_checkpoint() {
     std::fs::remove_dir_all(&tmpdir).unwrap();
     let (_, s) = run(&cfg, &out, &batches(None), None, true).unwrap();
     assert_eq!(s.start_step, 2);
+}
+
+/// Data-parallel peers (threads on flex, burn-collective's local all-reduce): after 4 steps
+/// every peer's trainable tensors equal one process training on the same global batches
+/// (f32 summation order only), for LoRA, DyLoRA (one rank per step shared by all peers),
+/// Flexi-LoRA (mixed per-example ranks travelling with their examples) and full fine-tuning;
+/// the peers end bit-identical; only peer 0 writes the run directory. One test: the collective
+/// is process-global, so sessions run one after the other.
+/// burn-collective's local server is one per process and backend: the tests that use it take
+/// turns.
+static COLLECTIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn data_parallel_peers_train_like_one_process() {
+    use train::DataParallel;
+    let _turn = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let methods = [
+        (Method::Lora { rank: 4 }, None),
+        (
+            Method::Dylora {
+                r_max: 4,
+                frozen: false,
+                eval_rank: 2,
+            },
+            None,
+        ),
+        (
+            Method::Flexi {
+                class_ranks: "(1,4)".into(),
+            },
+            Some(&[1usize, 4, 4, 1, 4][..]),
+        ),
+        (Method::Full, None),
+    ];
+    for (method, routed) in methods {
+        let label = method.label().replace(['(', ')', ',', '+', '@'], "_");
+        let cfg = config(method.clone(), 4);
+        let data = batches(routed);
+        let (single, s1) = run(&cfg, &tmp(&format!("dp1-{label}")), &data, None, false).unwrap();
+        let single = trainable_tensors(&single);
+        for world in [2usize, 3] {
+            let out = tmp(&format!("dp{world}-{label}"));
+            let results: Vec<_> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..world)
+                    .map(|rank| {
+                        let (cfg, data, out) = (&cfg, &data, out.clone());
+                        scope.spawn(move || {
+                            let device = Default::default();
+                            let model = load_for_training::<B>(&fixture(), cfg, &device).unwrap();
+                            let trainer = Trainer::<B> {
+                                config: cfg,
+                                out,
+                                device,
+                                progress: false,
+                                stop_at: None,
+                                save_checkpoints: true,
+                                shards: 1,
+                                parallel: Some(DataParallel::local(rank, world).unwrap()),
+                            };
+                            let (model, summary) =
+                                trainer.fit(&CausalLm, model, data, false).unwrap();
+                            (trainable_tensors(&model), summary)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let (peer0, summary0) = &results[0];
+            let mut worst = 0f32;
+            for (k, t) in &single {
+                let u = &peer0[k];
+                for (a, b) in t.values.iter().zip(&u.values) {
+                    worst = worst.max((a - b).abs());
+                }
+            }
+            assert!(
+                worst <= 1e-5,
+                "{label}, {world} peers: max |diff| {worst:e}"
+            );
+            for (rank, (tensors, _)) in results.iter().enumerate().skip(1) {
+                assert_eq!(tensors, peer0, "{label}: peer {rank} differs from peer 0");
+            }
+            // The logged loss is the whole batch's, summed over the peers.
+            for (a, b) in summary0.losses.iter().zip(&s1.losses) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                    "{label}: loss {a} vs {b}"
+                );
+            }
+            // Peer 0 wrote the checkpoint and the metrics; nobody else wrote anything.
+            assert!(summary0.checkpoint.is_some(), "{label}");
+            assert!(results[1].1.checkpoint.is_none(), "{label}");
+            let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+            assert_eq!(lines.lines().count(), 4, "{label}");
+        }
+    }
+}
+
+#[test]
+fn a_data_parallel_peer_that_leaves_ends_the_run_and_the_checkpoint_resumes() {
+    use std::time::{Duration, Instant};
+    use train::DataParallel;
+    let _turn = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cfg = config(Method::Lora { rank: 4 }, 8);
+    cfg.save_every = 2;
+    let data = batches(None);
+    let (uninterrupted, _) = run(&cfg, &tmp("dp-leave-ref"), &data, None, false).unwrap();
+
+    // Peer 1 leaves after step 3; peer 0 must not train on alone.
+    let out = tmp("dp-leave");
+    let began = Instant::now();
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = [(0usize, None), (1, Some(3usize))]
+            .into_iter()
+            .map(|(rank, stop_at)| {
+                let (cfg, data, out) = (&cfg, &data, out.clone());
+                scope.spawn(move || {
+                    let device = Default::default();
+                    let model = load_for_training::<B>(&fixture(), cfg, &device).unwrap();
+                    let trainer = Trainer::<B> {
+                        config: cfg,
+                        out,
+                        device,
+                        progress: false,
+                        stop_at,
+                        save_checkpoints: true,
+                        shards: 1,
+                        parallel: Some(
+                            DataParallel::local(rank, 2)
+                                .unwrap()
+                                .with_timeout(Duration::from_secs(5)),
+                        ),
+                    };
+                    trainer.fit(&CausalLm, model, data, false).map(|_| ())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        results[1].is_ok(),
+        "peer 1 stopped as asked: {:?}",
+        results[1]
+    );
+    match &results[0] {
+        Err(e @ TrainError::Peer { peer: 0, .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("at step 4")
+                    && (text.contains("did not all arrive") || text.contains("1 of 2 peers")),
+                "{text}"
+            );
+        }
+        other => panic!("peer 0 should fail at step 4, got {other:?}"),
+    }
+    assert!(
+        began.elapsed() < Duration::from_secs(60),
+        "peer 0 took {:?} to give up",
+        began.elapsed()
+    );
+    // Peer 0 wrote the step-2 checkpoint, and nothing of steps 3 and 4.
+    let latest = std::fs::read_to_string(out.join("checkpoints/latest")).unwrap();
+    assert!(latest.trim().ends_with("2"), "latest checkpoint {latest:?}");
+
+    // It resumes, in one process, to the uninterrupted run's adapter.
+    let (resumed, _) = run(&cfg, &out, &data, None, true).unwrap();
+    let (a, b) = (
+        trainable_tensors(&resumed),
+        trainable_tensors(&uninterrupted),
+    );
+    let mut worst = 0f32;
+    for (k, t) in &b {
+        for (x, y) in t.values.iter().zip(&a[k].values) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    assert!(worst <= 1e-5, "resumed: max |diff| {worst:e}");
 }

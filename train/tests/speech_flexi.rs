@@ -93,6 +93,7 @@ fn fit(
         resume: false,
         progress: false,
         shards: 1,
+        parallel: None,
     };
     workflow::fit::<Ad>(&spec, examples, Default::default())
 }

@@ -75,6 +75,7 @@ fn whisper_methods_lower_the_transcript_loss() {
             stop_at: None,
             save_checkpoints: true,
             shards: 1,
+            parallel: None,
         };
         let (_, s) = trainer.fit(&Seq2Seq, model, &data, false).unwrap();
         let (first, last) = (s.losses[0], *s.losses.last().unwrap());

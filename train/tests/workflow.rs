@@ -111,6 +111,7 @@ fn fit(
         resume: false,
         progress: false,
         shards: 1,
+        parallel: None,
     };
     workflow::fit::<Ad>(&spec, examples, Default::default())
 }
@@ -901,6 +902,8 @@ fn a_full_disk_while_writing_labels_keeps_the_previous_ones() {
             mean_rank: 0.0,
             activated_params: 0.0,
             predictions: vec![],
+            truncated: 0,
+            max_new_tokens: 0,
         },
         balanced: samples.clone(),
         labels: samples,

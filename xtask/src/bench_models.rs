@@ -400,6 +400,7 @@ impl BackendJob for TrainJob {
                         train::trainer::default_shards(k == flexi_burn::BackendKind::Flex)
                     })
             }),
+            parallel: None,
         };
         let (_, summary) = trainer.fit(&CausalLm, model, &[batch], false)?;
         let _ = std::fs::remove_dir_all(&out);

@@ -97,7 +97,7 @@ fn common(model: &Path, backend: &str) -> Common {
         no_chat: false,
         limit: None,
         max_len: 192,
-        max_new_tokens: 40,
+        max_new_tokens: Some(40),
         eval_batch: 8,
     }
 }
@@ -154,7 +154,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let methods = [
         ("lora-8", Method::Lora { rank: 8 }),
         (
-            "dylora-8",
+            "dylora-8@4",
             Method::Dylora {
                 r_max: 8,
                 frozen: false,

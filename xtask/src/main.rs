@@ -72,6 +72,9 @@ enum Command {
     Models(models_cmd::ModelsArgs),
     /// Run the portability checks on every backend compiled in and print a table.
     Portability(portability::PortabilityArgs),
+    /// Run burn-collective's global orchestrator for multi-node training (`train --nodes`):
+    /// every machine's peers meet here. Runs until interrupted.
+    Orchestrator(pipeline::OrchestratorArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -92,5 +95,6 @@ fn main() -> anyhow::Result<()> {
         Command::Transcribe(args) => whisper_cmd::run_transcribe(args),
         Command::Models(args) => models_cmd::run(args),
         Command::Portability(args) => portability::run(args),
+        Command::Orchestrator(args) => pipeline::run_orchestrator(args),
     }
 }

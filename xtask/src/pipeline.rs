@@ -16,13 +16,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use datasets::Example;
 use datasets::labels::read_jsonl;
+use datasets::{Example, Task};
 use flexi_burn::backend::{self, BackendJob, BackendKind};
 use infer::{EvalReport, EvalSettings};
 use serde::Serialize;
 use train::workflow::{self, BaseModel, FitSpec, RouterSpec};
-use train::{FlexiRun, Method, RunLock, TrainConfig};
+use train::{DataParallel, FlexiRun, Method, NodeSetup, RunLock, TrainConfig};
 
 pub use train::RunInfo;
 
@@ -42,12 +42,14 @@ pub struct Common {
     /// Use only the first N examples of each data file.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Longest prompt + answer in tokens.
+    /// Longest prompt + answer in tokens (training and the router's features; generation in
+    /// `label` widens it to fit `--max-new-tokens` after a prompt of up to 256 tokens).
     #[arg(long, default_value_t = 256)]
     pub max_len: usize,
-    /// Longest generated answer in tokens.
-    #[arg(long, default_value_t = 48)]
-    pub max_new_tokens: usize,
+    /// Longest generated answer in tokens (default: what fits the task, see
+    /// `infer::default_max_new_tokens`: 256 for math reasoning, 32 for QA).
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
     /// Prompts per generation batch.
     #[arg(long, default_value_t = 8)]
     pub eval_batch: usize,
@@ -64,11 +66,15 @@ impl Common {
             .with_context(|| format!("loading {}", self.model.display()))
     }
 
-    fn settings(&self) -> EvalSettings {
+    /// Generation settings for examples of `task`.
+    fn settings(&self, task: Task) -> EvalSettings {
+        let max_new_tokens = self
+            .max_new_tokens
+            .unwrap_or_else(|| infer::default_max_new_tokens(task));
         EvalSettings {
             batch_size: self.eval_batch,
-            max_new_tokens: self.max_new_tokens,
-            max_len: self.max_len,
+            max_new_tokens,
+            max_len: generation_len(self.max_len, max_new_tokens),
             progress: true,
         }
     }
@@ -104,6 +110,11 @@ pub struct LabelArgs {
     /// Seed of the balanced split.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Score with a trained run (a reference adapter, SPEC 2.2) instead of the base model: the
+    /// run's model at its own inference ranks. It must be a run on `--model` (the router that
+    /// learns from these labels reads that model's embeddings).
+    #[arg(long)]
+    reference_run: Option<PathBuf>,
 }
 
 struct LabelJob(LabelArgs);
@@ -115,9 +126,39 @@ impl BackendJob for LabelJob {
         // One writer per output directory, held until the labels are written.
         let _lock = RunLock::acquire(&a.out)?;
         let examples = read_examples(&a.data, a.common.limit)?;
-        let base = a.common.base::<B::InnerBackend>(&device)?;
-        let labels = workflow::label(&base, &examples, &a.common.settings(), a.threshold, a.seed)?;
-        print_report("base model", &labels.report);
+        let settings = a.common.settings(examples[0].task);
+        let (labels, scorer) = match &a.reference_run {
+            None => {
+                let base = a.common.base::<B::InnerBackend>(&device)?;
+                let labels = workflow::label(&base, &examples, &settings, a.threshold, a.seed)?;
+                (labels, "base model".to_string())
+            }
+            Some(dir) => {
+                let run = FlexiRun::<B::InnerBackend>::load(dir, &device)
+                    .with_context(|| format!("loading the reference run {}", dir.display()))?;
+                let info = run.info.as_ref().context("a reference run has run.json")?;
+                let same = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+                if same(&info.model) != same(&a.common.model) {
+                    bail!(
+                        "{}: the reference run was trained on {}, not on --model {}; its labels \
+                         would not match the embeddings the router reads",
+                        dir.join("run.json").display(),
+                        info.model.display(),
+                        a.common.model.display()
+                    );
+                }
+                let method = run.method();
+                let report = run
+                    .evaluate(&examples, &settings, "reference")
+                    .with_context(|| format!("scoring {} with {}", a.data.display(), method))?;
+                let labels = workflow::labels_from_report(report, &examples, a.threshold, a.seed)?;
+                (
+                    labels,
+                    format!("reference run {} ({method})", dir.display()),
+                )
+            }
+        };
+        print_report(&scorer, &labels.report);
         labels.write(&a.out)?;
         let c = labels.counts();
         println!(
@@ -279,9 +320,99 @@ pub struct TrainArgs {
     /// Continue from the newest checkpoint in `--out`.
     #[arg(long)]
     resume: bool,
+    #[command(flatten)]
+    parallel: ParallelArgs,
     /// No progress bar or summary lines (callers that print their own).
     #[arg(skip)]
     quiet: bool,
+}
+
+/// Data-parallel training (`train --devices N`, and several machines with `--nodes`): the
+/// flags, or the environment variables a launcher sets (as torchrun users expect).
+#[derive(Args, Clone, Debug)]
+pub struct ParallelArgs {
+    /// Data-parallel peers on this machine: devices 0..N of the backend (GPUs), or N CPU peers
+    /// on flex. Each takes its slice of every global batch; gradients are summed with
+    /// burn-collective; peer 0 writes the run directory.
+    #[arg(long, env = "FLEXI_DEVICES", default_value_t = 1)]
+    devices: usize,
+    /// Machines in a multi-node run (each runs the same command with its `--node-rank`).
+    #[arg(long, env = "FLEXI_NNODES")]
+    nodes: Option<usize>,
+    /// This machine's index in a multi-node run (0 writes the run directory).
+    #[arg(long, env = "FLEXI_NODE_RANK")]
+    node_rank: Option<usize>,
+    /// The global orchestrator every machine meets at (`cargo xtask orchestrator` on one of
+    /// them), e.g. `ws://10.0.0.1:3000`.
+    #[arg(long, env = "FLEXI_ORCHESTRATOR")]
+    orchestrator: Option<String>,
+    /// This machine's address as the others reach it, e.g. `ws://10.0.0.2:3001`; its port
+    /// serves the tensors this machine sends.
+    #[arg(long, env = "FLEXI_NODE_ADDRESS")]
+    node_address: Option<String>,
+    /// Seconds a peer waits for the others in one collective operation before the run ends
+    /// with an error (a peer died or cannot be reached).
+    #[arg(long, env = "FLEXI_PEER_TIMEOUT", default_value_t = 300)]
+    peer_timeout: u64,
+}
+
+impl Default for ParallelArgs {
+    fn default() -> Self {
+        Self {
+            devices: 1,
+            nodes: None,
+            node_rank: None,
+            orchestrator: None,
+            node_address: None,
+            peer_timeout: 300,
+        }
+    }
+}
+
+impl ParallelArgs {
+    /// One `DataParallel` per local peer; empty for a single-process run.
+    fn peers(&self) -> Result<Vec<DataParallel>> {
+        let timeout = std::time::Duration::from_secs(self.peer_timeout.max(1));
+        let n = self.devices;
+        if n == 0 {
+            bail!("--devices must be at least 1");
+        }
+        let peers = match (&self.nodes, &self.node_rank, &self.orchestrator) {
+            (None, None, None) if n == 1 => return Ok(Vec::new()),
+            (None, None, None) => (0..n)
+                .map(|i| DataParallel::local(i, n))
+                .collect::<train::Result<Vec<_>>>()?,
+            (Some(nodes), Some(node_rank), Some(orchestrator)) => {
+                let node_address = self
+                    .node_address
+                    .clone()
+                    .context("a multi-node run needs --node-address (ws://HOST:PORT)")?;
+                let data_port = node_address
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
+                    .with_context(|| {
+                        format!("--node-address {node_address:?} has no port (ws://HOST:PORT)")
+                    })?;
+                let setup = NodeSetup {
+                    nodes: *nodes,
+                    node_rank: *node_rank,
+                    peers_per_node: n,
+                    orchestrator: orchestrator.clone(),
+                    node_address,
+                    data_port,
+                };
+                (0..n)
+                    .map(|i| DataParallel::multi_node(i, &setup))
+                    .collect::<train::Result<Vec<_>>>()?
+            }
+            _ => bail!(
+                "a multi-node run needs all of --nodes, --node-rank and --orchestrator \
+                 (or FLEXI_NNODES, FLEXI_NODE_RANK, FLEXI_ORCHESTRATOR)"
+            ),
+        };
+        Ok(peers.into_iter().map(|p| p.with_timeout(timeout)).collect())
+    }
 }
 
 /// Builds the training configuration from the file, the flags and the overrides.
@@ -335,6 +466,8 @@ impl BackendJob for TrainJob {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<RunInfo> {
         let (a, cfg) = (self.0, self.1);
         let examples = read_examples(&a.data, a.common.limit)?;
+        let on_cpu = a.common.backend()? == BackendKind::Flex;
+        let peers = a.parallel.peers()?;
         let spec = FitSpec {
             model: a.common.model.clone(),
             config: cfg,
@@ -343,10 +476,17 @@ impl BackendJob for TrainJob {
             out: a.out.clone(),
             resume: a.resume,
             progress: !a.quiet,
-            shards: train::trainer::default_shards(a.common.backend()? == BackendKind::Flex),
+            // CPU peers share the cores.
+            shards: (train::trainer::default_shards(on_cpu) / peers.len().max(1)).max(1),
+            parallel: None,
         };
-        let fitted = workflow::fit::<B>(&spec, &examples, device)
-            .with_context(|| format!("training on {}", a.data.display()))?;
+        let fitted = if peers.is_empty() {
+            workflow::fit::<B>(&spec, &examples, device)
+                .with_context(|| format!("training on {}", a.data.display()))?
+        } else {
+            fit_peers::<B>(&spec, examples.clone(), peers, &device)
+                .with_context(|| format!("data-parallel training on {}", a.data.display()))?
+        };
         let info = fitted.info;
         if a.quiet {
             return Ok(info);
@@ -374,6 +514,74 @@ impl BackendJob for TrainJob {
         );
         Ok(info)
     }
+}
+
+/// Runs one thread per local peer, each on its device (the backend's device `i`; every CPU
+/// peer on flex), and returns peer 0's result. The first peer to fail ends the run with its
+/// error at once: the others, waiting for it in a collective call, are not joined (the
+/// process exits with the error).
+fn fit_peers<B: AutodiffBackend>(
+    spec: &FitSpec,
+    examples: Vec<Example>,
+    peers: Vec<DataParallel>,
+    device: &B::Device,
+) -> Result<workflow::Fitted> {
+    use burn::tensor::backend::DeviceOps;
+    let examples = std::sync::Arc::new(examples);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let local = peers.len();
+    let first_rank = peers[0].rank;
+    for (i, peer) in peers.into_iter().enumerate() {
+        let mut id = device.id();
+        id.index_id = i as u16;
+        let device = <B::Device as burn::tensor::backend::Device>::from_id(id);
+        let spec = FitSpec {
+            progress: spec.progress && peer.is_leader(),
+            parallel: Some(peer.clone()),
+            ..spec.clone()
+        };
+        let (tx, examples) = (tx.clone(), examples.clone());
+        std::thread::Builder::new()
+            .name(format!("peer-{}", peer.rank))
+            .spawn(move || {
+                let result = workflow::fit::<B>(&spec, &examples, device);
+                let _ = tx.send((peer.rank, result));
+            })
+            .context("starting a peer thread")?;
+    }
+    drop(tx);
+    // Peer 0 (on other machines: this machine's first peer) is the one whose result counts.
+    let mut first = None;
+    for _ in 0..local {
+        let (rank, result) = rx
+            .recv()
+            .context("a peer thread ended without a result (it panicked)")?;
+        match result {
+            Ok(fitted) if rank == first_rank => first = Some(fitted),
+            Ok(_) => {}
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("peer {rank} failed"))),
+        }
+    }
+    first.context("the first peer did not finish")
+}
+
+/// `orchestrator`: burn-collective's global orchestrator.
+#[derive(Args, Clone, Debug)]
+pub struct OrchestratorArgs {
+    /// Port to listen on (the machines' `--orchestrator ws://THIS_HOST:PORT`).
+    #[arg(long, default_value_t = 3000)]
+    port: u16,
+}
+
+/// Runs the orchestrator until the process is interrupted.
+pub fn run_orchestrator(args: OrchestratorArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the orchestrator's runtime")?;
+    println!("orchestrator listening on port {}", args.port);
+    runtime.block_on(burn_collective::start_global_orchestrator(args.port));
+    Ok(())
 }
 
 /// Runs `train`.
@@ -410,10 +618,13 @@ pub struct EvalArgs {
     /// Backend.
     #[arg(long, default_value = "flex")]
     backend: String,
-    /// Longest generated answer.
-    #[arg(long, default_value_t = 48)]
-    max_new_tokens: usize,
-    /// Longest prompt + answer in tokens (default: the run's `max_len`; 256 for `--base`).
+    /// Longest generated answer (default: what fits each file's task, see
+    /// `infer::default_max_new_tokens`: 256 for math reasoning, 32 for QA). Answers cut at the
+    /// limit are counted in every report.
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    /// Longest prompt + answer in tokens (default: the run's `max_len`, 256 for `--base`,
+    /// widened to fit `--max-new-tokens` after a prompt of up to 256 tokens).
     #[arg(long)]
     max_len: Option<usize>,
     /// Prompts per batch.
@@ -469,17 +680,22 @@ impl BackendJob for EvalJob {
             }
             _ => bail!("give either --run DIR or --base --model PATH"),
         };
-        let settings = EvalSettings {
-            batch_size: a.eval_batch,
-            max_new_tokens: a.max_new_tokens,
-            max_len: a.max_len.unwrap_or(run.max_len),
-            progress: !a.quiet,
-        };
         let method = run.method();
         let mut reports = Vec::new();
         for path in &a.data {
             let examples = read_examples(path, a.limit)?;
             let name = examples[0].source.clone();
+            let max_new_tokens = a
+                .max_new_tokens
+                .unwrap_or_else(|| infer::default_max_new_tokens(examples[0].task));
+            let settings = EvalSettings {
+                batch_size: a.eval_batch,
+                max_new_tokens,
+                max_len: a
+                    .max_len
+                    .unwrap_or_else(|| generation_len(run.max_len, max_new_tokens)),
+                progress: !a.quiet,
+            };
             let report = run
                 .evaluate(&examples, &settings, &name)
                 .with_context(|| format!("evaluating on {}", path.display()))?;
@@ -520,10 +736,27 @@ fn finish_eval(a: &EvalArgs, method: String, reports: Vec<EvalReport>) -> Result
     Ok(summary)
 }
 
+/// Room a generating command leaves for the prompt when it widens a run's `max_len`.
+const PROMPT_ROOM: usize = 256;
+
+/// The sequence length for generating `max_new_tokens` after a prompt: the configured length,
+/// widened when it leaves less than [`PROMPT_ROOM`] tokens for the prompt.
+fn generation_len(max_len: usize, max_new_tokens: usize) -> usize {
+    max_len.max(max_new_tokens + PROMPT_ROOM)
+}
+
 fn print_report(title: &str, r: &EvalReport) {
     println!("\n{title}");
     for t in &r.tables {
         println!("{t}");
+    }
+    if r.max_new_tokens > 0 {
+        println!(
+            "truncated generations (no stop token within max_new_tokens = {}): {} of {}",
+            r.max_new_tokens,
+            r.truncated,
+            r.predictions.len()
+        );
     }
     println!(
         "mean rank {:.2}, average activated LoRA parameters per input {:.0}",
@@ -553,6 +786,7 @@ impl LabelArgs {
             out,
             threshold: None,
             seed,
+            reference_run: None,
         }
     }
 }
@@ -606,6 +840,7 @@ impl TrainArgs {
             set: Vec::new(),
             out,
             resume: false,
+            parallel: ParallelArgs::default(),
             quiet: false,
         }
     }
@@ -627,7 +862,7 @@ impl EvalArgs {
             data: vec![data.to_path_buf()],
             limit: None,
             backend: backend.into(),
-            max_new_tokens: 40,
+            max_new_tokens: Some(40),
             max_len: None,
             eval_batch: 8,
             out: Some(out.to_path_buf()),
@@ -643,7 +878,7 @@ impl EvalArgs {
 
     /// Generates at most `n` answer tokens.
     pub fn with_max_new_tokens(mut self, n: usize) -> Self {
-        self.max_new_tokens = n;
+        self.max_new_tokens = Some(n);
         self
     }
 

@@ -741,7 +741,7 @@ fn train_run(
         no_chat: true,
         limit: None,
         max_len: 48,
-        max_new_tokens: 10,
+        max_new_tokens: Some(10),
         eval_batch: 8,
     };
     let cfg = TrainConfig {

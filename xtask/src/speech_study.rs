@@ -65,7 +65,7 @@ fn common(model: &Path, backend: &str) -> Common {
         no_chat: true,
         limit: None,
         max_len: 256,
-        max_new_tokens: 96,
+        max_new_tokens: Some(96),
         eval_batch: 8,
     }
 }

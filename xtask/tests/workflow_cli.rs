@@ -233,6 +233,116 @@ fn the_cli_runs_the_flexi_workflow_end_to_end() {
         preds.iter().all(|(_, r, _)| [2, 8].contains(r)),
         "{preds:?}"
     );
+    // Labels from a trained run as a reference adapter (SPEC 2.2): each example's score is the
+    // run's own score of it, as `eval` with the same generation settings gave it. The Flexi
+    // run above answers nothing right on this tiny model (all hard: no balanced set, an
+    // error); a LoRA run that barely moved from the base answers as the base does.
+    let err = xtask_fails(&[
+        "label",
+        "--model",
+        tiny,
+        "--data",
+        data,
+        "--out",
+        dir.join("all_hard").to_str().unwrap(),
+        "--reference-run",
+        run.to_str().unwrap(),
+        "--max-len",
+        "64",
+        "--max-new-tokens",
+        "6",
+        "--eval-batch",
+        "4",
+    ]);
+    assert!(err.contains("cannot balance: 0 easy and 12 hard"), "{err}");
+    let ref_run = dir.join("ref_run");
+    xtask(&[
+        "train",
+        "--model",
+        tiny,
+        "--data",
+        data,
+        "--method",
+        "lora",
+        "--rank",
+        "2",
+        "--set",
+        "batch_size=4",
+        "--set",
+        "max_steps=1",
+        "--set",
+        "max_len=64",
+        "--set",
+        "lr=1e-9",
+        "--out",
+        ref_run.to_str().unwrap(),
+    ]);
+    xtask(&[
+        "eval",
+        "--run",
+        ref_run.to_str().unwrap(),
+        "--data",
+        data,
+        "--max-new-tokens",
+        "6",
+        "--eval-batch",
+        "4",
+    ]);
+    let ref_labels = dir.join("ref_labels");
+    let out = xtask(&[
+        "label",
+        "--model",
+        tiny,
+        "--data",
+        data,
+        "--out",
+        ref_labels.to_str().unwrap(),
+        "--reference-run",
+        ref_run.to_str().unwrap(),
+        "--max-len",
+        "64",
+        "--max-new-tokens",
+        "6",
+        "--eval-batch",
+        "4",
+    ]);
+    assert!(out.contains("reference run"), "{out}");
+    let eval: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ref_run.join("eval.json")).unwrap()).unwrap();
+    let eval_scores: std::collections::HashMap<String, f64> = eval["reports"][0]["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_str().unwrap().to_string(),
+                p["score"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let text = std::fs::read_to_string(ref_labels.join("labels.jsonl")).unwrap();
+    let labelled: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(labelled.len(), 12);
+    for l in &labelled {
+        let id = l["id"].as_str().unwrap();
+        assert_eq!(l["score"].as_f64(), eval_scores.get(id).copied(), "{id}");
+    }
+    // A reference run on another base model is refused.
+    let err = xtask_fails(&[
+        "label",
+        "--model",
+        fixture("tiny_untied").to_str().unwrap(),
+        "--data",
+        data,
+        "--out",
+        dir.join("wrong_ref").to_str().unwrap(),
+        "--reference-run",
+        run.to_str().unwrap(),
+    ]);
+    assert!(err.contains("the reference run was trained on"), "{err}");
     // The run as a PEFT adapter at the easy class's rank, served by the PEFT reader.
     let peft = dir.join("peft");
     let out = xtask(&[
