@@ -213,6 +213,10 @@ def parse_args(argv=None):
     p.add_argument("--alpha", type=float, help="LoRA alpha: 16")
     p.add_argument("--targets", help="LoRA target modules: q_proj,k_proj,v_proj,o_proj")
     p.add_argument("--json", metavar="OUT.json", help="write the result here")
+    p.add_argument("--device", default="cpu",
+                   help="torch device: cpu (default) or cuda (times include a synchronize)")
+    p.add_argument("--tf32", action="store_true",
+                   help="cuda: f32 matmuls on TF32 tensor cores, as Burn's cuda backend does")
     a = p.parse_args(argv)
 
     used = DEFAULTS[a.case]
@@ -242,12 +246,19 @@ def parse_args(argv=None):
 def llama(args):
     config = LlamaConfig(**SHAPES[args.shape], attn_implementation=args.attn)
     torch.manual_seed(args.seed)
-    return LlamaForCausalLM(config).to(torch.float32)
+    return LlamaForCausalLM(config).to(torch.float32).to(args.device)
 
 
 def token_ids(args, batch, length, vocab):
     g = torch.Generator().manual_seed(args.seed)
-    return torch.randint(0, vocab, (batch, length), generator=g, dtype=torch.long)
+    ids = torch.randint(0, vocab, (batch, length), generator=g, dtype=torch.long)
+    return ids.to(args.device)
+
+
+def sync(args):
+    """Waits for the device's queued work (GPU timings)."""
+    if str(args.device).startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def lora_config(args):
@@ -277,10 +288,12 @@ def timed(args, fn):
     """Runs fn() warmup + iters times; returns the timed ms and fn's results."""
     for _ in range(args.warmup):
         fn()
+    sync(args)
     ms, results = [], []
     for _ in range(args.iters):
         t0 = time.perf_counter()
         r = fn()
+        sync(args)
         ms.append((time.perf_counter() - t0) * 1e3)
         results.append(r)
     return ms, results
@@ -339,10 +352,11 @@ def case_decode(args):
         mask = torch.ones_like(prompt)
         out = model(input_ids=prompt, attention_mask=mask, use_cache=True, logits_to_keep=1)
         nxt = out.logits[:, -1, :].argmax(dim=-1, keepdim=True)
+        sync(args)
         t_prefill = time.perf_counter() - t0
         past = out.past_key_values
         generated = [nxt]
-        ones = torch.ones((args.batch, 1), dtype=mask.dtype)
+        ones = torch.ones((args.batch, 1), dtype=mask.dtype, device=mask.device)
         for _ in range(n - 1):
             mask = torch.cat([mask, ones], dim=1)
             out = model(input_ids=nxt, attention_mask=mask, past_key_values=past,
@@ -350,6 +364,7 @@ def case_decode(args):
             past = out.past_key_values
             nxt = out.logits[:, -1, :].argmax(dim=-1, keepdim=True)
             generated.append(nxt)
+        sync(args)
         total = time.perf_counter() - t0
         return t_prefill, total, torch.cat(generated, dim=1)
 
@@ -449,6 +464,9 @@ def main(argv=None):
     import_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.device != "cpu" and args.case == "whisper":
+        sys.exit("--device: the whisper case runs on the CPU only")
+    torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
     if args.case == "train-lora":
         ms, tokens, extra = case_train(args, lora=True)
     elif args.case == "train-full":
