@@ -215,6 +215,8 @@ def parse_args(argv=None):
     p.add_argument("--json", metavar="OUT.json", help="write the result here")
     p.add_argument("--device", default="cpu",
                    help="torch device: cpu (default) or cuda (times include a synchronize)")
+    p.add_argument("--grad-ckpt", action="store_true",
+                   help="train-*: gradient checkpointing (transformers' per-layer recomputation)")
     p.add_argument("--tf32", action="store_true",
                    help="cuda: f32 matmuls on TF32 tensor cores, as Burn's cuda backend does")
     a = p.parse_args(argv)
@@ -304,6 +306,10 @@ def case_train(args, lora):
         model = lora_model(args, random_b=False)
     else:
         model = llama(args)
+    if args.grad_ckpt:
+        # Non-reentrant checkpointing works with frozen inputs (LoRA) without
+        # enable_input_require_grads.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     vocab = SHAPES[args.shape]["vocab_size"]
@@ -464,6 +470,8 @@ def main(argv=None):
     import_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.grad_ckpt and not args.case.startswith("train"):
+        sys.exit("--grad-ckpt applies to the train-* cases only")
     if args.device != "cpu" and args.case == "whisper":
         sys.exit("--device: the whisper case runs on the CPU only")
     torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)

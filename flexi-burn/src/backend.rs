@@ -119,6 +119,36 @@ pub fn run<J: BackendJob>(kind: BackendKind, job: J) -> Result<J::Output> {
     }
 }
 
+/// [`run`] with activation checkpointing: the autodiff backend uses Burn's
+/// `BalancedCheckpointing`, which frees the outputs of memory-bound operations (elementwise,
+/// activations, softmax, norms) after the forward pass and recomputes them during the backward
+/// pass, keeping those of compute-bound ones (matmuls). Same gradients, less activation memory,
+/// some recomputation.
+pub fn run_checkpointed<J: BackendJob>(kind: BackendKind, job: J) -> Result<J::Output> {
+    #[allow(unused_imports)]
+    use burn::backend::{Autodiff, autodiff::checkpoint::strategy::BalancedCheckpointing};
+    probe(kind)?;
+    match kind {
+        #[cfg(feature = "flex")]
+        BackendKind::Flex => {
+            Ok(job.run::<Autodiff<FlexBackend, BalancedCheckpointing>>(Default::default()))
+        }
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => {
+            Ok(job.run::<Autodiff<WgpuBackend, BalancedCheckpointing>>(Default::default()))
+        }
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => {
+            Ok(job.run::<Autodiff<CudaBackend, BalancedCheckpointing>>(Default::default()))
+        }
+        #[allow(unreachable_patterns)]
+        other => {
+            drop(job);
+            Err(not_compiled(other))
+        }
+    }
+}
+
 fn not_compiled(kind: BackendKind) -> FlexiError {
     FlexiError::Backend(format!(
         "backend {kind} is not compiled into this binary: rebuild with `--features {}`{}",

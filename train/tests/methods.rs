@@ -739,3 +739,60 @@ fn a_data_parallel_peer_that_leaves_ends_the_run_and_the_checkpoint_resumes() {
     }
     assert!(worst <= 1e-5, "resumed: max |diff| {worst:e}");
 }
+
+/// Trains `cfg` on backend `Bk` (one shard, so both sides sum in the same order) and returns
+/// the trainable tensors.
+fn trained_on<Bk: burn::tensor::backend::AutodiffBackend>(
+    cfg: &TrainConfig,
+    out: &Path,
+    batches: &[LmBatch],
+) -> std::collections::BTreeMap<String, train::params::HostTensor> {
+    let device = Default::default();
+    let model = load_for_training::<Bk>(&fixture(), cfg, &device).unwrap();
+    let trainer = Trainer::<Bk> {
+        config: cfg,
+        out: out.to_path_buf(),
+        device,
+        progress: false,
+        stop_at: None,
+        save_checkpoints: false,
+        shards: 1,
+        parallel: None,
+    };
+    let (model, _) = trainer.fit(&CausalLm, model, batches, false).unwrap();
+    trainable_tensors(&model)
+}
+
+#[test]
+fn balanced_activation_checkpointing_trains_identically() {
+    // Burn's `BalancedCheckpointing` frees the outputs of memory-bound ops (elementwise,
+    // softmax, norms) after the forward pass and recomputes them in the backward pass; the
+    // recomputation runs the same kernels on the same inputs, so the step must not change.
+    use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+    type Ck = Autodiff<Flex, BalancedCheckpointing>;
+    let methods = [
+        (Method::Lora { rank: 4 }, None),
+        (
+            Method::Flexi {
+                class_ranks: "(1,4)".into(),
+            },
+            Some(&[1usize, 4, 4, 1, 4][..]),
+        ),
+        (Method::Full, None),
+    ];
+    for (method, routed) in methods {
+        let label = method.label().replace(['(', ')', ','], "_");
+        let cfg = config(method, 3);
+        let data = batches(routed);
+        let plain = trained_on::<B>(&cfg, &tmp(&format!("ck0-{label}")), &data);
+        let ckpt = trained_on::<Ck>(&cfg, &tmp(&format!("ck1-{label}")), &data);
+        assert_eq!(plain.len(), ckpt.len(), "{label}");
+        let mut worst = 0f32;
+        for (k, t) in &plain {
+            for (a, b) in t.values.iter().zip(&ckpt[k].values) {
+                worst = worst.max((a - b).abs());
+            }
+        }
+        assert!(worst <= 1e-6, "{label}: max |diff| {worst:e}");
+    }
+}

@@ -97,6 +97,10 @@ pub struct TrainBench {
     /// trainer's default for the backend, every core on flex).
     #[arg(long)]
     shards: Option<usize>,
+    /// Activation checkpointing (Burn's `BalancedCheckpointing`): memory-bound activations
+    /// are recomputed in the backward pass instead of kept.
+    #[arg(long)]
+    checkpoint_activations: bool,
 }
 
 /// `bench decode`.
@@ -315,10 +319,13 @@ pub fn run_train(a: TrainBench) -> Result<()> {
             "unknown --method {other:?}: expected lora, flexi, dylora, dylora_plus, adalora or full"
         ),
     };
-    let case = match &method {
+    let mut case = match &method {
         Method::Flexi { .. } => format!("train-{}", method.label()),
         _ => format!("train-{}", a.method),
     };
+    if a.checkpoint_activations {
+        case.push_str("+ckpt");
+    }
     let params = case_params(&case, &a);
     let steps = a.common.warmup + a.common.iters;
     let cfg = TrainConfig {
@@ -336,7 +343,12 @@ pub fn run_train(a: TrainBench) -> Result<()> {
     };
     cfg.validate().context("benchmark training configuration")?;
     let kind = a.common.backend.parse()?;
-    let (ms, loss) = backend::run(kind, TrainJob(a.clone(), cfg))??;
+    let job = TrainJob(a.clone(), cfg);
+    let (ms, loss) = if a.checkpoint_activations {
+        backend::run_checkpointed(kind, job)??
+    } else {
+        backend::run(kind, job)??
+    };
     let mut extra = serde_json::Map::new();
     extra.insert("last_loss".into(), loss.into());
     finish(&a.common, case, params, ms, a.batch * a.seq, extra)

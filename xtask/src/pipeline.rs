@@ -320,6 +320,11 @@ pub struct TrainArgs {
     /// Continue from the newest checkpoint in `--out`.
     #[arg(long)]
     resume: bool,
+    /// Activation checkpointing (Burn's `BalancedCheckpointing`): activations of
+    /// memory-bound operations are recomputed in the backward pass instead of kept; same
+    /// gradients, less memory, some extra compute.
+    #[arg(long)]
+    checkpoint_activations: bool,
     #[command(flatten)]
     parallel: ParallelArgs,
     /// No progress bar or summary lines (callers that print their own).
@@ -587,12 +592,17 @@ pub fn run_orchestrator(args: OrchestratorArgs) -> Result<()> {
 /// Runs `train`.
 pub fn run_train(args: TrainArgs) -> Result<()> {
     let cfg = train_config(&args)?;
-    backend::run(args.common.backend()?, TrainJob(args, cfg))?.map(|_| ())
+    train_with(args, cfg).map(|_| ())
 }
 
 /// Trains with an explicit configuration (used by the demo).
 pub fn train_with(args: TrainArgs, cfg: TrainConfig) -> Result<RunInfo> {
-    backend::run(args.common.backend()?, TrainJob(args, cfg))?
+    let kind = args.common.backend()?;
+    if args.checkpoint_activations {
+        backend::run_checkpointed(kind, TrainJob(args, cfg))?
+    } else {
+        backend::run(kind, TrainJob(args, cfg))?
+    }
 }
 
 // ---------------------------------------------------------------- eval
@@ -840,6 +850,7 @@ impl TrainArgs {
             set: Vec::new(),
             out,
             resume: false,
+            checkpoint_activations: false,
             parallel: ParallelArgs::default(),
             quiet: false,
         }

@@ -297,3 +297,30 @@ fn two_nodes_on_loopback_take_the_same_step_as_one_process() {
     let metrics = std::fs::read_to_string(multi.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 1);
 }
+
+/// Not data-parallel, but the other flag that changes how a step is computed, not what it
+/// computes: `--checkpoint-activations` (Burn's `BalancedCheckpointing`) trains the same
+/// adapter (the library test `balanced_activation_checkpointing_trains_identically` covers
+/// every method).
+#[test]
+fn checkpoint_activations_trains_the_same_adapter() {
+    let dir = scratch("ckpt");
+    let data = data(&dir);
+    let plain = dir.join("plain");
+    ok(
+        xtask()
+            .args(train_args(&data, &plain, 3, 0))
+            .output()
+            .unwrap(),
+        "train",
+    );
+    let ckpt = dir.join("ckpt");
+    let mut args = train_args(&data, &ckpt, 3, 0);
+    args.push("--checkpoint-activations".into());
+    ok(
+        xtask().args(&args).output().unwrap(),
+        "train --checkpoint-activations",
+    );
+    let d = max_diff(&adapter(&ckpt), &adapter(&plain));
+    assert!(d <= 1e-6, "--checkpoint-activations: max |diff| {d:e}");
+}
