@@ -119,10 +119,8 @@ impl DataParallel {
             .with_num_nodes(setup.nodes as u32)
             .with_global_address(address("orchestrator", &setup.orchestrator)?)
             .with_node_address(address("node_address", &setup.node_address)?)
-            .with_data_service_port(setup.data_port)
-            // Ring all-reduce is what burn-collective recommends between nodes; within a node
-            // the default tree.
-            ;
+            // burn-collective's defaults: a ring all-reduce between nodes, a tree within one.
+            .with_data_service_port(setup.data_port);
         Ok(Self {
             rank: setup.node_rank * setup.peers_per_node + local_rank,
             world: setup.nodes * setup.peers_per_node,
@@ -213,24 +211,6 @@ impl DataParallel {
                 message: format!("{what}{at}: the collective call panicked"),
             }),
         }
-    }
-
-    /// Sums `values` over the peers.
-    pub fn sum_values<B: AutodiffBackend>(
-        &self,
-        values: &[f64],
-        device: &B::Device,
-        step: usize,
-    ) -> Result<Vec<f64>> {
-        let t = Tensor::<B::InnerBackend, 1>::from_data(
-            TensorData::new(
-                values.iter().map(|&v| v as f32).collect::<Vec<f32>>(),
-                [values.len()],
-            ),
-            device,
-        );
-        let summed = self.all_reduce_flat::<B>(t, "all-reduce of the step's values", step)?;
-        Ok(summed.into_data().iter::<f32>().map(|v| v as f64).collect())
     }
 
     fn all_reduce_flat<B: AutodiffBackend>(

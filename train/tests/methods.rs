@@ -83,18 +83,37 @@ fn run_sharded(
     resume: bool,
     shards: usize,
 ) -> train::Result<(models::llama::Llama<B>, train::TrainSummary)> {
-    let device = Default::default();
-    let model = load_for_training::<B>(&fixture(), cfg, &device)?;
-    let trainer = Trainer::<B> {
+    let trainer = trainer::<B>(cfg, out, stop_at, shards, None);
+    fit(trainer, batches, resume)
+}
+
+/// A quiet trainer of the tiny Llama on backend `Bk`, writing checkpoints into `out`.
+fn trainer<'a, Bk: burn::tensor::backend::AutodiffBackend>(
+    cfg: &'a TrainConfig,
+    out: &Path,
+    stop_at: Option<usize>,
+    shards: usize,
+    parallel: Option<train::DataParallel>,
+) -> Trainer<'a, Bk> {
+    Trainer {
         config: cfg,
         out: out.to_path_buf(),
-        device,
+        device: Default::default(),
         progress: false,
         stop_at,
         save_checkpoints: true,
         shards,
-        parallel: None,
-    };
+        parallel,
+    }
+}
+
+/// Loads the tiny Llama for `trainer`'s configuration and fits it to `batches`.
+fn fit<Bk: burn::tensor::backend::AutodiffBackend>(
+    trainer: Trainer<'_, Bk>,
+    batches: &[LmBatch],
+    resume: bool,
+) -> train::Result<(models::llama::Llama<Bk>, train::TrainSummary)> {
+    let model = load_for_training::<Bk>(&fixture(), trainer.config, &trainer.device)?;
     trainer.fit(&CausalLm, model, batches, resume)
 }
 
@@ -608,20 +627,9 @@ fn data_parallel_peers_train_like_one_process() {
                     .map(|rank| {
                         let (cfg, data, out) = (&cfg, &data, out.clone());
                         scope.spawn(move || {
-                            let device = Default::default();
-                            let model = load_for_training::<B>(&fixture(), cfg, &device).unwrap();
-                            let trainer = Trainer::<B> {
-                                config: cfg,
-                                out,
-                                device,
-                                progress: false,
-                                stop_at: None,
-                                save_checkpoints: true,
-                                shards: 1,
-                                parallel: Some(DataParallel::local(rank, world).unwrap()),
-                            };
-                            let (model, summary) =
-                                trainer.fit(&CausalLm, model, data, false).unwrap();
+                            let peer = Some(DataParallel::local(rank, world).unwrap());
+                            let trainer = trainer::<B>(cfg, &out, None, 1, peer);
+                            let (model, summary) = fit(trainer, data, false).unwrap();
                             (trainable_tensors(&model), summary)
                         })
                     })
@@ -678,23 +686,11 @@ fn a_data_parallel_peer_that_leaves_ends_the_run_and_the_checkpoint_resumes() {
             .map(|(rank, stop_at)| {
                 let (cfg, data, out) = (&cfg, &data, out.clone());
                 scope.spawn(move || {
-                    let device = Default::default();
-                    let model = load_for_training::<B>(&fixture(), cfg, &device).unwrap();
-                    let trainer = Trainer::<B> {
-                        config: cfg,
-                        out,
-                        device,
-                        progress: false,
-                        stop_at,
-                        save_checkpoints: true,
-                        shards: 1,
-                        parallel: Some(
-                            DataParallel::local(rank, 2)
-                                .unwrap()
-                                .with_timeout(Duration::from_secs(5)),
-                        ),
-                    };
-                    trainer.fit(&CausalLm, model, data, false).map(|_| ())
+                    let peer = DataParallel::local(rank, 2)
+                        .unwrap()
+                        .with_timeout(Duration::from_secs(5));
+                    let trainer = trainer::<B>(cfg, &out, stop_at, 1, Some(peer));
+                    fit(trainer, data, false).map(|_| ())
                 })
             })
             .collect();
@@ -747,19 +743,11 @@ fn trained_on<Bk: burn::tensor::backend::AutodiffBackend>(
     out: &Path,
     batches: &[LmBatch],
 ) -> std::collections::BTreeMap<String, train::params::HostTensor> {
-    let device = Default::default();
-    let model = load_for_training::<Bk>(&fixture(), cfg, &device).unwrap();
-    let trainer = Trainer::<Bk> {
-        config: cfg,
-        out: out.to_path_buf(),
-        device,
-        progress: false,
-        stop_at: None,
+    let trainer = Trainer {
         save_checkpoints: false,
-        shards: 1,
-        parallel: None,
+        ..trainer::<Bk>(cfg, out, None, 1, None)
     };
-    let (model, _) = trainer.fit(&CausalLm, model, batches, false).unwrap();
+    let (model, _) = fit(trainer, batches, false).unwrap();
     trainable_tensors(&model)
 }
 

@@ -237,23 +237,31 @@ fn the_cli_runs_the_flexi_workflow_end_to_end() {
     // run's own score of it, as `eval` with the same generation settings gave it. The Flexi
     // run above answers nothing right on this tiny model (all hard: no balanced set, an
     // error); a LoRA run that barely moved from the base answers as the base does.
-    let err = xtask_fails(&[
-        "label",
-        "--model",
-        tiny,
-        "--data",
-        data,
-        "--out",
-        dir.join("all_hard").to_str().unwrap(),
-        "--reference-run",
-        run.to_str().unwrap(),
-        "--max-len",
-        "64",
-        "--max-new-tokens",
-        "6",
-        "--eval-batch",
-        "4",
-    ]);
+    // `label --reference-run RUN --out OUT` with the generation settings `eval` used.
+    let label_ref = |out: &Path, reference: &Path| -> Vec<String> {
+        let (out, reference) = (out.to_str().unwrap(), reference.to_str().unwrap());
+        [
+            "label",
+            "--model",
+            tiny,
+            "--data",
+            data,
+            "--out",
+            out,
+            "--reference-run",
+            reference,
+            "--max-len",
+            "64",
+            "--max-new-tokens",
+            "6",
+            "--eval-batch",
+            "4",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let args = label_ref(&dir.join("all_hard"), &run);
+    let err = xtask_fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(err.contains("cannot balance: 0 easy and 12 hard"), "{err}");
     let ref_run = dir.join("ref_run");
     xtask(&[
@@ -289,23 +297,8 @@ fn the_cli_runs_the_flexi_workflow_end_to_end() {
         "4",
     ]);
     let ref_labels = dir.join("ref_labels");
-    let out = xtask(&[
-        "label",
-        "--model",
-        tiny,
-        "--data",
-        data,
-        "--out",
-        ref_labels.to_str().unwrap(),
-        "--reference-run",
-        ref_run.to_str().unwrap(),
-        "--max-len",
-        "64",
-        "--max-new-tokens",
-        "6",
-        "--eval-batch",
-        "4",
-    ]);
+    let args = label_ref(&ref_labels, &ref_run);
+    let out = xtask(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.contains("reference run"), "{out}");
     let eval: serde_json::Value =
         serde_json::from_slice(&std::fs::read(ref_run.join("eval.json")).unwrap()).unwrap();
