@@ -462,37 +462,53 @@ fn a_kv_cache_reused_at_other_ranks_is_an_error() {
 }
 
 #[test]
-fn an_exported_adalora_adapter_gives_pefts_logits() {
-    // `tiny_tied/adalora_peft`: an AdaLoRA run of the tiny Llama (init_r 6, pruned to
-    // different kept counts per layer), written by `cargo xtask export --format peft` as a
-    // plain LoRA of its kept components; `peft_logits.safetensors` holds the logits PEFT
-    // computes from that directory (`tools/peft_export_check.py --write`). Read here, the
-    // adapter gives the same logits.
+fn exported_adapters_give_pefts_logits() {
+    // Runs of the tiny Llama written by `cargo xtask export` (README.md in each directory):
+    // `adalora_peft` (AdaLoRA, init_r 6 pruned to different kept counts per layer, as a plain
+    // LoRA of its kept components), `lora8_peft` (LoRA-8), `flexi_r2_peft` (Flexi-LoRA (2,8)
+    // at rank 2), `flexi_r8_peft` (the same run in the Flexi-LoRA format: PEFT reads it as a
+    // LoRA at r_max 8). `peft_logits.safetensors` holds the logits PEFT computes from each
+    // directory (`tools/peft_export_check.py --write`). Read here, each gives PEFT's logits.
     let dir = fixture("tiny_tied");
-    let adapter = dir.join("adalora_peft");
-    let refs = reference(adapter.join("peft_logits.safetensors"));
-    let model = load_llama_with_peft::<B>(&dir, &adapter, &Default::default()).unwrap();
-    let config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(adapter.join("adapter_config.json")).unwrap())
-            .unwrap();
-    let r = config["r"].as_u64().unwrap() as usize;
-    let ids: Vec<u32> = vec![1, 5, 9, 13, 17, 2, 4, 6];
-    let batch = PaddedBatch::left_pad(&[ids], 0);
-    let ours = to_vec(model.forward(&batch, &SampleRanks::uniform(1, r)).unwrap());
-    let theirs = &refs["logits"].f;
-    let base = to_vec(model.forward(&batch, &SampleRanks::uniform(1, 0)).unwrap());
-    let d = ours
-        .iter()
-        .zip(theirs)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    let moved = base
-        .iter()
-        .zip(theirs)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    println!(
-        "adalora export (r = {r}): max abs diff to PEFT {d:.2e}, adapter moves logits {moved:.2e}"
-    );
-    assert_eq!(ours.len(), theirs.len());
-    assert!(d <= 1e-4, "{d}");
-    assert!(moved > 1e-2, "the adapter changes the logits: {moved}");
+    for (name, want_r) in [
+        ("adalora_peft", 5),
+        ("lora8_peft", 8),
+        ("flexi_r2_peft", 2),
+        ("flexi_r8_peft", 8),
+    ] {
+        let adapter = dir.join(name);
+        let refs = reference(adapter.join("peft_logits.safetensors"));
+        let model = load_llama_with_peft::<B>(&dir, &adapter, &Default::default()).unwrap();
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(adapter.join("adapter_config.json")).unwrap())
+                .unwrap();
+        let r = config["r"].as_u64().unwrap() as usize;
+        assert_eq!(r, want_r, "{name}");
+        let ids: Vec<u32> = vec![1, 5, 9, 13, 17, 2, 4, 6];
+        assert_eq!(
+            refs["input_ids"].i,
+            ids.iter().map(|&i| i as i64).collect::<Vec<_>>()
+        );
+        let batch = PaddedBatch::left_pad(&[ids], 0);
+        let ours = to_vec(model.forward(&batch, &SampleRanks::uniform(1, r)).unwrap());
+        let theirs = &refs["logits"].f;
+        let base = to_vec(model.forward(&batch, &SampleRanks::uniform(1, 0)).unwrap());
+        let d = ours
+            .iter()
+            .zip(theirs)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let moved = base
+            .iter()
+            .zip(theirs)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        println!(
+            "{name} (r = {r}): max abs diff to PEFT {d:.2e}, adapter moves logits {moved:.2e}"
+        );
+        assert_eq!(ours.len(), theirs.len());
+        assert!(d <= 1e-4, "{name}: {d}");
+        assert!(
+            moved > 1e-2,
+            "{name}: the adapter changes the logits: {moved}"
+        );
+    }
 }

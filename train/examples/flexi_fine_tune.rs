@@ -81,6 +81,8 @@ fn main() -> Result<()> {
         ..Default::default()
     };
     let spec = FitSpec {
+        init_adapter: None,
+        allow_upcast: false,
         model,
         config,
         router: Some(out.join("router")),

@@ -32,6 +32,17 @@ pub enum TrainError {
         /// What is wrong.
         message: String,
     },
+    /// A PEFT adapter (`adapter_config.json` + `adapter_model.safetensors`) that cannot be
+    /// imported: names the file and the key (config field or tensor name).
+    #[error("adapter {}: {key}: {message}", path.display())]
+    Adapter {
+        /// The file.
+        path: PathBuf,
+        /// The config field or tensor name.
+        key: String,
+        /// What is wrong and what was expected.
+        message: String,
+    },
     /// The loss became NaN or infinite.
     #[error(
         "non-finite loss {loss} at step {step}, micro-batch {micro_batch} (examples {examples:?}); \

@@ -7,11 +7,14 @@
 //! `alpha / sqrt(r)` through `lora_alpha` and `use_rslora`, a learned per-rank scale by
 //! folding `s(r) / (alpha / r)` into `lora_B`.
 //!
-//! Covered: Llama runs of LoRA, DyLoRA (default: its eval rank), DyLoRA+, Flexi-LoRA
-//! (default: `r_max`) and AdaLoRA, written as a plain LoRA of the components its pruning kept
-//! (`E` folded into `B`; every layer at the largest kept count, zero-padded). Not yet: PEFT's
-//! own AdaLoRA layout (`lora_E`), full fine-tuning (a merged checkpoint instead) and Whisper
-//! targets.
+//! Covered: Llama and Whisper runs (PEFT's module names: `model.layers.{i}.self_attn.q_proj`,
+//! `model.encoder.layers.{i}.fc1`, `model.decoder.layers.{i}.encoder_attn.q_proj`, ...) of
+//! LoRA, DyLoRA (default: its eval rank), DyLoRA+, Flexi-LoRA (default: `r_max`) and AdaLoRA,
+//! written as a plain LoRA of the components its pruning kept (`E` folded into `B`; every
+//! layer at the largest kept count, zero-padded). PEFT's own AdaLoRA layout (`lora_E`) is
+//! read by the import ([`crate::peft`]) but not written; full fine-tuning has no adapter
+//! (merge instead). `target_modules` is written sorted, so that export -> import -> export
+//! gives the same bytes.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -85,16 +88,13 @@ fn write_peft<B: Backend>(
     out: &Path,
     extra: Option<serde_json::Value>,
 ) -> Result<PeftExport> {
-    let unsupported = |what: &str| TrainError::Config {
-        key: "export".into(),
-        message: format!("PEFT export of {what} is not implemented yet (issue 15)"),
-    };
     let info = run.info.as_ref().ok_or_else(|| TrainError::Config {
         key: "run".into(),
         message: "a base model has no adapter to export".into(),
     })?;
-    let RunModel::Text { model, .. } = &run.model else {
-        return Err(unsupported("Whisper runs"));
+    let (adapters, speech) = match &run.model {
+        RunModel::Text { model, .. } => (model.adapters(), false),
+        RunModel::Speech { model, .. } => (model.adapters(), true),
     };
     let cfg = &info.config;
     match &cfg.method {
@@ -117,7 +117,6 @@ fn write_peft<B: Backend>(
         }
         _ => {}
     }
-    let adapters = model.adapters();
     // AdaLoRA: `s B diag(E) A` with pruned components at E = 0, written as a plain LoRA of
     // the kept components (E folded into B). Layers keep different numbers of components;
     // all are written at the largest kept count, zero-padded (a zero row of A and column of B
@@ -176,12 +175,13 @@ fn write_peft<B: Backend>(
     }
     let mut config = json!({
         "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
+        // Whisper: no task type (PEFT's seq2seq wrapper would pass `input_ids` to it).
+        "task_type": if speech { None } else { Some("CAUSAL_LM") },
         "base_model_name_or_path": info.model.display().to_string(),
         "r": rank,
         "lora_alpha": lora_alpha,
         "use_rslora": use_rslora,
-        "target_modules": cfg.adapter.targets,
+        "target_modules": peft_targets(&cfg.adapter.targets, speech),
         "lora_dropout": 0.0,
         "bias": "none",
         "fan_in_fan_out": false,
@@ -207,6 +207,21 @@ fn write_peft<B: Backend>(
         use_rslora,
         layers: adapters.len(),
     })
+}
+
+/// PEFT's `target_modules` of a run: its targets sorted (Whisper's `o_proj` written as its
+/// name there, `out_proj`), so that an imported adapter exports to the same bytes.
+fn peft_targets(targets: &[String], speech: bool) -> Vec<String> {
+    let mut out: Vec<String> = targets
+        .iter()
+        .map(|t| match (speech, t.as_str()) {
+            (true, "o_proj") => "out_proj".to_string(),
+            _ => t.clone(),
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// An AdaLoRA layer's kept components as plain LoRA factors of rank `rank`:
@@ -273,17 +288,20 @@ pub fn merge_hf<B: Backend>(run: &FlexiRun<B>, rank: Option<usize>, out: &Path) 
         .info
         .as_ref()
         .ok_or_else(|| bad("a base model has nothing to merge".into()))?;
-    let RunModel::Text { model, .. } = &run.model else {
-        return Err(bad(
-            "merging Whisper runs is not implemented yet (issue 15)".into(),
-        ));
+    let adapters = match &run.model {
+        RunModel::Text { model, .. } => model.adapters(),
+        RunModel::Speech { model, .. } => model.adapters(),
     };
     let cfg = &info.config;
     let base = &info.model;
-    if !base.join("config.json").is_file() {
+    let has_safetensors = std::fs::read_dir(base).is_ok_and(|d| {
+        d.filter_map(|e| e.ok())
+            .any(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+    });
+    if !base.join("config.json").is_file() || !has_safetensors {
         return Err(bad(format!(
-            "{} is not a Hugging Face directory (merge writes the base's own files; a .gguf \
-             base has none)",
+            "{} is not a Hugging Face directory with safetensors weights (merge writes the \
+             base's own files; a .gguf or CTranslate2 base has none)",
             base.display()
         )));
     }
@@ -296,8 +314,7 @@ pub fn merge_hf<B: Backend>(run: &FlexiRun<B>, rank: Option<usize>, out: &Path) 
     }
     let rank = checked_rank(&cfg.method, rank)?;
     // The merged weights by HF name, `[out, in]` f32.
-    let mut merged: BTreeMap<String, HostTensor> = model
-        .adapters()
+    let mut merged: BTreeMap<String, HostTensor> = adapters
         .into_iter()
         .map(|(path, layer)| {
             let module = path.strip_suffix(".Adapted").unwrap_or(&path);

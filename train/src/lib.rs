@@ -33,6 +33,7 @@ pub mod lock;
 pub mod lr;
 pub mod parallel;
 pub mod params;
+pub mod peft;
 pub mod router;
 pub mod run;
 pub mod trainer;

@@ -50,6 +50,10 @@ pub struct RunInfo {
     /// Parameters of the base model.
     #[serde(default)]
     pub base_params: usize,
+    /// The PEFT adapter the run was imported from or started from (`import`,
+    /// `train --resume-from-adapter`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter_from: Option<PathBuf>,
 }
 
 impl RunInfo {
@@ -450,6 +454,7 @@ impl<B: Backend> FlexiRun<B> {
                 speech: false,
                 trainable_params: 0,
                 base_params: 0,
+                adapter_from: Some(dir.to_path_buf()),
             }),
             model: RunModel::Text {
                 model: Box::new(model),

@@ -38,6 +38,7 @@ use crate::asr::{AsrBatch, Seq2Seq, load_whisper_for_training, transcribe_prompt
 use crate::config::{Method, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::lm::{CausalLm, LmBatch, load_for_training};
+use crate::peft::init_from_adapter;
 use crate::router::{accuracy, stratified_split, train_router};
 use crate::run::RunInfo;
 use crate::trainer::{TrainSummary, Trainer};
@@ -442,6 +443,11 @@ pub struct FitSpec {
     pub out: PathBuf,
     /// Continue from the newest checkpoint in `out`.
     pub resume: bool,
+    /// Start the adapter from a PEFT adapter directory ([`crate::peft::init_from_adapter`]):
+    /// its modules fill the first components of ours, the rest start as usual.
+    pub init_adapter: Option<PathBuf>,
+    /// Accept a half-precision `init_adapter` on an f32 base.
+    pub allow_upcast: bool,
     /// Progress bar.
     pub progress: bool,
     /// Data-parallel shards per step on this device
@@ -524,7 +530,10 @@ pub fn fit<B: AutodiffBackend>(
         parallel: spec.parallel.clone(),
     };
     let (summary, batches, params, chat) = if speech {
-        let model = load_whisper_for_training::<B>(&spec.model, cfg, &device)?;
+        let mut model = load_whisper_for_training::<B>(&spec.model, cfg, &device)?;
+        if let Some(dir) = &spec.init_adapter {
+            init_from_adapter(&mut model, &cfg.method, dir, &spec.model, spec.allow_upcast)?;
+        }
         // Router ranks per utterance (Flexi-LoRA), from the frozen router over the model to
         // train at rank 0, which is its base: no second copy of the model is loaded.
         let routed: Vec<Option<usize>> = match &router {
@@ -557,8 +566,11 @@ pub fn fit<B: AutodiffBackend>(
         (summary, batches.len(), params, false)
     } else {
         let text = LmText::load(&spec.model, spec.chat)?;
-        let model = load_for_training::<B>(&spec.model, cfg, &device)?;
+        let mut model = load_for_training::<B>(&spec.model, cfg, &device)?;
         text.check_vocab(model.config.vocab_size)?;
+        if let Some(dir) = &spec.init_adapter {
+            init_from_adapter(&mut model, &cfg.method, dir, &spec.model, spec.allow_upcast)?;
+        }
         // Router ranks per example (Flexi-LoRA), from the frozen router. The router reads the
         // frozen token embedding, which the model to train shares with its base: no second
         // copy of the model is loaded.
@@ -606,6 +618,7 @@ pub fn fit<B: AutodiffBackend>(
         } else {
             params.total - params.trainable
         },
+        adapter_from: spec.init_adapter.clone(),
     };
     if leader {
         info.write(&spec.out)?;

@@ -85,6 +85,8 @@ fn fit(
     examples: &[Example],
 ) -> train::Result<workflow::Fitted> {
     let spec = FitSpec {
+        init_adapter: None,
+        allow_upcast: false,
         model,
         config,
         router,

@@ -19,7 +19,6 @@ use flexi_burn::SampleRanks;
 use flexi_burn::backend::{self, BackendJob, BackendKind};
 use models::llama::{
     AdapterConfig, GenerationConfig, Llama, Message, PaddedBatch, Sampling, generate,
-    load_llama_with_peft,
 };
 use safetensors::tensor::TensorView;
 
@@ -33,9 +32,13 @@ pub struct ModelArgs {
     /// Backend: flex (CPU), wgpu or cuda (the latter two need their cargo feature).
     #[arg(long, default_value = "flex")]
     backend: String,
-    /// PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors).
+    /// PEFT LoRA or AdaLoRA adapter directory (adapter_config.json,
+    /// adapter_model.safetensors), read as `import` reads it.
     #[arg(long)]
     adapter: Option<PathBuf>,
+    /// Accept a half-precision adapter on an f32 base (converted exactly).
+    #[arg(long)]
+    allow_upcast: bool,
     /// LoRA rank to run at (0 = base model; default: the adapter's r, or 0 without one).
     #[arg(long)]
     rank: Option<usize>,
@@ -49,20 +52,26 @@ impl ModelArgs {
     }
 
     fn load<B: Backend>(&self, device: &B::Device) -> Result<(Llama<B>, usize)> {
-        let model = match &self.adapter {
-            Some(adapter) => {
-                load_llama_with_peft::<B>(&self.model, adapter, device).with_context(|| {
-                    format!(
-                        "loading {} with adapter {}",
-                        self.model.display(),
-                        adapter.display()
-                    )
-                })?
-            }
-            None => models::auto::load_llama_any::<B>(&self.model, &AdapterConfig::none(), device)
-                .with_context(|| format!("loading {}", self.model.display()))?,
+        let (model, r_max) = match &self.adapter {
+            Some(adapter) => train::peft::load_llama_with_adapter::<B>(
+                &self.model,
+                adapter,
+                self.allow_upcast,
+                device,
+            )
+            .with_context(|| {
+                format!(
+                    "loading {} with adapter {}",
+                    self.model.display(),
+                    adapter.display()
+                )
+            })?,
+            None => (
+                models::auto::load_llama_any::<B>(&self.model, &AdapterConfig::none(), device)
+                    .with_context(|| format!("loading {}", self.model.display()))?,
+                0,
+            ),
         };
-        let r_max = model.r_max();
         let rank = self.rank.unwrap_or(r_max);
         if rank > r_max {
             if self.adapter.is_none() {

@@ -58,6 +58,9 @@ enum Command {
     Export(pipeline::ExportArgs),
     /// Write a trained run as a full Hugging Face checkpoint with the adapter merged in.
     Merge(pipeline::MergeArgs),
+    /// Read a PEFT LoRA / AdaLoRA adapter onto a base model as a run directory that eval,
+    /// generate, export, merge and `train --resume-from-adapter` accept.
+    Import(pipeline::ImportArgs),
     /// Benchmarks (speed and memory live here, not in tests).
     Bench(bench::BenchArgs),
     /// Data files: inspect a file as the model sees it; synthesize a speech set.
@@ -88,6 +91,7 @@ fn main() -> anyhow::Result<()> {
         Command::Eval(args) => pipeline::run_eval(args),
         Command::Export(args) => pipeline::run_export(args),
         Command::Merge(args) => pipeline::run_merge(args),
+        Command::Import(args) => pipeline::run_import(args),
         Command::Bench(args) => bench::run(args),
         Command::Data(args) => data::run(args),
         Command::Generate(args) => llama::run_generate(args),

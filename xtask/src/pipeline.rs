@@ -320,6 +320,15 @@ pub struct TrainArgs {
     /// Continue from the newest checkpoint in `--out`.
     #[arg(long)]
     resume: bool,
+    /// Start the adapter from a PEFT LoRA / AdaLoRA adapter directory (e.g. one `import`ed or
+    /// `export`ed, or made by PEFT): its modules fill the first components of the method's
+    /// adapter (scales folded in, so step 0 computes that adapter); further components start
+    /// as usual. LoRA-family methods with r_max >= the adapter's ranks.
+    #[arg(long)]
+    resume_from_adapter: Option<PathBuf>,
+    /// Accept a half-precision adapter (`--resume-from-adapter`) on an f32 base.
+    #[arg(long)]
+    allow_upcast: bool,
     /// Activation checkpointing (Burn's `BalancedCheckpointing`): activations of
     /// memory-bound operations are recomputed in the backward pass instead of kept; same
     /// gradients, less memory, some extra compute.
@@ -474,6 +483,8 @@ impl BackendJob for TrainJob {
         let on_cpu = a.common.backend()? == BackendKind::Flex;
         let peers = a.parallel.peers()?;
         let spec = FitSpec {
+            init_adapter: a.resume_from_adapter.clone(),
+            allow_upcast: a.allow_upcast,
             model: a.common.model.clone(),
             config: cfg,
             router: a.router.clone(),
@@ -850,6 +861,8 @@ impl TrainArgs {
             set: Vec::new(),
             out,
             resume: false,
+            resume_from_adapter: None,
+            allow_upcast: false,
             checkpoint_activations: false,
             parallel: ParallelArgs::default(),
             quiet: false,
@@ -1000,4 +1013,66 @@ impl BackendJob for MergeJob {
 /// Runs `merge` (on the CPU).
 pub fn run_merge(args: MergeArgs) -> Result<()> {
     backend::run(BackendKind::Flex, MergeJob(args))?
+}
+
+/// `import`: a PEFT LoRA or AdaLoRA adapter onto a base model, as a run directory.
+#[derive(Args, Clone, Debug)]
+pub struct ImportArgs {
+    /// The PEFT adapter directory (`adapter_config.json`, `adapter_model.safetensors`).
+    #[arg(long)]
+    adapter: PathBuf,
+    /// The base model it adapts: a Hugging Face directory or `.gguf` file (Llama), or a
+    /// Whisper directory (Hugging Face or CTranslate2).
+    #[arg(long)]
+    model: PathBuf,
+    /// The run directory to write (must not hold a run yet).
+    #[arg(long)]
+    out: PathBuf,
+    /// Do not apply the model's chat template to prompts.
+    #[arg(long)]
+    no_chat: bool,
+    /// Longest prompt + answer in tokens for the run.
+    #[arg(long, default_value_t = 256)]
+    max_len: usize,
+    /// Accept a half-precision adapter on an f32 base (converted exactly).
+    #[arg(long)]
+    allow_upcast: bool,
+}
+
+struct ImportJob(ImportArgs);
+
+impl BackendJob for ImportJob {
+    type Output = Result<()>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let a = self.0;
+        let spec = train::peft::ImportSpec {
+            model: a.model.clone(),
+            adapter: a.adapter.clone(),
+            out: a.out.clone(),
+            chat: !a.no_chat,
+            max_len: a.max_len,
+            allow_upcast: a.allow_upcast,
+        };
+        let i = train::peft::import_peft::<B>(&spec, device).with_context(|| {
+            format!(
+                "importing {} onto {}",
+                a.adapter.display(),
+                a.model.display()
+            )
+        })?;
+        println!(
+            "imported {} module(s) as a LoRA-{} run ({} adapted layer(s) it does not target left \
+             at zero) -> {}",
+            i.applied.modules,
+            i.rank,
+            i.applied.untouched,
+            a.out.display()
+        );
+        Ok(())
+    }
+}
+
+/// Runs `import` on the CPU.
+pub fn run_import(args: ImportArgs) -> Result<()> {
+    backend::run(BackendKind::Flex, ImportJob(args))?
 }

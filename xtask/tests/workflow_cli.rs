@@ -533,3 +533,105 @@ fn bad_workflow_input_exits_non_zero_without_panicking() {
     assert!(!out.join("run.json").exists());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_peft_adapter_imported_from_the_cli_serves_eval_generate_and_further_training() {
+    // PEFT's own adapter (regex targets, rank and alpha patterns) -> `import` -> a run that
+    // `eval` reads; `generate --adapter` reads the same directory; `train
+    // --resume-from-adapter` continues from it; a bad adapter exits non-zero, naming the file.
+    let dir = scratch("import");
+    let tiny = fixture("tiny_tied");
+    let tiny = tiny.to_str().unwrap();
+    let adapter = fixture("tiny_tied/peft_import_lora");
+    let adapter = adapter.to_str().unwrap();
+    let run = dir.join("run");
+    let out = xtask(&[
+        "import",
+        "--adapter",
+        adapter,
+        "--model",
+        tiny,
+        "--out",
+        run.to_str().unwrap(),
+        "--max-len",
+        "64",
+    ]);
+    assert!(
+        out.contains("imported 7 module(s) as a LoRA-6 run"),
+        "{out}"
+    );
+    let data = dir.join("qa.jsonl");
+    write_qa(
+        &data,
+        &(0..4).map(|i| WORDS[i].to_string()).collect::<Vec<_>>(),
+    );
+    let data = data.to_str().unwrap();
+    xtask(&[
+        "eval",
+        "--run",
+        run.to_str().unwrap(),
+        "--data",
+        data,
+        "--max-new-tokens",
+        "4",
+        "--eval-batch",
+        "4",
+    ]);
+    let eval: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(eval["method"], "lora-6", "{eval}");
+    let generated = xtask(&[
+        "generate",
+        "--model",
+        tiny,
+        "--adapter",
+        adapter,
+        "--prompt",
+        "What is word 1?",
+        "--raw",
+        "--max-new-tokens",
+        "4",
+    ]);
+    assert!(!generated.trim().is_empty());
+    let trained = dir.join("trained");
+    let out = xtask(&[
+        "train",
+        "--model",
+        tiny,
+        "--data",
+        data,
+        "--method",
+        "lora",
+        "--rank",
+        "8",
+        "--set",
+        "adapter.targets=q_proj,k_proj,v_proj,down_proj",
+        "--set",
+        "batch_size=4",
+        "--set",
+        "max_steps=1",
+        "--set",
+        "max_len=64",
+        "--resume-from-adapter",
+        adapter,
+        "--out",
+        trained.to_str().unwrap(),
+    ]);
+    assert!(!out.is_empty());
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(trained.join("run.json")).unwrap()).unwrap();
+    assert_eq!(info["adapter_from"], adapter);
+    let err = xtask_fails(&[
+        "import",
+        "--adapter",
+        fixture("whisper_tiny/peft_lora").to_str().unwrap(),
+        "--model",
+        tiny,
+        "--out",
+        dir.join("wrong").to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("adapter_model.safetensors") && err.contains("cannot adapt"),
+        "{err}"
+    );
+}

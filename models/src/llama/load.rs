@@ -143,7 +143,10 @@ pub fn build_llama<B: Backend>(
     })
 }
 
-/// A PEFT LoRA adapter directory's settings (`adapter_config.json`).
+/// A plain PEFT LoRA adapter directory's settings (`adapter_config.json`): one `r` and
+/// `lora_alpha` for every module, `target_modules` a list of projection names. The full
+/// reader (AdaLoRA, regex targets, `rank_pattern` / `alpha_pattern`, Whisper, dtype checks)
+/// is `train::peft`, which the commands use.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PeftAdapter {
     /// `r`.
