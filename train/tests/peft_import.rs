@@ -578,3 +578,37 @@ fn bad_adapters_are_refused_naming_the_file_and_the_key() {
     let e = import(llama.clone(), lora.clone(), dir.join("r6-upcast")).unwrap_err();
     assert!(e.to_string().contains("already holds a run"), "{e}");
 }
+
+#[test]
+fn a_merged_checkpoint_gives_transformers_and_pefts_logits() {
+    // The LoRA-8 export (`tiny_tied/lora8_peft`) imported and merged into the base's HF files:
+    // loaded here as a plain model, its logits equal transformers' on the same merged files
+    // (`merged_logits.safetensors`, tools/merge_check.py --write) and PEFT's on the adapter.
+    let dir = tmp("merged");
+    let tiny = fixture("tiny_tied");
+    let adapter = tiny.join("lora8_peft");
+    let run_dir = dir.join("run");
+    import(tiny.clone(), adapter.clone(), run_dir.clone()).unwrap();
+    let run = FlexiRun::<B>::load(&run_dir, &Default::default()).unwrap();
+    let merged = dir.join("merged");
+    let m = train::export::merge_hf(&run, None, &merged).unwrap();
+    assert_eq!((m.rank, m.replaced), (8, 8));
+    let plain = models::llama::load_llama::<B>(
+        &merged,
+        &models::llama::AdapterConfig::none(),
+        &Default::default(),
+    )
+    .unwrap();
+    let (ids, transformers) = peft_logits(&adapter.join("merged_logits.safetensors"));
+    let (_, peft) = peft_logits(&adapter.join("peft_logits.safetensors"));
+    let batch = PaddedBatch::left_pad(&[ids], 0);
+    let ours: Vec<f32> = plain
+        .forward(&batch, &SampleRanks::uniform(1, 0))
+        .unwrap()
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let (dt, dp) = (max_diff(&ours, &transformers), max_diff(&ours, &peft));
+    println!("merged lora-8: max abs diff to transformers {dt:.2e}, to PEFT's adapter {dp:.2e}");
+    assert!(dt <= 1e-4 && dp <= 1e-4, "{dt} {dp}");
+}
