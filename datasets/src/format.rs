@@ -31,11 +31,15 @@ pub enum Format {
     /// LibriSpeech directory tree `split/speaker/chapter/{spk}-{ch}-{utt}.flac|.wav` with
     /// `{spk}-{ch}.trans.txt`.
     LibriSpeech,
+    /// flexi-burn's own JSONL: one [`crate::Example`] per line (`{id, task, source, question,
+    /// context, target, answers, audio}`), lossless; written by [`crate::subset::write_examples`]
+    /// (e.g. a study's fixed subsets).
+    Examples,
 }
 
 impl Format {
     /// Every format, in the order of [`Format::NAMES`].
-    pub const ALL: [Format; 9] = [
+    pub const ALL: [Format; 10] = [
         Format::Mrqa,
         Format::Gsm8k,
         Format::MetaMathQa,
@@ -45,10 +49,11 @@ impl Format {
         Format::MawpsJson,
         Format::MawpsCsv,
         Format::LibriSpeech,
+        Format::Examples,
     ];
 
     /// The names accepted by [`FromStr`] (and printed by [`fmt::Display`]).
-    pub const NAMES: [&'static str; 9] = [
+    pub const NAMES: [&'static str; 10] = [
         "mrqa",
         "gsm8k",
         "metamathqa",
@@ -58,6 +63,7 @@ impl Format {
         "mawps-json",
         "mawps-csv",
         "librispeech",
+        "examples",
     ];
 
     /// The canonical name of the format.
@@ -66,7 +72,8 @@ impl Format {
         Format::NAMES[i]
     }
 
-    /// The task the format's examples belong to.
+    /// The task the format's examples belong to (an `examples` file's carry their own; this
+    /// says math for it).
     pub fn task(self) -> Task {
         match self {
             Format::Mrqa => Task::Qa,
@@ -85,7 +92,7 @@ impl Format {
             Format::Svamp => Some("svamp"),
             Format::MultiArith => Some("multiarith"),
             Format::MawpsJson | Format::MawpsCsv => Some("mawps"),
-            Format::Mrqa | Format::Instruction | Format::LibriSpeech => None,
+            Format::Mrqa | Format::Instruction | Format::LibriSpeech | Format::Examples => None,
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod prompt;
 pub mod readers;
 pub mod speech;
+pub mod subset;
 pub mod tokenize;
 
 pub use error::{DataError, Result};

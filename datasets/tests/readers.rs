@@ -530,3 +530,54 @@ fn streaming_reads_lazily() {
     let third = r.nth(2).expect("some").expect("ok");
     assert_eq!(third.answers, vec!["2"]);
 }
+
+#[test]
+fn fixed_subsets_round_trip_through_the_examples_format() {
+    // A seeded subset written as an `examples` file reads back as the same examples (ids,
+    // sources, answers, contexts); the same seed gives the same subset and a larger subset
+    // keeps a smaller one's examples.
+    use datasets::subset::{sample, write_examples};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut all = read_all(fixture("gsm8k.jsonl"), &ReadOptions::default())
+        .unwrap()
+        .examples;
+    all.extend(
+        read_all(fixture("mrqa_squad.jsonl"), &ReadOptions::default())
+            .unwrap()
+            .examples,
+    );
+    assert!(all.len() >= 4, "{}", all.len());
+    let n = all.len() / 2;
+    let a = sample(&all, n, 11);
+    assert_eq!(a.len(), n);
+    assert_eq!(a, sample(&all, n, 11));
+    let bigger = sample(&all, n + 1, 11);
+    assert!(a.iter().all(|e| bigger.contains(e)));
+    assert_eq!(sample(&all, all.len() + 5, 11), all);
+    // Kept in file order.
+    let pos: Vec<usize> = a
+        .iter()
+        .map(|e| all.iter().position(|x| x == e).unwrap())
+        .collect();
+    assert!(pos.windows(2).all(|w| w[0] < w[1]));
+    let path = dir.path().join("subset.jsonl");
+    write_examples(&path, &a).unwrap();
+    assert_eq!(detect_format(&path).unwrap(), Format::Examples);
+    let back = read_all(&path, &ReadOptions::default()).unwrap();
+    assert_eq!(back.format, Format::Examples);
+    assert_eq!(back.examples, a);
+    // A line that is not an example names the file, the line and the field.
+    let bad = dir.path().join("bad.jsonl");
+    let first = serde_json::to_string(&a[0]).unwrap();
+    let mut second: serde_json::Value = serde_json::to_value(&a[0]).unwrap();
+    second["answers"] = serde_json::json!([]);
+    second["id"] = serde_json::json!("other");
+    fs::write(&bad, format!("{first}\n{second}\n")).unwrap();
+    let e = read_all(&bad, &ReadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("bad.jsonl") && e.contains(":2") && e.contains("answers"),
+        "{e}"
+    );
+}

@@ -17,6 +17,7 @@ pub mod error;
 pub mod eval;
 pub mod router;
 pub mod speech;
+pub mod stats;
 pub mod text;
 pub mod weights;
 

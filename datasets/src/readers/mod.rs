@@ -141,6 +141,11 @@ impl ExampleReader {
             Format::Instruction => vec![math::instruction(&ctx, v)?],
             Format::MawpsJson => vec![math::mawps_json(&ctx, v)?],
             Format::MawpsCsv => vec![math::mawps_csv(&ctx, v)?],
+            Format::Examples => vec![example(
+                &ctx,
+                v,
+                self.source_is_explicit.then_some(&self.source),
+            )?],
             Format::LibriSpeech => {
                 return Err(DataError::InvalidArgument(
                     "librispeech records are not JSON".into(),
@@ -211,6 +216,27 @@ impl Iterator for ExampleReader {
             }
         }
     }
+}
+
+/// One line of an `examples` file: a serialised [`Example`] (its `source` replaced when the
+/// options name one).
+fn example(ctx: &RecordCtx, v: &Value, source: Option<&String>) -> Result<Example> {
+    let obj = ctx.object(v)?;
+    for field in ["id", "task", "source", "target", "answers"] {
+        ctx.field(obj, field)?;
+    }
+    let mut ex: Example =
+        serde_json::from_value(v.clone()).map_err(|e| ctx.bad("example", e.to_string()))?;
+    if ex.id.is_empty() {
+        return Err(ctx.bad("id", "empty"));
+    }
+    if ex.answers.is_empty() && ex.task != crate::Task::Speech {
+        return Err(ctx.bad("answers", "no gold answer"));
+    }
+    if let Some(s) = source {
+        ex.source = s.clone();
+    }
+    Ok(ex)
 }
 
 /// All examples of a file, with what was skipped.
@@ -424,6 +450,8 @@ fn detect_from_record(path: &Path, container: Container, value: &Value) -> Resul
                 obj.keys().collect::<Vec<_>>()
             )));
         }
+    } else if has("id") && has("task") && has("target") && has("answers") {
+        Format::Examples
     } else if has("header") || (has("context") && has("qas")) {
         Format::Mrqa
     } else if has("query") && has("response") {
