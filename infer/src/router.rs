@@ -25,7 +25,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use datasets::Example;
 use flexi_burn::SampleRanks;
 use flexi_burn::{ClassRankMap, Router, RouterConfig, masked_mean_pool};
-use models::llama::Llama;
+use models::llama::{Llama, PaddedBatch};
 use models::whisper::{HOP_LENGTH, MelExtractor, N_SAMPLES, Padding, Whisper};
 use serde::{Deserialize, Serialize};
 
@@ -115,6 +115,11 @@ pub struct TextInput {
     pub max_len: usize,
     /// The chat template the prompts were rendered with (`None`: plain task prompts).
     pub chat_template: Option<String>,
+    /// What is pooled: absent, the token embedding (the paper's router); `l`, the frozen base
+    /// model's hidden states after its first `l` decoder layers (`num_hidden_layers`: the
+    /// final-normed output), which costs one forward pass of those layers per prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<usize>,
 }
 
 impl TextInput {
@@ -133,7 +138,15 @@ impl TextInput {
             vocab_size,
             max_len,
             chat_template: text.chat_template_name(),
+            layer: None,
         }
+    }
+
+    /// This input with the hidden states after `layer` decoder layers pooled instead of the
+    /// token embedding (`None`: the embedding).
+    pub fn with_layer(mut self, layer: Option<usize>) -> Self {
+        self.layer = layer;
+        self
     }
 
     /// Checks that `model` and `text` give this input; `dir` names the router in the error.
@@ -171,6 +184,16 @@ impl TextInput {
         if self.max_len < 2 {
             return Err(mismatch("max_len", self.max_len.to_string(), ">= 2".into()));
         }
+        let layers = model.config.num_hidden_layers;
+        if let Some(l) = self.layer
+            && l > layers
+        {
+            return Err(mismatch(
+                "the pooled layer (the model's num_hidden_layers is smaller)",
+                l.to_string(),
+                layers.to_string(),
+            ));
+        }
         Ok(())
     }
 
@@ -186,7 +209,10 @@ impl TextInput {
             .iter()
             .map(|e| text.encode_prompt(e, self.max_len, 1))
             .collect::<Result<_>>()?;
-        Ok(pooled_embeddings(model, &prompts, POOL_BATCH))
+        match self.layer {
+            None => Ok(pooled_embeddings(model, &prompts, POOL_BATCH)),
+            Some(l) => pooled_hidden(model, &prompts, l, POOL_BATCH),
+        }
     }
 }
 
@@ -412,6 +438,36 @@ pub fn pooled_embeddings<B: Backend>(
         out.extend(pooled.chunks(d).map(<[f32]>::to_vec));
     }
     out
+}
+
+/// Mean-pooled hidden states `[n][d_model]` of prompts after the first `layers` decoder layers
+/// of `model` at rank 0 (left-padded batches; padding excluded from the mean).
+pub fn pooled_hidden<B: Backend>(
+    model: &Llama<B>,
+    prompts: &[Vec<u32>],
+    layers: usize,
+    batch_size: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let device = model.embed_tokens.weight.device();
+    let mut out = Vec::with_capacity(prompts.len());
+    for chunk in prompts.chunks(batch_size.max(1)) {
+        let batch = PaddedBatch::left_pad(chunk, 0);
+        let h = model.hidden_after(&batch, layers)?; // [b, s, d]
+        let [b, s, d] = h.dims();
+        let mask: Vec<f32> = batch
+            .mask
+            .iter()
+            .flat_map(|row| row.iter().map(|m| f32::from(u8::from(*m))))
+            .collect();
+        let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [b, s]), &device);
+        let pooled = masked_mean_pool(h, mask)
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .unwrap_or_default();
+        out.extend(pooled.chunks(d).map(<[f32]>::to_vec));
+    }
+    Ok(out)
 }
 
 /// Router training settings (the paper leaves depth and noise open; SPEC 5).

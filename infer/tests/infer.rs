@@ -37,7 +37,17 @@ fn adapted_model() -> Llama<B> {
     let adapter = AdapterConfig::new(vec![Target::Q, Target::V], 4, 8.0);
     let mut ckpt = Checkpoint::random(11);
     let mut model = build_llama::<B>(&config, &mut ckpt, &adapter, &Default::default()).unwrap();
+    // Both factors set deterministically (A's default init is Burn's unseeded random, which
+    // made the "ranks matter" assertion below fail about once in a few dozen runs).
     for (_, l) in flexi_burn::Adapters::adapters_mut(&mut model) {
+        let [r_a, d_in] = l.lora_a.dims();
+        let a: Vec<f32> = (0..r_a * d_in)
+            .map(|i| ((i * 53 % 29) as f32 - 14.0) * 0.02)
+            .collect();
+        l.lora_a = l
+            .lora_a
+            .clone()
+            .map(|t| Tensor::from_data(TensorData::new(a, [r_a, d_in]), &t.device()));
         let [d_out, r] = l.lora_b.dims();
         let values: Vec<f32> = (0..d_out * r)
             .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.05)
@@ -365,4 +375,62 @@ fn answers_cut_at_max_new_tokens_are_counted_per_example() {
             assert_eq!(cut, ex.len());
         }
     }
+}
+
+#[test]
+fn a_hidden_state_router_input_pools_the_base_models_layers_without_padding() {
+    // `Llama::hidden_after(batch, l)`: l = 0 is the token embedding, l = all layers the
+    // final-normed output of `Llama::hidden` at rank 0; pooled over left-padded batches, each
+    // prompt's vector equals its own (unpadded) one.
+    use models::llama::PaddedBatch;
+    let model = adapted_model();
+    let n = model.config.num_hidden_layers;
+    let prompts: Vec<Vec<u32>> = vec![vec![1, 5, 9, 13, 17, 21], vec![2, 4, 6], vec![7]];
+    let batch = PaddedBatch::left_pad(&prompts, 0);
+    let rank0 = flexi_burn::SampleRanks::uniform(3, 0);
+    let last = model.hidden_after(&batch, n).unwrap();
+    let full = model.hidden(&batch, &rank0).unwrap();
+    assert_eq!(
+        last.into_data().to_vec::<f32>().unwrap(),
+        full.into_data().to_vec::<f32>().unwrap()
+    );
+    assert!(model.hidden_after(&batch, n + 1).is_err());
+    let emb = infer::router::pooled_embeddings(&model, &prompts, 8);
+    let l0 = infer::router::pooled_hidden(&model, &prompts, 0, 8).unwrap();
+    for (a, b) in emb.iter().flatten().zip(l0.iter().flatten()) {
+        assert!((a - b).abs() < 1e-6, "{a} {b}");
+    }
+    for l in [1, n] {
+        let together = infer::router::pooled_hidden(&model, &prompts, l, 8).unwrap();
+        let middle_differs = together[0] != emb[0];
+        assert!(
+            middle_differs,
+            "layer {l} pools something else than the embedding"
+        );
+        for (i, p) in prompts.iter().enumerate() {
+            let alone =
+                infer::router::pooled_hidden(&model, std::slice::from_ref(p), l, 8).unwrap();
+            let d = alone[0]
+                .iter()
+                .zip(&together[i])
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(d < 1e-5, "layer {l}, prompt {i}: {d}");
+        }
+    }
+    // The input definition records the layer; one beyond the model is refused.
+    let text = text();
+    let input = TextInput::new("tiny", &model, &text, 32).with_layer(Some(1));
+    let json = serde_json::to_value(&input).unwrap();
+    assert_eq!(json["layer"], 1);
+    input
+        .check(&model, &text, std::path::Path::new("r"))
+        .unwrap();
+    let bad = input.clone().with_layer(Some(n + 1));
+    let e = bad
+        .check(&model, &text, std::path::Path::new("r"))
+        .unwrap_err();
+    assert!(e.to_string().contains("pooled layer"), "{e}");
+    // Without a layer, the JSON is what it always was (old routers load unchanged).
+    let plain = serde_json::to_value(TextInput::new("tiny", &model, &text, 32)).unwrap();
+    assert!(plain.get("layer").is_none());
 }

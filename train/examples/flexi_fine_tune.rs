@@ -51,6 +51,7 @@ fn main() -> Result<()> {
 
     // 2. The router over the base model's pooled prompt embeddings: easy -> 2, hard -> 8.
     let spec = RouterSpec {
+        text_layer: None,
         class_ranks: "2,8".parse()?,
         training: train::router::RouterTraining {
             epochs: 200,

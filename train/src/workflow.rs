@@ -198,7 +198,10 @@ impl<B: Backend> BaseModel<B> {
     /// The input definition of a router over this model as `spec` asks.
     pub fn router_input(&self, spec: &RouterSpec) -> RouterInput {
         match self {
-            BaseModel::Text(t) => t.router_input(spec.max_len),
+            BaseModel::Text(t) => match t.router_input(spec.max_len) {
+                RouterInput::Text(input) => RouterInput::Text(input.with_layer(spec.text_layer)),
+                other => other,
+            },
             BaseModel::Speech(s) => s.router_input(spec.audio_feature),
         }
     }
@@ -328,6 +331,9 @@ pub struct RouterSpec {
     pub max_len: usize,
     /// What an audio router pools (speech).
     pub audio_feature: AudioFeature,
+    /// What a text router pools: `None` the token embedding (the paper's), `Some(l)` the
+    /// base model's hidden states after its first `l` decoder layers.
+    pub text_layer: Option<usize>,
 }
 
 /// A router trained by [`fit_router`].

@@ -119,6 +119,7 @@ fn flexi_config() -> TrainConfig {
 
 fn router_spec() -> RouterSpec {
     RouterSpec {
+        text_layer: None,
         class_ranks: "2,8".parse().unwrap(),
         training: train::router::RouterTraining {
             epochs: 200,
@@ -370,6 +371,7 @@ fn bad_speech_inputs_are_clear_errors_naming_the_file() {
             vocab_size: 256,
             max_len: 48,
             chat_template: None,
+            layer: None,
         }),
         num_classes: 2,
         class_ranks: "(2,8)".into(),

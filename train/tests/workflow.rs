@@ -153,6 +153,7 @@ fn label_router_fit_and_evaluate_a_flexi_run_end_to_end() {
 
     // 2. router: trained, saved with its input definition, reloaded on the plain backend.
     let spec = RouterSpec {
+        text_layer: None,
         class_ranks: "2,8".parse().unwrap(),
         training: train::router::RouterTraining {
             epochs: 200,
@@ -295,6 +296,7 @@ fn a_router_used_with_other_inputs_is_an_error() {
         })
         .collect();
     let spec = RouterSpec {
+        text_layer: None,
         class_ranks: "2,8".parse().unwrap(),
         training: Default::default(),
         max_len: 48,

@@ -96,25 +96,25 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
 #[derive(Args, Clone, Debug)]
 pub struct LabelArgs {
     #[command(flatten)]
-    common: Common,
+    pub(crate) common: Common,
     /// Training data file.
     #[arg(long)]
-    data: PathBuf,
+    pub(crate) data: PathBuf,
     /// Output directory (`scores.jsonl`, `labels.jsonl`, `router_train.jsonl`).
     #[arg(long)]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
     /// Easy/hard threshold (QA: F1 >= t easy, default 0.5; math: correct = easy; speech:
     /// WER <= t easy, default the median WER of the set).
     #[arg(long)]
-    threshold: Option<f64>,
+    pub(crate) threshold: Option<f64>,
     /// Seed of the balanced split.
     #[arg(long, default_value_t = 42)]
-    seed: u64,
+    pub(crate) seed: u64,
     /// Score with a trained run (a reference adapter, SPEC 2.2) instead of the base model: the
     /// run's model at its own inference ranks. It must be a run on `--model` (the router that
     /// learns from these labels reads that model's embeddings).
     #[arg(long)]
-    reference_run: Option<PathBuf>,
+    pub(crate) reference_run: Option<PathBuf>,
 }
 
 struct LabelJob(LabelArgs);
@@ -184,42 +184,47 @@ pub fn run_label(args: LabelArgs) -> Result<()> {
 #[derive(Args, Clone, Debug)]
 pub struct RouterArgs {
     #[command(flatten)]
-    common: Common,
+    pub(crate) common: Common,
     /// Training data file (the prompts of the labelled ids).
     #[arg(long)]
-    data: PathBuf,
+    pub(crate) data: PathBuf,
     /// Labels JSONL (`{id, score, label}`), e.g. `router_train.jsonl` from `label`.
     #[arg(long)]
-    labels: PathBuf,
+    pub(crate) labels: PathBuf,
     /// Class -> rank map: easy,hard.
     #[arg(long, default_value = "2,8")]
-    ranks: String,
+    pub(crate) ranks: String,
     /// Hidden width (0: linear router).
     #[arg(long, default_value_t = 64)]
-    hidden: usize,
+    pub(crate) hidden: usize,
     /// Logit noise std in training.
     #[arg(long, default_value_t = 1.0)]
-    noise_std: f64,
+    pub(crate) noise_std: f64,
     /// Epochs.
     #[arg(long, default_value_t = 50)]
-    epochs: usize,
+    pub(crate) epochs: usize,
     /// Seed.
     #[arg(long, default_value_t = 42)]
-    seed: u64,
+    pub(crate) seed: u64,
     /// What an audio router pools (Whisper models): log_mel, conv_stem or encoder.
     #[arg(long, default_value = "encoder")]
-    audio_feature: String,
+    pub(crate) audio_feature: String,
+    /// What a text router pools (Llama models): `embedding` (the frozen token embedding, the
+    /// paper's router), or the frozen base model's hidden states after `middle` (half its
+    /// layers), `last` (all, final-normed) or `layer:L` decoder layers.
+    #[arg(long, default_value = "embedding")]
+    pub(crate) text_feature: String,
     /// Fraction of each class held out to measure the router's accuracy on unseen inputs
     /// (the router then trains on the rest).
     #[arg(long, default_value_t = 0.0)]
-    holdout: f64,
+    pub(crate) holdout: f64,
     /// Standardise the router's input features: on or off (default: on for audio, off for
     /// text).
     #[arg(long)]
-    standardize: Option<String>,
+    pub(crate) standardize: Option<String>,
     /// Output directory (`router.safetensors`, `router.json`).
     #[arg(long)]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
 }
 
 struct RouterJob(RouterArgs);
@@ -229,7 +234,27 @@ impl BackendJob for RouterJob {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let a = self.0;
         let _lock = RunLock::acquire(&a.out)?;
+        let base = a.common.base::<B::InnerBackend>(&device)?;
+        let text_layer = match (&base, a.text_feature.as_str()) {
+            (_, "embedding") => None,
+            (workflow::BaseModel::Text(t), f) => {
+                let n = t.model.config.num_hidden_layers;
+                Some(match f {
+                    "middle" => n / 2,
+                    "last" => n,
+                    other => match other.strip_prefix("layer:").map(str::parse::<usize>) {
+                        Some(Ok(l)) if l <= n => l,
+                        _ => bail!(
+                            "--text-feature {other:?}: expected embedding, middle, last or \
+                             layer:L with L <= {n} (the model's layers)"
+                        ),
+                    },
+                })
+            }
+            (_, other) => bail!("--text-feature {other:?} is for text models"),
+        };
         let spec = RouterSpec {
+            text_layer,
             class_ranks: a.ranks.parse()?,
             training: train::router::RouterTraining {
                 hidden: (a.hidden > 0).then_some(a.hidden),
@@ -251,7 +276,6 @@ impl BackendJob for RouterJob {
         let examples = read_examples(&a.data, None)?;
         let labels = read_jsonl(&a.labels)
             .with_context(|| format!("reading labels {}", a.labels.display()))?;
-        let base = a.common.base::<B::InnerBackend>(&device)?;
         let fitted = workflow::fit_router::<B>(&base, &examples, &labels, &spec, &device)
             .with_context(|| {
                 format!(
@@ -292,53 +316,53 @@ pub fn run_router(args: RouterArgs) -> Result<()> {
 #[derive(Args, Clone, Debug)]
 pub struct TrainArgs {
     #[command(flatten)]
-    common: Common,
+    pub(crate) common: Common,
     /// Training data file.
     #[arg(long)]
-    data: PathBuf,
+    pub(crate) data: PathBuf,
     /// Method: full, lora, dylora, dylora_plus, adalora, flexi (overrides the config file).
     #[arg(long)]
-    method: Option<String>,
+    pub(crate) method: Option<String>,
     /// Rank of lora; r_max of dylora / dylora_plus; target_r of adalora.
     #[arg(long)]
-    rank: Option<usize>,
+    pub(crate) rank: Option<usize>,
     /// Flexi-LoRA class -> rank map, e.g. 2,8.
     #[arg(long)]
-    ranks: Option<String>,
+    pub(crate) ranks: Option<String>,
     /// Router directory (Flexi-LoRA).
     #[arg(long)]
-    router: Option<PathBuf>,
+    pub(crate) router: Option<PathBuf>,
     /// Training configuration file (TOML or JSON).
     #[arg(long)]
-    config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// `key=value` overrides of the configuration (repeatable), e.g. `--set lr=1e-4`.
     #[arg(long = "set")]
-    set: Vec<String>,
+    pub(crate) set: Vec<String>,
     /// Output directory (checkpoints, metrics.jsonl, run.json).
     #[arg(long)]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
     /// Continue from the newest checkpoint in `--out`.
     #[arg(long)]
-    resume: bool,
+    pub(crate) resume: bool,
     /// Start the adapter from a PEFT LoRA / AdaLoRA adapter directory (e.g. one `import`ed or
     /// `export`ed, or made by PEFT): its modules fill the first components of the method's
     /// adapter (scales folded in, so step 0 computes that adapter); further components start
     /// as usual. LoRA-family methods with r_max >= the adapter's ranks.
     #[arg(long)]
-    resume_from_adapter: Option<PathBuf>,
+    pub(crate) resume_from_adapter: Option<PathBuf>,
     /// Accept a half-precision adapter (`--resume-from-adapter`) on an f32 base.
     #[arg(long)]
-    allow_upcast: bool,
+    pub(crate) allow_upcast: bool,
     /// Activation checkpointing (Burn's `BalancedCheckpointing`): activations of
     /// memory-bound operations are recomputed in the backward pass instead of kept; same
     /// gradients, less memory, some extra compute.
     #[arg(long)]
-    checkpoint_activations: bool,
+    pub(crate) checkpoint_activations: bool,
     #[command(flatten)]
-    parallel: ParallelArgs,
+    pub(crate) parallel: ParallelArgs,
     /// No progress bar or summary lines (callers that print their own).
     #[arg(skip)]
-    quiet: bool,
+    pub(crate) quiet: bool,
 }
 
 /// Data-parallel training (`train --devices N`, and several machines with `--nodes`): the
@@ -623,40 +647,40 @@ pub fn train_with(args: TrainArgs, cfg: TrainConfig) -> Result<RunInfo> {
 pub struct EvalArgs {
     /// A `train` output directory (its `run.json` and newest checkpoint).
     #[arg(long)]
-    run: Option<PathBuf>,
+    pub(crate) run: Option<PathBuf>,
     /// Model, for `--base` (a run knows its own).
     #[arg(long)]
-    model: Option<PathBuf>,
+    pub(crate) model: Option<PathBuf>,
     /// Evaluate the base model (rank 0) instead of a run.
     #[arg(long)]
-    base: bool,
+    pub(crate) base: bool,
     /// Evaluation data files.
     #[arg(long = "data", required = true)]
-    data: Vec<PathBuf>,
+    pub(crate) data: Vec<PathBuf>,
     /// Use only the first N examples of each file.
     #[arg(long)]
-    limit: Option<usize>,
+    pub(crate) limit: Option<usize>,
     /// Backend.
     #[arg(long, default_value = "flex")]
-    backend: String,
+    pub(crate) backend: String,
     /// Longest generated answer (default: what fits each file's task, see
     /// `infer::default_max_new_tokens`: 256 for math reasoning, 32 for QA). Answers cut at the
     /// limit are counted in every report.
     #[arg(long)]
-    max_new_tokens: Option<usize>,
+    pub(crate) max_new_tokens: Option<usize>,
     /// Longest prompt + answer in tokens (default: the run's `max_len`, 256 for `--base`,
     /// widened to fit `--max-new-tokens` after a prompt of up to 256 tokens).
     #[arg(long)]
-    max_len: Option<usize>,
+    pub(crate) max_len: Option<usize>,
     /// Prompts per batch.
     #[arg(long, default_value_t = 8)]
-    eval_batch: usize,
+    pub(crate) eval_batch: usize,
     /// Where to write `eval.json` (default: the run directory).
     #[arg(long)]
-    out: Option<PathBuf>,
+    pub(crate) out: Option<PathBuf>,
     /// No progress bar or report tables (callers that print their own).
     #[arg(skip)]
-    quiet: bool,
+    pub(crate) quiet: bool,
 }
 
 /// The result of `eval` on every file.
@@ -832,6 +856,7 @@ impl RouterArgs {
             epochs: 50,
             seed,
             audio_feature: "encoder".into(),
+            text_feature: "embedding".into(),
             holdout: 0.0,
             standardize: None,
             out,

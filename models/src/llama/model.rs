@@ -315,6 +315,22 @@ impl<B: Backend> Llama<B> {
         self.hidden_step(batch, &batch.mask, &batch.positions(), None, ranks)
     }
 
+    /// The hidden states `[batch, seq, hidden]` after the first `layers` decoder layers of a
+    /// left-padded batch at rank 0 (the base model), no cache: `0` is the token embedding,
+    /// `num_hidden_layers` the final-normed output of [`Llama::hidden`]. What a hidden-state
+    /// router pools.
+    pub fn hidden_after(&self, batch: &PaddedBatch, layers: usize) -> Result<Tensor<B, 3>> {
+        batch.check()?;
+        if layers > self.layers.len() {
+            return Err(LlamaError::InvalidInput(format!(
+                "hidden states after {layers} layers: the model has {}",
+                self.layers.len()
+            )));
+        }
+        let ranks = SampleRanks::uniform(batch.batch(), 0);
+        self.run_layers(batch, &batch.mask, &batch.positions(), None, &ranks, layers)
+    }
+
     /// [`Llama::forward_step`] before the LM head: the final-normed hidden states
     /// `[b, new, hidden]`.
     pub fn hidden_step(
@@ -322,8 +338,21 @@ impl<B: Backend> Llama<B> {
         batch: &PaddedBatch,
         key_mask: &[Vec<bool>],
         positions: &[Vec<usize>],
+        cache: Option<&mut KvCache<B>>,
+        ranks: &SampleRanks,
+    ) -> Result<Tensor<B, 3>> {
+        self.run_layers(batch, key_mask, positions, cache, ranks, self.layers.len())
+    }
+
+    /// The first `stop` decoder layers (all of them: then the final RMSNorm too).
+    fn run_layers(
+        &self,
+        batch: &PaddedBatch,
+        key_mask: &[Vec<bool>],
+        positions: &[Vec<usize>],
         mut cache: Option<&mut KvCache<B>>,
         ranks: &SampleRanks,
+        stop: usize,
     ) -> Result<Tensor<B, 3>> {
         let device = self.embed_tokens.weight.device();
         let (b, new) = (batch.batch(), batch.seq_len());
@@ -376,9 +405,12 @@ impl<B: Backend> Llama<B> {
         let rope = self.rope.tables::<B>(positions, heads, kv_heads, &device); // [b, new, h, d]
         let bias = attention_bias::<B>(key_mask, new, heads, &device); // [b, heads, new, total]
         let mut x = self.embed_tokens.forward(batch.ids_tensor(&device)); // [b, new, hidden]
-        for (i, layer) in self.layers.iter().enumerate() {
+        for (i, layer) in self.layers.iter().enumerate().take(stop) {
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
             x = layer.forward(x, &rope, bias.clone(), layer_cache, ranks);
+        }
+        if stop < self.layers.len() {
+            return Ok(x);
         }
         Ok(self.norm.forward(x))
     }
