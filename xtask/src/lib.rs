@@ -9,5 +9,7 @@ pub mod llama;
 pub mod models_cmd;
 pub mod pipeline;
 pub mod portability;
+pub mod report;
 pub mod speech_study;
+pub mod study;
 pub mod whisper_cmd;

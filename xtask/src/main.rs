@@ -28,7 +28,8 @@ fn keep_freed_pages() {
     }
 }
 use xtask::{
-    bench, data, demo, llama, models_cmd, pipeline, portability, speech_study, whisper_cmd,
+    bench, data, demo, llama, models_cmd, pipeline, portability, report, speech_study, study,
+    whisper_cmd,
 };
 
 #[derive(Parser)]
@@ -46,6 +47,12 @@ enum Command {
     /// The speech study: Whisper tiny.en on a synthetic espeak-ng set, every method against
     /// Flexi-LoRA (1,8) and (2,8), ending in the WER table.
     Speech(speech_study::SpeechStudyArgs),
+    /// A declarative comparison of methods over seeds (`--config studies/math.toml`):
+    /// label -> router -> train -> eval for every method and seed, resumable, summarised with
+    /// mean +- std and paired statistics.
+    Study(study::StudyArgs),
+    /// A study's results as `report.md` with plots (accuracy vs activated parameters, loss).
+    Report(report::ReportArgs),
     /// Score the base model per training example and write easy/hard labels.
     Label(pipeline::LabelArgs),
     /// Train the difficulty router on balanced labels.
@@ -85,6 +92,8 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Demo(args) => demo::run(args),
         Command::Speech(args) => speech_study::run(args),
+        Command::Study(args) => study::run(args),
+        Command::Report(args) => report::run(args),
         Command::Label(args) => pipeline::run_label(args),
         Command::Router(args) => pipeline::run_router(args),
         Command::Train(args) => pipeline::run_train(args),

@@ -245,13 +245,18 @@ fn seeds() -> BTreeMap<&'static str, Vec<(String, Vec<u8>)>> {
     s.insert("safetensors", safetensors_files());
     s.insert(
         "peft_adapter",
-        vec![(
-            "tiny_tied_adapter.bin".into(),
-            join(&[
-                &models_fixture("tiny_tied/adapter/adapter_config.json"),
-                &models_fixture("tiny_tied/adapter/adapter_model.safetensors"),
-            ]),
-        )],
+        ["adapter", "peft_import_lora", "peft_import_adalora"]
+            .iter()
+            .map(|d| {
+                (
+                    format!("tiny_tied_{d}.bin"),
+                    join(&[
+                        &models_fixture(&format!("tiny_tied/{d}/adapter_config.json")),
+                        &models_fixture(&format!("tiny_tied/{d}/adapter_model.safetensors")),
+                    ]),
+                )
+            })
+            .collect(),
     );
     s.insert(
         "llama_config",

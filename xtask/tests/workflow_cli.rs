@@ -488,6 +488,26 @@ fn bad_workflow_input_exits_non_zero_without_panicking() {
             "config lr: -1 is not a positive number".into(),
         ),
         (
+            [
+                "router",
+                "--model",
+                tied,
+                "--data",
+                good,
+                "--labels",
+                missing,
+                "--text-feature",
+                "layer:9",
+                "--out",
+                out_s,
+            ]
+            .map(String::from)
+            .to_vec(),
+            "--text-feature \"layer:9\": expected embedding, middle, last or layer:L with L <= 2 \
+             (the model's layers)"
+                .into(),
+        ),
+        (
             ["eval", "--run", missing, "--data", good]
                 .map(String::from)
                 .to_vec(),
@@ -633,5 +653,152 @@ fn a_peft_adapter_imported_from_the_cli_serves_eval_generate_and_further_trainin
     assert!(
         err.contains("adapter_model.safetensors") && err.contains("cannot adapt"),
         "{err}"
+    );
+}
+
+/// `results/*.json` and `summary.json` of a study without their measured timings.
+fn study_numbers(dir: &Path) -> Vec<(String, serde_json::Value)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("results"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files.push(dir.join("summary.json"));
+    files
+        .iter()
+        .map(|f| {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap();
+            if let Some(t) = v.get_mut("timing") {
+                *t = serde_json::Value::Null;
+            }
+            if let Some(ms) = v.get_mut("methods").and_then(|m| m.as_array_mut()) {
+                for m in ms {
+                    m["train_seconds"] = serde_json::Value::Null;
+                    m["tokens_per_s"] = serde_json::Value::Null;
+                }
+            }
+            (f.file_name().unwrap().to_string_lossy().into_owned(), v)
+        })
+        .collect()
+}
+
+#[test]
+fn a_study_resumed_after_interruptions_equals_an_uninterrupted_one_and_reports() {
+    // Two methods (LoRA-2 and Flexi (2,4), with labels and a router per seed) x two seeds on
+    // the tiny Llama, plus the base model. One study runs straight through; the other is
+    // stopped after its first and then its third run, and resumed: the same results and
+    // summary (timings aside). Then the report and its plots.
+    let dir = scratch("study");
+    let data = planted(&dir);
+    let study = dir.join("study.toml");
+    std::fs::write(
+        &study,
+        format!(
+            r#"
+name = "tiny"
+model = "{model}"
+seeds = [1, 2]
+subset_seed = 5
+train = {{ path = "{data}" }}
+test = [{{ path = "{data}", n = 10 }}]
+max_len = 64
+max_new_tokens = 6
+eval_batch = 4
+bootstrap = 200
+compare = [["flexi-2-4", "lora-2"], ["lora-2", "base"]]
+training = {{ batch_size = 4, max_steps = 2, lr = 1e-2, warmup_steps = 0, save_every = 1 }}
+router = {{ epochs = 50, max_len = 48 }}
+
+[[methods]]
+name = "base"
+
+[[methods]]
+name = "lora-2"
+method = {{ name = "lora", rank = 2 }}
+
+[[methods]]
+name = "flexi-2-4"
+method = {{ name = "flexi", class_ranks = "2,4" }}
+"#,
+            model = fixture("tiny_tied").display(),
+            data = data.display()
+        ),
+    )
+    .unwrap();
+    let study = study.to_str().unwrap();
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    let out = xtask(&["study", "--config", study, "--out", a.to_str().unwrap()]);
+    assert!(out.contains("| flexi-2-4 vs lora-2 |"), "{out}");
+    let stopped = |n: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(["study", "--config", study, "--out", b.to_str().unwrap()])
+            .env("FLEXI_STUDY_STOP_AFTER", n)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(err.contains("stopped after"), "{err}");
+    };
+    stopped("1");
+    stopped("2");
+    let out = xtask(&["study", "--config", study, "--out", b.to_str().unwrap()]);
+    assert!(out.contains("3 of 6 runs done"), "{out}");
+    let (na, nb) = (study_numbers(&a), study_numbers(&b));
+    assert_eq!(na.len(), 7, "6 results and the summary");
+    assert_eq!(na, nb);
+    let summary = &na[6].1;
+    assert_eq!(summary["methods"].as_array().unwrap().len(), 3);
+    // The base model answers 5 of the 10 test problems (planted); the 2-step LoRA-2 runs
+    // none: McNemar pooled over both seeds has 0 / 10 discordant pairs, p = 2 / 2^10.
+    let vs_base = &summary["comparisons"][1];
+    assert_eq!(vs_base["pooled"]["only_a"], 0);
+    assert_eq!(vs_base["pooled"]["only_b"], 10);
+    assert!((vs_base["pooled"]["p_value"].as_f64().unwrap() - 2.0 / 1024.0).abs() < 1e-12);
+    assert_eq!(vs_base["diff"]["diff"], -50.0);
+    assert_eq!(
+        summary["sets"]
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap(),
+        10
+    );
+    // A finished study is not redone; another configuration in its directory is refused.
+    let out = xtask(&["study", "--config", study, "--out", a.to_str().unwrap()]);
+    assert!(out.contains("6 of 6 runs done"), "{out}");
+    let other = dir.join("other.toml");
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(study)
+            .unwrap()
+            .replace("seeds = [1, 2]", "seeds = [1, 3]"),
+    )
+    .unwrap();
+    let err = xtask_fails(&[
+        "study",
+        "--config",
+        other.to_str().unwrap(),
+        "--out",
+        a.to_str().unwrap(),
+    ]);
+    assert!(err.contains("another configuration"), "{err}");
+    // The report: tables and two SVG plots naming the methods.
+    xtask(&["report", "--study", a.to_str().unwrap()]);
+    let md = std::fs::read_to_string(a.join("report.md")).unwrap();
+    assert!(
+        md.contains("| lora-2 | 2 |") && md.contains("pareto.svg"),
+        "{md}"
+    );
+    let svg = std::fs::read_to_string(a.join("pareto.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("flexi-2-4"),
+        "{svg}"
+    );
+    let loss = std::fs::read_to_string(a.join("loss.svg")).unwrap();
+    assert!(
+        loss.contains("lora-2") && loss.contains("<polyline"),
+        "{loss}"
     );
 }
