@@ -136,7 +136,9 @@ pub fn safetensors(data: &[u8]) {
 }
 
 /// A PEFT adapter directory: `adapter_config.json` [`SEP`] `adapter_model.safetensors`, loaded
-/// onto the tiny Llama fixture as `load_llama_with_peft` (what `--peft` does) loads it.
+/// onto the tiny Llama fixture by both readers: `train::peft` (what `import`,
+/// `--resume-from-adapter` and `generate --adapter` use: LoRA and AdaLoRA, regex targets,
+/// rank/alpha patterns) and the plain-LoRA `models::llama::load_llama_with_peft`.
 pub fn peft_adapter(data: &[u8]) {
     let parts = split(data);
     let dir = Scratch::new();
@@ -145,6 +147,7 @@ pub fn peft_adapter(data: &[u8]) {
         dir.write("adapter_model.safetensors", weights);
     }
     let base = fixtures().join("tiny_tied");
+    let _ = train::peft::load_llama_with_adapter::<Flex>(&base, &dir.0, false, &Default::default());
     let _ = models::llama::load_llama_with_peft::<Flex>(&base, &dir.0, &Default::default());
 }
 
