@@ -390,7 +390,7 @@ impl<B: Backend> FlexiRun<B> {
             serde_json::from_slice(&bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
         let block = v.get(crate::export::FLEXI_KEY).ok_or_else(|| {
             bad(format!(
-                "no `{}` block: a plain PEFT adapter (load it with models::llama::load_llama_with_peft)",
+                "no `{}` block: a plain PEFT adapter (import it with `cargo xtask import`)",
                 crate::export::FLEXI_KEY
             ))
         })?;
@@ -416,50 +416,77 @@ impl<B: Backend> FlexiRun<B> {
                 crate::export::FLEXI_KEY
             ))
         })?);
-        let peft = models::llama::PeftAdapter::from_dir(dir)
-            .map_err(|e| TrainError::Model(e.to_string()))?;
-        let mut adapter = peft.adapter_config();
-        adapter.lora.alpha = alpha;
-        adapter.lora.scale = scale;
-        let mut model = models::auto::load_llama_any::<B>(base, &adapter, device)
-            .map_err(|e| TrainError::Model(format!("{}: {e}", base.display())))?;
-        models::llama::load_peft_adapter(&mut model, dir)
-            .map_err(|e| TrainError::Model(e.to_string()))?;
-        let router = TrainedRouter::<B>::load(&router_dir, device)?;
-        let input = router.meta.input.text(&router_dir)?;
-        let text = LmText::load(base, input.chat_template.is_some())?;
-        text.check_vocab(model.config.vocab_size)?;
-        input.check(&model, &text, &router_dir)?;
+        // The nested adapter through the PEFT reader: exported at r_max with PEFT's scale equal
+        // to the run's s(r_max), so every module's factors are copied unscaled and each smaller
+        // rank is its prefix, as trained.
+        let adapter = crate::peft::PeftAdapter::open(dir)?;
+        let speech = models::auto::is_whisper(base);
+        let targets = if speech {
+            adapter.build_targets(|k| models::whisper::WhisperAdapter::parse_targets(k).is_ok())?
+        } else {
+            adapter.build_targets(|k| models::llama::AdapterConfig::parse_targets(k).is_ok())?
+        };
         let config = TrainConfig {
             method: Method::Flexi { class_ranks },
             adapter: crate::config::AdapterSettings {
                 alpha,
                 scale,
-                targets: peft.targets.iter().map(|t| t.name().to_string()).collect(),
+                targets,
                 dropout: 0.0,
             },
             max_len,
             ..Default::default()
+        };
+        let base_dtype = crate::peft::base_dtype(base);
+        let router = TrainedRouter::<B>::load(&router_dir, device)?;
+        let (model, chat) = if speech {
+            let mut m = crate::asr::load_whisper_adapted::<B>(base, &config, device)?;
+            crate::peft::apply(&mut m, &adapter, crate::peft::Fill::Zero, base_dtype, true)?;
+            router
+                .meta
+                .input
+                .audio(&router_dir)?
+                .check(&m, &router_dir)?;
+            let tokenizer = whisper_tokenizer(base)?;
+            (
+                RunModel::Speech {
+                    model: Box::new(m),
+                    tokenizer: Box::new(tokenizer),
+                },
+                false,
+            )
+        } else {
+            let mut m = crate::lm::load_adapted::<B>(base, &config, device)?;
+            crate::peft::apply(&mut m, &adapter, crate::peft::Fill::Zero, base_dtype, true)?;
+            let input = router.meta.input.text(&router_dir)?;
+            let text = LmText::load(base, input.chat_template.is_some())?;
+            text.check_vocab(m.config.vocab_size)?;
+            input.check(&m, &text, &router_dir)?;
+            let chat = text.chat;
+            (
+                RunModel::Text {
+                    model: Box::new(m),
+                    text: Box::new(text),
+                },
+                chat,
+            )
         };
         Ok(Self {
             info: Some(RunInfo {
                 model: base.to_path_buf(),
                 config,
                 router: Some(router_dir),
-                chat: text.chat,
+                chat,
                 examples: 0,
                 seconds: 0.0,
                 first_loss: f64::NAN,
                 last_loss: f64::NAN,
-                speech: false,
+                speech,
                 trainable_params: 0,
                 base_params: 0,
                 adapter_from: Some(dir.to_path_buf()),
             }),
-            model: RunModel::Text {
-                model: Box::new(model),
-                text: Box::new(text),
-            },
+            model,
             ranks: RunRanks::Router(Box::new(router)),
             max_len,
         })

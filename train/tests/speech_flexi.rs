@@ -228,6 +228,18 @@ fn label_router_fit_and_evaluate_a_speech_flexi_run_end_to_end() {
         .map(|p| (p.prediction.clone(), p.rank))
         .collect();
     assert_eq!(transcribed, from_eval);
+
+    // 5. the Flexi-LoRA adapter format: PEFT's LoRA at r_max (Whisper module names) with the
+    // audio router; reloaded onto the base it routes and transcribes as the run does.
+    let flexi = dir.join("flexi_adapter");
+    let e = train::export::export_flexi(&run, &flexi).unwrap();
+    assert_eq!(e.rank, 8);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(flexi.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["flexi_lora"]["class_ranks"], "(2,8)");
+    let reloaded = FlexiRun::<B>::from_flexi_adapter(&whisper, &flexi, &device).unwrap();
+    assert!(reloaded.info.as_ref().unwrap().speech);
+    assert_eq!(reloaded.transcribe(&named, 3).unwrap(), transcribed);
 }
 
 #[test]
