@@ -427,17 +427,23 @@ pub fn pooled_embeddings<B: Backend>(
             mask.extend(std::iter::repeat_n(0f32, s - p.len()));
         }
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [chunk.len(), s]), &device);
-        let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [chunk.len(), s]), &device);
         let emb = model.embed_tokens.forward(ids); // [b, s, d]
-        let d = emb.dims()[2];
-        let pooled = masked_mean_pool(emb, mask)
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .unwrap_or_default();
-        out.extend(pooled.chunks(d).map(<[f32]>::to_vec));
+        out.extend(pool_rows(emb, mask));
     }
     out
+}
+
+/// `h [b, s, d]` mean-pooled over the positions whose `mask` (`b * s`, row-major) is 1: one
+/// `d`-vector per row.
+fn pool_rows<B: Backend>(h: Tensor<B, 3>, mask: Vec<f32>) -> Vec<Vec<f32>> {
+    let [b, s, d] = h.dims();
+    let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [b, s]), &h.device());
+    let pooled = masked_mean_pool(h, mask)
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap_or_default();
+    pooled.chunks(d).map(<[f32]>::to_vec).collect()
 }
 
 /// Mean-pooled hidden states `[n][d_model]` of prompts after the first `layers` decoder layers
@@ -448,24 +454,16 @@ pub fn pooled_hidden<B: Backend>(
     layers: usize,
     batch_size: usize,
 ) -> Result<Vec<Vec<f32>>> {
-    let device = model.embed_tokens.weight.device();
     let mut out = Vec::with_capacity(prompts.len());
     for chunk in prompts.chunks(batch_size.max(1)) {
         let batch = PaddedBatch::left_pad(chunk, 0);
         let h = model.hidden_after(&batch, layers)?; // [b, s, d]
-        let [b, s, d] = h.dims();
         let mask: Vec<f32> = batch
             .mask
             .iter()
             .flat_map(|row| row.iter().map(|m| f32::from(u8::from(*m))))
             .collect();
-        let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [b, s]), &device);
-        let pooled = masked_mean_pool(h, mask)
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .unwrap_or_default();
-        out.extend(pooled.chunks(d).map(<[f32]>::to_vec));
+        out.extend(pool_rows(h, mask));
     }
     Ok(out)
 }

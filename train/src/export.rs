@@ -358,13 +358,15 @@ pub fn merge_hf<B: Backend>(run: &FlexiRun<B>, rank: Option<usize>, out: &Path) 
                         });
                     }
                     replaced += 1;
-                    encode(&m.values, view.dtype()).ok_or_else(|| TrainError::Checkpoint {
-                        path: src.clone(),
-                        message: format!(
-                            "tensor {name}: dtype {:?} is not f32, f16 or bf16",
-                            view.dtype()
-                        ),
-                    })?
+                    models::format::checkpoint::encode_f32(&m.values, view.dtype()).ok_or_else(
+                        || TrainError::Checkpoint {
+                            path: src.clone(),
+                            message: format!(
+                                "tensor {name}: dtype {:?} is not f32, f16 or bf16",
+                                view.dtype()
+                            ),
+                        },
+                    )?
                 }
                 None => {
                     copied += 1;
@@ -396,23 +398,6 @@ pub fn merge_hf<B: Backend>(run: &FlexiRun<B>, rank: Option<usize>, out: &Path) 
         rank,
         replaced,
         copied,
-    })
-}
-
-/// f32 values in `dtype`'s little-endian bytes (f32, f16, bf16).
-fn encode(values: &[f32], dtype: safetensors::Dtype) -> Option<Vec<u8>> {
-    use safetensors::Dtype;
-    Some(match dtype {
-        Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        Dtype::F16 => values
-            .iter()
-            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-            .collect(),
-        Dtype::BF16 => values
-            .iter()
-            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
-            .collect(),
-        _ => return None,
     })
 }
 

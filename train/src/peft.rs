@@ -526,28 +526,14 @@ impl PeftAdapter {
             .map_err(|e| tensor_err(&weights, "header", format!("not a safetensors file: {e}")))?;
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
-            let data = view.data();
-            let values: Vec<f32> = match view.dtype() {
-                Dtype::F32 => data
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-                Dtype::F16 => data
-                    .chunks_exact(2)
-                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-                Dtype::BF16 => data
-                    .chunks_exact(2)
-                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-                other => {
-                    return Err(tensor_err(
+            let values = models::format::checkpoint::decode_f32(view.dtype(), view.data())
+                .ok_or_else(|| {
+                    tensor_err(
                         &weights,
                         &name,
-                        format!("dtype {other:?}; expected F32, F16 or BF16"),
-                    ));
-                }
-            };
+                        format!("dtype {:?}; expected F32, F16 or BF16", view.dtype()),
+                    )
+                })?;
             tensors.insert(name, (view.dtype(), view.shape().to_vec(), values));
         }
         Ok(Self {

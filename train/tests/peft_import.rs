@@ -233,6 +233,28 @@ fn a_peft_whisper_adapter_gives_pefts_logits_and_exports_back_to_the_same_bytes(
     assert_round_trip(&wdir, &x1, &dir.join("again"));
 }
 
+/// A safetensors file with every tensor converted to `dtype` (F32, F16 or BF16).
+fn converted(bytes: &[u8], dtype: Dtype) -> Vec<u8> {
+    use models::format::checkpoint::{decode_f32, encode_f32};
+    let st = SafeTensors::deserialize(bytes).unwrap();
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            let values = decode_f32(v.dtype(), v.data()).unwrap();
+            (n, v.shape().to_vec(), encode_f32(&values, dtype).unwrap())
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
+        .iter()
+        .map(|(n, s, r)| {
+            let v = safetensors::tensor::TensorView::new(dtype, s.clone(), r).unwrap();
+            (n.clone(), v)
+        })
+        .collect();
+    safetensors::serialize(views, None).unwrap()
+}
+
 /// A copy of a Hugging Face Whisper directory with its weights converted to f32.
 fn f32_copy(from: &Path, to: &Path) -> PathBuf {
     std::fs::create_dir_all(to).unwrap();
@@ -241,35 +263,8 @@ fn f32_copy(from: &Path, to: &Path) -> PathBuf {
     }
     let bytes = std::fs::read(from.join("model.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let data: Vec<(String, Vec<usize>, Vec<u8>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| {
-            assert_eq!(v.dtype(), Dtype::F16);
-            let raw = v
-                .data()
-                .chunks_exact(2)
-                .flat_map(|c| {
-                    half::f16::from_le_bytes([c[0], c[1]])
-                        .to_f32()
-                        .to_le_bytes()
-                })
-                .collect();
-            (n, v.shape().to_vec(), raw)
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
-        .iter()
-        .map(|(n, s, r)| {
-            let v = safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), r).unwrap();
-            (n.clone(), v)
-        })
-        .collect();
-    std::fs::write(
-        to.join("model.safetensors"),
-        safetensors::serialize(views, None).unwrap(),
-    )
-    .unwrap();
+    assert!(st.tensors().iter().all(|(_, v)| v.dtype() == Dtype::F16));
+    std::fs::write(to.join("model.safetensors"), converted(&bytes, Dtype::F32)).unwrap();
     to.to_path_buf()
 }
 
@@ -446,34 +441,7 @@ fn edited(
     let bytes = std::fs::read(from.join("adapter_model.safetensors")).unwrap();
     let out = match dtype {
         None => bytes,
-        Some(dtype) => {
-            let st = SafeTensors::deserialize(&bytes).unwrap();
-            let data: Vec<(String, Vec<usize>, Vec<u8>)> = st
-                .tensors()
-                .into_iter()
-                .map(|(n, v)| {
-                    let raw: Vec<u8> = v
-                        .data()
-                        .chunks_exact(4)
-                        .flat_map(|c| {
-                            half::bf16::from_f32(f32::from_le_bytes(c.try_into().unwrap()))
-                                .to_le_bytes()
-                        })
-                        .collect();
-                    (n, v.shape().to_vec(), raw)
-                })
-                .collect();
-            let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
-                .iter()
-                .map(|(n, s, r)| {
-                    (
-                        n.clone(),
-                        safetensors::tensor::TensorView::new(dtype, s.clone(), r).unwrap(),
-                    )
-                })
-                .collect();
-            safetensors::serialize(views, None).unwrap()
-        }
+        Some(dtype) => converted(&bytes, dtype),
     };
     std::fs::write(dir.join("adapter_model.safetensors"), out).unwrap();
     dir.to_path_buf()

@@ -8,7 +8,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use plotters::prelude::*;
 
-use crate::study::{RunResult, StudyConfig, Summary, results, summarize, summary_markdown};
+use crate::study::{
+    RunResult, StudyConfig, Summary, read_json, results, summarize, summary_markdown,
+};
 
 /// `report` options.
 #[derive(Args, Clone, Debug)]
@@ -187,10 +189,7 @@ fn losses(c: &StudyConfig, all: &[RunResult], path: &Path) -> Result<bool> {
 pub fn run(a: ReportArgs) -> Result<()> {
     let dir = &a.study;
     let stored = dir.join("study.json");
-    let c: StudyConfig = serde_json::from_slice(
-        &std::fs::read(&stored).with_context(|| format!("reading {}", stored.display()))?,
-    )
-    .with_context(|| format!("parsing {}", stored.display()))?;
+    let c: StudyConfig = read_json(&stored)?;
     let all = results(&c, dir)?;
     if all.is_empty() {
         bail!(

@@ -299,27 +299,12 @@ impl Checkpoint {
                 got: view.shape().to_vec(),
             });
         }
-        let bytes = view.data();
-        let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(FormatError::UnsupportedDtype {
-                    path: shard.path.clone(),
-                    tensor: name.to_string(),
-                    dtype: format!("{other:?}"),
-                });
-            }
+        let Some(values) = decode_f32(view.dtype(), view.data()) else {
+            return Err(FormatError::UnsupportedDtype {
+                path: shard.path.clone(),
+                tensor: name.to_string(),
+                dtype: format!("{:?}", view.dtype()),
+            });
         };
         self.used.insert(name.to_string());
         Ok(TensorData::new(values, expected.to_vec()))
@@ -409,4 +394,41 @@ pub(crate) fn transpose_host(data: TensorData, rows: usize, cols: usize) -> Tens
         }
     }
     TensorData::new(out, [cols, rows])
+}
+
+/// A safetensors tensor's little-endian bytes as f32 values (F32, F16 or BF16; `None` for
+/// other dtypes).
+pub fn decode_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        _ => return None,
+    })
+}
+
+/// f32 values as a safetensors tensor's little-endian bytes in `dtype` (F32, F16 or BF16;
+/// `None` for other dtypes): the inverse of [`decode_f32`] up to `dtype`'s rounding.
+pub fn encode_f32(values: &[f32], dtype: Dtype) -> Option<Vec<u8>> {
+    Some(match dtype {
+        Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Dtype::F16 => values
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        Dtype::BF16 => values
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect(),
+        _ => return None,
+    })
 }
