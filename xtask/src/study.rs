@@ -34,6 +34,11 @@ pub struct StudyArgs {
     /// Print the plan and what is already done, run nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Run only these of the study's seeds in this call (comma-separated), e.g. to run
+    /// seeds side by side in two processes on the same study directory once its labels
+    /// and base evaluation exist. The summary covers every finished run either way.
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<u64>,
 }
 
 /// One data file of a study, and how many of its examples to use.
@@ -482,11 +487,19 @@ pub fn run(a: StudyArgs) -> Result<()> {
         .clone()
         .or(c.out.clone())
         .unwrap_or_else(|| PathBuf::from(format!("runs/study-{}", c.name)));
-    run_study(&c, &root, a.dry_run)
+    if let Some(s) = a.seeds.iter().find(|s| !c.seeds.contains(s)) {
+        bail!(
+            "--seeds {s}: {} has seeds {:?}; --seeds picks among them",
+            a.config.display(),
+            c.seeds
+        );
+    }
+    run_study(&c, &root, a.dry_run, &a.seeds)
 }
 
-/// Runs (or resumes) study `c` in `root`.
-pub fn run_study(c: &StudyConfig, root: &Path, dry_run: bool) -> Result<()> {
+/// Runs (or resumes) study `c` in `root`: every seed, or only those in `only` when it is
+/// not empty.
+pub fn run_study(c: &StudyConfig, root: &Path, dry_run: bool, only: &[u64]) -> Result<()> {
     let l = Layout {
         root: root.to_path_buf(),
     };
@@ -548,7 +561,7 @@ pub fn run_study(c: &StudyConfig, root: &Path, dry_run: bool) -> Result<()> {
         args.common.eval_batch = c.eval_batch;
         pipeline::run_label(args).context("labelling the training set")?;
     }
-    for &seed in &c.seeds {
+    for &seed in c.seeds.iter().filter(|s| only.is_empty() || only.contains(s)) {
         for m in &c.methods {
             let result = l.result(seed, &m.name);
             if result.exists() {
