@@ -5,8 +5,8 @@ use std::path::Path;
 
 use burn::tensor::backend::Backend;
 
-use crate::gguf::{is_gguf, load_llama_gguf, load_tokenizer_gguf};
-use crate::llama::{AdapterConfig, Llama, Tokenizer, load_llama};
+use crate::gguf::{GgufFile, is_gguf, llama_config, load_llama_gguf, load_tokenizer_gguf};
+use crate::llama::{AdapterConfig, Llama, LlamaConfig, Tokenizer, load_llama};
 
 /// Why a model path could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +29,16 @@ pub fn load_llama_any<B: Backend>(
         Ok(load_llama_gguf(path, adapter, device)?)
     } else {
         Ok(load_llama(path, adapter, device)?)
+    }
+}
+
+/// The configuration of a Llama in a HF directory (`config.json`) or a `.gguf` file (its
+/// metadata), without loading any weight.
+pub fn llama_config_any(path: &Path) -> Result<LlamaConfig, LoadError> {
+    if is_gguf(path) {
+        Ok(llama_config(&GgufFile::open(path)?)?)
+    } else {
+        Ok(LlamaConfig::from_dir(path)?)
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`lm`]: the causal-LM objective for `models::llama` (loss on answer tokens).
 //! - [`asr`]: the seq2seq objective for `models::whisper` (loss on transcript tokens).
 //! - [`lr`]: learning-rate schedules.
+//! - [`memory`]: the peak memory of a training step predicted from its configuration.
 //! - [`parallel`]: data-parallel training over burn-collective ([`DataParallel`]: peers on one
 //!   machine or several, gradients all-reduced, peer 0 writes).
 //! - [`adalora`]: AdaLoRA's importance scores, cubic budget, pruning and orthogonality penalty.
@@ -31,6 +32,7 @@ pub mod export;
 pub mod lm;
 pub mod lock;
 pub mod lr;
+pub mod memory;
 pub mod parallel;
 pub mod params;
 pub mod peft;

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod llama;
 pub mod models_cmd;
 pub mod pipeline;
+pub mod plan;
 pub mod portability;
 pub mod report;
 pub mod speech_study;

@@ -28,7 +28,7 @@ fn keep_freed_pages() {
     }
 }
 use xtask::{
-    bench, data, demo, llama, models_cmd, pipeline, portability, report, speech_study, study,
+    bench, data, demo, llama, models_cmd, pipeline, plan, portability, report, speech_study, study,
     whisper_cmd,
 };
 
@@ -70,6 +70,9 @@ enum Command {
     Import(pipeline::ImportArgs),
     /// Benchmarks (speed and memory live here, not in tests).
     Bench(bench::BenchArgs),
+    /// Predict the peak memory of a training step from its configuration; the largest batch
+    /// that fits this machine.
+    Plan(plan::PlanArgs),
     /// Data files: inspect a file as the model sees it; synthesize a speech set.
     Data(data::DataArgs),
     /// Generate a completion with a Hugging Face Llama directory (KV cache, per-sample rank).
@@ -102,6 +105,7 @@ fn main() -> anyhow::Result<()> {
         Command::Merge(args) => pipeline::run_merge(args),
         Command::Import(args) => pipeline::run_import(args),
         Command::Bench(args) => bench::run(args),
+        Command::Plan(args) => plan::run(args),
         Command::Data(args) => data::run(args),
         Command::Generate(args) => llama::run_generate(args),
         Command::Logits(args) => llama::run_logits(args),

@@ -453,6 +453,38 @@ impl ParallelArgs {
     }
 }
 
+/// The method `--method NAME [--rank R] [--ranks A,B]` names (the flags of `train` and `plan`).
+pub fn method_from_flags(m: &str, r: Option<usize>, ranks: Option<&str>) -> Result<Method> {
+    Ok(match m {
+        "full" => Method::Full,
+        "lora" => Method::Lora {
+            rank: r.unwrap_or(8),
+        },
+        "dylora" => {
+            let r_max = r.unwrap_or(8);
+            Method::Dylora {
+                r_max,
+                frozen: false,
+                eval_rank: r_max,
+            }
+        }
+        "dylora_plus" | "dylora+" => Method::DyloraPlus {
+            r_max: r.unwrap_or(8),
+        },
+        "adalora" => Method::Adalora(train::adalora::AdaLoraConfig {
+            target_r: r.unwrap_or(8),
+            init_r: r.unwrap_or(8) * 3 / 2,
+            ..Default::default()
+        }),
+        "flexi" => Method::Flexi {
+            class_ranks: ranks.unwrap_or("2,8").to_string(),
+        },
+        other => bail!(
+            "unknown method {other:?}: expected full, lora, dylora, dylora_plus, adalora or flexi"
+        ),
+    })
+}
+
 /// Builds the training configuration from the file, the flags and the overrides.
 pub fn train_config(args: &TrainArgs) -> Result<TrainConfig> {
     let mut cfg = match &args.config {
@@ -460,35 +492,7 @@ pub fn train_config(args: &TrainArgs) -> Result<TrainConfig> {
         None => TrainConfig::default(),
     };
     if let Some(m) = &args.method {
-        let r = args.rank;
-        cfg.method = match m.as_str() {
-            "full" => Method::Full,
-            "lora" => Method::Lora {
-                rank: r.unwrap_or(8),
-            },
-            "dylora" => {
-                let r_max = r.unwrap_or(8);
-                Method::Dylora {
-                    r_max,
-                    frozen: false,
-                    eval_rank: r_max,
-                }
-            }
-            "dylora_plus" | "dylora+" => Method::DyloraPlus {
-                r_max: r.unwrap_or(8),
-            },
-            "adalora" => Method::Adalora(train::adalora::AdaLoraConfig {
-                target_r: r.unwrap_or(8),
-                init_r: r.unwrap_or(8) * 3 / 2,
-                ..Default::default()
-            }),
-            "flexi" => Method::Flexi {
-                class_ranks: args.ranks.clone().unwrap_or_else(|| "2,8".into()),
-            },
-            other => bail!(
-                "unknown method {other:?}: expected full, lora, dylora, dylora_plus, adalora or flexi"
-            ),
-        };
+        cfg.method = method_from_flags(m, args.rank, args.ranks.as_deref())?;
     }
     let cfg = cfg.with_overrides(&args.set)?;
     if matches!(cfg.method, Method::Flexi { .. }) && args.router.is_none() {

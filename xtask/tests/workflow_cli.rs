@@ -823,3 +823,89 @@ method = {{ name = "flexi", class_ranks = "2,4" }}
         "{loss}"
     );
 }
+
+#[test]
+fn plan_predicts_a_training_step_and_the_batch_that_fits() {
+    // `cargo xtask plan` on a checkpoint's configuration (no weight read) and on a preset:
+    // the table, the JSON (the library's numbers) and the largest batch for a budget.
+    let dir = scratch("plan");
+    let json = dir.join("plan.json");
+    let out = xtask(&[
+        "plan",
+        "--model",
+        fixture("tiny_tied").to_str().unwrap(),
+        "--method",
+        "lora",
+        "--rank",
+        "4",
+        "--batch",
+        "2",
+        "--seq",
+        "32",
+        "--memory-gib",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains("| **peak** |") && out.contains("fits in 1.0 GiB"),
+        "{out}"
+    );
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(plan["tokens"], 64);
+    let total = plan["total_mib"].as_f64().unwrap();
+    let parts: f64 = [
+        "runtime_mib",
+        "weights_mib",
+        "trainable_state_mib",
+        "activations_mib",
+        "lm_head_mib",
+    ]
+    .iter()
+    .map(|k| plan[k].as_f64().unwrap())
+    .sum();
+    assert!((total - parts).abs() < 1e-6);
+    // Llama-3.2-1B full fine-tuning in f32 (1.24 B weights, AdamW state and gradients) does
+    // not fit 8 GiB; LoRA-8 does, and checkpointing lets a larger batch fit.
+    let out = xtask(&[
+        "plan",
+        "--shape",
+        "llama-3.2-1b",
+        "--method",
+        "full",
+        "--batch",
+        "1",
+        "--seq",
+        "128",
+        "--memory-gib",
+        "8",
+    ]);
+    assert!(out.contains("does NOT fit in 8.0 GiB"), "{out}");
+    let largest = |ckpt: bool| {
+        let mut args = vec![
+            "plan",
+            "--shape",
+            "llama-3.2-1b",
+            "--batch",
+            "1",
+            "--seq",
+            "512",
+            "--memory-gib",
+            "24",
+        ];
+        if ckpt {
+            args.push("--checkpoint-activations");
+        }
+        let out = xtask(&args);
+        out.lines()
+            .find_map(|l| l.split("that fits: ").nth(1))
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("{out}"))
+    };
+    assert!(largest(true) > largest(false));
+    let err = xtask_fails(&["plan", "--shape", "llama-9b"]);
+    assert!(err.contains("unknown --shape \"llama-9b\""), "{err}");
+    let err = xtask_fails(&["plan", "--batch", "0"]);
+    assert!(err.contains("--batch must be at least 1"), "{err}");
+}

@@ -1,0 +1,229 @@
+//! Peak host memory of a training step, predicted from the configuration (issue 19's
+//! planner, `cargo xtask plan`).
+//!
+//! The prediction has an analytic structure and four constants measured once on this
+//! project's CPU backend (flex, f32):
+//!
+//! ```text
+//! peak = RUNTIME + weights + STATE x trainable x 4 B
+//!        + (ACT x saved per token + ACT_ATTENTION x 2 x heads x seq) x layers x tokens x 4 B
+//!        + LM_HEAD x answer tokens x vocab x 4 B
+//! ```
+//!
+//! - *weights*: every parameter of the model in f32 (frozen and trainable alike).
+//! - *trainable state*: AdamW's two moments plus the gradients of the concurrent shards; the
+//!   peak holds about [`STATE`] copies of the trainable parameters (gradients of late layers
+//!   accumulate while activations of early layers are still held).
+//! - *saved activations*: what Burn's autodiff keeps for the backward pass, counted op by op
+//!   from the decoder layer (`models::llama`), f32 elements per token and layer:
+//!   the layer input and the input of the post-attention norm (2 x hidden), the rotated
+//!   queries (heads x head_dim) and the keys and values (2 x kv_heads x head_dim) that the
+//!   score and value products keep, the gate projection, its sigmoid, the SiLU and the up
+//!   projection that SwiGLU's products keep (4 x intermediate), the softmax's exponentials
+//!   and probabilities (2 x heads x seq); plus, where a projection trains (an adapter or full
+//!   fine-tuning), the input its weight's gradient needs (the normed input of q/k/v, the
+//!   attention output before o, the normed input of gate/up, the SwiGLU product before down)
+//!   and each adapter's `x A` (r_max). [`ACT`] and [`ACT_ATTENTION`] scale these counts to the
+//!   measured peak: the backward pass's transient gradients and the allocator's slack ride
+//!   on them.
+//! - *LM head*: the loss reads only answer positions (`train::lm`), so the logits are
+//!   `[answer tokens, vocab]`.
+//!
+//! With `--checkpoint-activations` (Burn's `BalancedCheckpointing`) the factors are
+//! [`ACT_CHECKPOINTED`] and [`ACT_ATTENTION_CHECKPOINTED`]. The constants were fitted (least
+//! squares of the relative error) on SmolLM2-135M-shaped LoRA steps and checked on shapes and
+//! settings they were not fitted on (Llama-3.2-1B, full fine-tuning, Flexi, AdaLoRA, DyLoRA):
+//! BENCHMARKS.md has the table of predicted against measured peaks, and
+//! `tests/memory_plan.rs` holds those measurements to 15 % (one Llama-3.2-1B row at 16 %,
+//! named there).
+
+use models::llama::{AdapterConfig, LlamaConfig, Target};
+use serde::Serialize;
+
+use crate::config::{Method, TrainConfig};
+use crate::error::{Result, TrainError};
+
+/// Resident memory of the process before any model exists, and what the runtime, the
+/// thread pools and the allocator keep (MiB, measured).
+pub const RUNTIME_MIB: f64 = 150.0;
+/// Copies of the trainable parameters at the peak (AdamW's two moments and the gradients).
+pub const STATE: f64 = 3.1;
+/// Measured peak of the activations over the op-by-op count of what autodiff saves: the
+/// per-token tensors (hidden, intermediate and key/value sized).
+pub const ACT: f64 = 1.40;
+/// The same for the attention's `[heads, seq, seq]` tensors (softmax exponentials and
+/// probabilities).
+pub const ACT_ATTENTION: f64 = 1.92;
+/// [`ACT`] with Burn's `BalancedCheckpointing`.
+pub const ACT_CHECKPOINTED: f64 = 1.73;
+/// [`ACT_ATTENTION`] with Burn's `BalancedCheckpointing` (the softmax is memory-bound: its
+/// outputs are recomputed in the backward pass, not kept).
+pub const ACT_ATTENTION_CHECKPOINTED: f64 = 0.12;
+/// Copies of the answer positions' logits at the peak.
+pub const LM_HEAD: f64 = 0.12;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// What a training step is planned for.
+#[derive(Clone, Debug)]
+pub struct PlanInput<'a> {
+    /// The model's shape.
+    pub model: &'a LlamaConfig,
+    /// Method, adapter targets and batch size (the micro-batch: `batch_size / grad_accum`).
+    pub train: &'a TrainConfig,
+    /// Tokens per sequence (the padded length of a batch).
+    pub seq: usize,
+    /// Fraction of each sequence that carries a label (the answer).
+    pub answer_frac: f64,
+    /// Burn's `BalancedCheckpointing` on.
+    pub checkpoint_activations: bool,
+}
+
+/// A predicted peak, by component (MiB).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MemoryPlan {
+    /// Parameters of the model.
+    pub params: usize,
+    /// Trainable parameters.
+    pub trainable: usize,
+    /// Tokens of one micro-batch.
+    pub tokens: usize,
+    /// Runtime, thread pools and allocator.
+    pub runtime_mib: f64,
+    /// Every weight in f32.
+    pub weights_mib: f64,
+    /// Optimizer moments and gradients.
+    pub trainable_state_mib: f64,
+    /// Activations kept for the backward pass, decoder layers.
+    pub activations_mib: f64,
+    /// Logits of the answer positions.
+    pub lm_head_mib: f64,
+    /// The predicted peak resident set.
+    pub total_mib: f64,
+}
+
+fn adapted(train: &TrainConfig) -> Result<Vec<Target>> {
+    if train.method == Method::Full {
+        return Ok(Target::ALL.to_vec());
+    }
+    AdapterConfig::parse_targets(&train.adapter.targets.join(",")).map_err(|e| TrainError::Config {
+        key: "adapter.targets".into(),
+        message: e.to_string(),
+    })
+}
+
+/// Parameters of a Llama of shape `c`.
+pub fn llama_params(c: &LlamaConfig) -> usize {
+    let (h, i) = (c.hidden_size, c.intermediate_size);
+    let q = c.num_attention_heads * c.head_dim;
+    let kv = c.num_key_value_heads * c.head_dim;
+    let mut layer = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h;
+    if c.attention_bias {
+        layer += q + 2 * kv + h;
+    }
+    if c.mlp_bias {
+        layer += 2 * i + h;
+    }
+    let embed = c.vocab_size * h;
+    let head = if c.tie_word_embeddings { 0 } else { embed };
+    embed + head + c.num_hidden_layers * layer + h
+}
+
+/// Trainable parameters of `train`'s method on shape `c`.
+pub fn trainable_params(c: &LlamaConfig, train: &TrainConfig) -> Result<usize> {
+    if train.method == Method::Full {
+        return Ok(llama_params(c));
+    }
+    let r = train.method.r_max()?;
+    let (h, i) = (c.hidden_size, c.intermediate_size);
+    let q = c.num_attention_heads * c.head_dim;
+    let kv = c.num_key_value_heads * c.head_dim;
+    let per_rank: usize = adapted(train)?
+        .iter()
+        .map(|t| match t {
+            Target::Q => h + q,
+            Target::K | Target::V => h + kv,
+            Target::O => q + h,
+            Target::Gate | Target::Up | Target::Down => h + i,
+        })
+        .sum();
+    // AdaLoRA's singular values: one per rank and adapted projection.
+    let svd = matches!(train.method, Method::Adalora(_)) as usize * adapted(train)?.len();
+    Ok(c.num_hidden_layers * (per_rank + svd) * r)
+}
+
+/// f32 elements autodiff keeps per token and decoder layer, without the attention's
+/// `2 x heads x seq` (see the module docs).
+pub fn saved_per_token_layer(c: &LlamaConfig, train: &TrainConfig) -> Result<usize> {
+    let (h, i) = (c.hidden_size, c.intermediate_size);
+    let q = c.num_attention_heads * c.head_dim;
+    let kv = c.num_key_value_heads * c.head_dim;
+    let targets = adapted(train)?;
+    let has = |t: &[Target]| targets.iter().any(|x| t.contains(x));
+    let mut n = 2 * h + q + 2 * kv + 4 * i;
+    if has(&[Target::Q, Target::K, Target::V]) {
+        n += h;
+    }
+    if has(&[Target::O]) {
+        n += q;
+    }
+    if has(&[Target::Gate, Target::Up]) {
+        n += h;
+    }
+    if has(&[Target::Down]) {
+        n += i;
+    }
+    if train.method != Method::Full {
+        n += targets.len() * train.method.r_max()?;
+    }
+    Ok(n)
+}
+
+/// The predicted peak resident memory of one training step.
+pub fn plan(p: &PlanInput) -> Result<MemoryPlan> {
+    let bad = |key: &str, message: String| {
+        Err(TrainError::Config {
+            key: key.into(),
+            message,
+        })
+    };
+    if p.seq < 2 {
+        return bad("seq", format!("{}: a step needs at least 2 tokens", p.seq));
+    }
+    if !(p.answer_frac > 0.0 && p.answer_frac <= 1.0) {
+        return bad(
+            "answer_frac",
+            format!("{}: expected a fraction in (0, 1]", p.answer_frac),
+        );
+    }
+    p.train.validate()?;
+    let c = p.model;
+    let micro = p.train.batch_size / p.train.grad_accum.max(1);
+    let tokens = micro * p.seq;
+    let answer = micro * (p.seq as f64 * p.answer_frac).round().max(1.0) as usize;
+    let params = llama_params(c);
+    let trainable = trainable_params(c, p.train)?;
+    let layers = c.num_hidden_layers * tokens;
+    let saved = (saved_per_token_layer(c, p.train)? * layers) as f64;
+    let attention = (2 * c.num_attention_heads * p.seq * layers) as f64;
+    let (act, act_attention) = if p.checkpoint_activations {
+        (ACT_CHECKPOINTED, ACT_ATTENTION_CHECKPOINTED)
+    } else {
+        (ACT, ACT_ATTENTION)
+    };
+    let weights_mib = params as f64 * 4.0 / MIB;
+    let trainable_state_mib = STATE * trainable as f64 * 4.0 / MIB;
+    let activations_mib = (act * saved + act_attention * attention) * 4.0 / MIB;
+    let lm_head_mib = LM_HEAD * (answer * c.vocab_size) as f64 * 4.0 / MIB;
+    Ok(MemoryPlan {
+        params,
+        trainable,
+        tokens,
+        runtime_mib: RUNTIME_MIB,
+        weights_mib,
+        trainable_state_mib,
+        activations_mib,
+        lm_head_mib,
+        total_mib: RUNTIME_MIB + weights_mib + trainable_state_mib + activations_mib + lm_head_mib,
+    })
+}
