@@ -39,6 +39,10 @@ pub struct StudyArgs {
     /// and base evaluation exist. The summary covers every finished run either way.
     #[arg(long, value_delimiter = ',')]
     pub seeds: Vec<u64>,
+    /// Run only these of the study's methods in this call, in this order (comma-separated
+    /// names), e.g. the comparison that matters first when time is short.
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Vec<String>,
 }
 
 /// One data file of a study, and how many of its examples to use.
@@ -494,12 +498,30 @@ pub fn run(a: StudyArgs) -> Result<()> {
             c.seeds
         );
     }
-    run_study(&c, &root, a.dry_run, &a.seeds)
+    if let Some(m) = a
+        .methods
+        .iter()
+        .find(|m| !c.methods.iter().any(|x| &x.name == *m))
+    {
+        let names: Vec<&str> = c.methods.iter().map(|m| m.name.as_str()).collect();
+        bail!(
+            "--methods {m}: {} has methods {names:?}; --methods picks among them",
+            a.config.display()
+        );
+    }
+    run_study(&c, &root, a.dry_run, &a.seeds, &a.methods)
 }
 
 /// Runs (or resumes) study `c` in `root`: every seed, or only those in `only` when it is
-/// not empty.
-pub fn run_study(c: &StudyConfig, root: &Path, dry_run: bool, only: &[u64]) -> Result<()> {
+/// not empty; every method, or only those named in `methods` (in that order) when it is not
+/// empty.
+pub fn run_study(
+    c: &StudyConfig,
+    root: &Path,
+    dry_run: bool,
+    only: &[u64],
+    methods: &[String],
+) -> Result<()> {
     let l = Layout {
         root: root.to_path_buf(),
     };
@@ -561,8 +583,20 @@ pub fn run_study(c: &StudyConfig, root: &Path, dry_run: bool, only: &[u64]) -> R
         args.common.eval_batch = c.eval_batch;
         pipeline::run_label(args).context("labelling the training set")?;
     }
-    for &seed in c.seeds.iter().filter(|s| only.is_empty() || only.contains(s)) {
-        for m in &c.methods {
+    for &seed in c
+        .seeds
+        .iter()
+        .filter(|s| only.is_empty() || only.contains(s))
+    {
+        let chosen: Vec<&MethodSpec> = if methods.is_empty() {
+            c.methods.iter().collect()
+        } else {
+            methods
+                .iter()
+                .filter_map(|n| c.methods.iter().find(|m| &m.name == n))
+                .collect()
+        };
+        for m in chosen {
             let result = l.result(seed, &m.name);
             if result.exists() {
                 continue;

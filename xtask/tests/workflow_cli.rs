@@ -687,8 +687,9 @@ fn study_numbers(dir: &Path) -> Vec<(String, serde_json::Value)> {
 fn a_study_resumed_after_interruptions_equals_an_uninterrupted_one_and_reports() {
     // Two methods (LoRA-2 and Flexi (2,4), with labels and a router per seed) x two seeds on
     // the tiny Llama, plus the base model. One study runs straight through; the other is
-    // stopped after its first run, runs seed 2 alone (`--seeds 2`), is stopped again and
-    // resumed: the same results and summary (timings aside). Then the report and its plots.
+    // stopped after its first run, runs two of seed 2's methods alone (`--seeds 2 --methods
+    // flexi-2-4,base`, in that order), is stopped again and resumed: the same results and
+    // summary (timings aside). Then the report and its plots.
     let dir = scratch("study");
     let data = planted(&dir);
     let study = dir.join("study.toml");
@@ -741,7 +742,8 @@ method = {{ name = "flexi", class_ranks = "2,4" }}
         assert!(err.contains("stopped after"), "{err}");
     };
     stopped("1");
-    // Then seed 2 alone (as a second process would run it), stopped once more, and the rest.
+    // Then part of seed 2 alone (as a second process would run it), stopped once more, and
+    // the rest.
     let err = xtask_fails(&[
         "study",
         "--config",
@@ -752,6 +754,20 @@ method = {{ name = "flexi", class_ranks = "2,4" }}
         "7",
     ]);
     assert!(err.contains("--seeds 7") && err.contains("[1, 2]"), "{err}");
+    let err = xtask_fails(&[
+        "study",
+        "--config",
+        study,
+        "--out",
+        b.to_str().unwrap(),
+        "--methods",
+        "lora-9",
+    ]);
+    assert!(
+        err.contains("--methods lora-9") && err.contains("flexi-2-4"),
+        "{err}"
+    );
+    // Seed 2's Flexi run and base only, Flexi first.
     let out = xtask(&[
         "study",
         "--config",
@@ -760,11 +776,16 @@ method = {{ name = "flexi", class_ranks = "2,4" }}
         b.to_str().unwrap(),
         "--seeds",
         "2",
+        "--methods",
+        "flexi-2-4,base",
     ]);
     assert!(out.contains("1 of 6 runs done"), "{out}");
+    let flexi = out.find("flexi-2-4 seed 2").expect("flexi-2-4 ran");
+    assert!(flexi < out.find("base seed 2").expect("base ran"), "{out}");
+    assert!(!out.contains("lora-2 seed"), "{out}");
     stopped("1");
     let out = xtask(&["study", "--config", study, "--out", b.to_str().unwrap()]);
-    assert!(out.contains("5 of 6 runs done"), "{out}");
+    assert!(out.contains("4 of 6 runs done"), "{out}");
     let (na, nb) = (study_numbers(&a), study_numbers(&b));
     assert_eq!(na.len(), 7, "6 results and the summary");
     assert_eq!(na, nb);
