@@ -83,7 +83,7 @@ impl LabelRule {
 }
 
 /// The median of the finite `scores` (the lower middle value of an even count; 0 when none).
-fn median(scores: &[f64]) -> f64 {
+pub fn median(scores: &[f64]) -> f64 {
     let mut v: Vec<f64> = scores.iter().copied().filter(|s| s.is_finite()).collect();
     if v.is_empty() {
         return 0.0;

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::module::AutodiffModule;
+use burn::tensor::ElementConversion;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use datasets::batch::{PadSide, collate};
 use datasets::labels::{
@@ -310,6 +311,108 @@ pub fn labels_from_report(
     )
     .map_err(data)?;
     let balanced = balanced_split(&labels, seed).map_err(data)?;
+    Ok(Labels {
+        report,
+        labels,
+        balanced,
+        rule,
+    })
+}
+
+/// Each example's mean cross-entropy (nats per answer token) under `base`, teacher-forced on
+/// the training prompt and reference answer exactly as training encodes them (`max_len`,
+/// the chat template): the loss training would start from, per example. A difficulty score
+/// that does not need the model to solve the task **(ours)**: where the base model is at the
+/// floor of the task metric (SmolLM2-135M solves about 1 % of GSM8K), "correct = easy" leaves
+/// one class nearly empty, while the answer's likelihood still orders the examples.
+/// Examples run `batch` at a time, left-padded; a row's value does not depend on its batch.
+pub fn answer_nll<B: Backend>(
+    base: &TextModel<B>,
+    examples: &[Example],
+    max_len: usize,
+    batch: usize,
+) -> Result<Vec<f64>> {
+    let text = &base.text;
+    let mut encoded = Vec::with_capacity(examples.len());
+    for ex in examples {
+        encoded.push(text.encode_train(ex, max_len)?);
+    }
+    let model = |e: models::llama::LlamaError| TrainError::Model(e.to_string());
+    let mut out = Vec::with_capacity(examples.len());
+    for (chunk, exs) in encoded
+        .chunks(batch.max(1))
+        .zip(examples.chunks(batch.max(1)))
+    {
+        let refs: Vec<_> = chunk.iter().collect();
+        let b = LmBatch::from_collated(&collate(&refs, text.pad_id(), PadSide::Left));
+        let ranks = flexi_burn::SampleRanks::uniform(b.len(), 0);
+        let hidden = base.model.hidden(&b.batch, &ranks).map_err(model)?;
+        let [n, s, d] = hidden.dims();
+        for (i, ex) in exs.iter().enumerate().take(n) {
+            let labels = &b.labels[i * s..(i + 1) * s];
+            if labels[1..].iter().all(|l| *l == crate::lm::IGNORE_INDEX) {
+                return Err(TrainError::EmptyData(format!(
+                    "example {:?}: no answer token within max_len {max_len}",
+                    ex.id
+                )));
+            }
+            let row = hidden.clone().slice([i..i + 1, 0..s, 0..d]);
+            let loss = models::llama::causal_lm_loss_from_hidden(
+                &base.model,
+                row,
+                labels,
+                crate::lm::IGNORE_INDEX,
+            )
+            .map_err(model)?;
+            out.push(loss.into_scalar().elem::<f64>());
+        }
+    }
+    Ok(out)
+}
+
+/// Labels from [`answer_nll`] **(ours)**: easy when the base model's answer cross-entropy is
+/// at most `threshold` (default: the median, so both classes hold about half of the
+/// examples), then a balanced subset drawn with `seed`. The report's scores are the
+/// cross-entropies (nothing is generated).
+pub fn label_by_answer_nll<B: Backend>(
+    base: &TextModel<B>,
+    examples: &[Example],
+    max_len: usize,
+    batch: usize,
+    threshold: Option<f64>,
+    seed: u64,
+) -> Result<Labels> {
+    if examples.is_empty() {
+        return Err(TrainError::EmptyData("no example to label".into()));
+    }
+    let nll = answer_nll(base, examples, max_len, batch)?;
+    let rule = LabelRule::AtMost(threshold.unwrap_or_else(|| datasets::labels::median(&nll)));
+    let data = |e: datasets::DataError| TrainError::EmptyData(e.to_string());
+    let labels = label_scores(
+        examples.iter().zip(&nll).map(|(e, s)| (e.id.clone(), *s)),
+        rule,
+    )
+    .map_err(data)?;
+    let balanced = balanced_split(&labels, seed).map_err(data)?;
+    let report = EvalReport {
+        tables: Vec::new(),
+        mean_rank: 0.0,
+        activated_params: 0.0,
+        predictions: examples
+            .iter()
+            .zip(&nll)
+            .map(|(e, s)| infer::Prediction {
+                id: e.id.clone(),
+                source: e.source.clone(),
+                rank: 0,
+                prediction: String::new(),
+                score: *s,
+                truncated: false,
+            })
+            .collect(),
+        truncated: 0,
+        max_new_tokens: 0,
+    };
     Ok(Labels {
         report,
         labels,

@@ -1018,3 +1018,67 @@ fn activated_parameters_of_full_fine_tuning_and_adalora_count_what_is_used() {
         "below init_r's count"
     );
 }
+
+#[test]
+fn answer_cross_entropy_labels_split_at_the_median_and_equal_the_training_loss() {
+    // `label --score answer-nll`: each example's value is the loss training computes on that
+    // example alone (the same encoding, `causal_lm_loss_from_hidden` on a batch of one), so
+    // it does not depend on the batch it was computed in (left padding); the token-weighted
+    // mean over a batch is the batch's training loss; the median splits the set in half.
+    let device = Default::default();
+    let dir = tmp("answer-nll");
+    let base = TextModel::<B>::load(&fixture("tiny_tied"), true, &device).unwrap();
+    let answers: Vec<String> = (0..10)
+        .map(|i| WORDS[(3 * i) % 10].repeat(1 + i % 3))
+        .collect();
+    let path = dir.join("qa.jsonl");
+    write_qa(&path, &answers);
+    let examples = workflow::read_examples(&path, None).unwrap();
+    let batched = workflow::answer_nll(&base, &examples, 64, 4).unwrap();
+    let alone = workflow::answer_nll(&base, &examples, 64, 1).unwrap();
+    for (a, b) in batched.iter().zip(&alone) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        assert!(*a > 0.0 && a.is_finite());
+    }
+    // The first batch of four: its training loss is the token-weighted mean of its rows.
+    let encoded: Vec<_> = examples[..4]
+        .iter()
+        .map(|e| base.text.encode_train(e, 64).unwrap())
+        .collect();
+    let refs: Vec<_> = encoded.iter().collect();
+    let batch = train::lm::LmBatch::from_collated(&datasets::batch::collate(
+        &refs,
+        base.text.pad_id(),
+        datasets::batch::PadSide::Left,
+    ));
+    let hidden = base
+        .model
+        .hidden(&batch.batch, &SampleRanks::uniform(4, 0))
+        .unwrap();
+    let loss: f64 = models::llama::causal_lm_loss_from_hidden(
+        &base.model,
+        hidden,
+        &batch.labels,
+        train::lm::IGNORE_INDEX,
+    )
+    .unwrap()
+    .into_scalar()
+    .into();
+    let s = batch.batch.seq_len();
+    let counts: Vec<f64> = (0..4)
+        .map(|i| train::lm::shifted_targets(&batch.labels[i * s..(i + 1) * s], s) as f64)
+        .collect();
+    let weighted: f64 =
+        (0..4).map(|i| batched[i] * counts[i]).sum::<f64>() / counts.iter().sum::<f64>();
+    assert!((weighted - loss).abs() < 1e-5, "{weighted} vs {loss}");
+    // Labels: easy at most the median (the lower middle of 10 values), 5 and 5, balanced.
+    let labels = workflow::label_by_answer_nll(&base, &examples, 64, 4, None, 3).unwrap();
+    let mut sorted = batched.clone();
+    sorted.sort_by(f64::total_cmp);
+    assert_eq!(labels.rule.threshold(), sorted[4]);
+    let c = labels.counts();
+    assert_eq!((c.easy, c.hard), (5, 5));
+    assert_eq!(labels.balanced.len(), 10);
+    assert_eq!(labels.report.max_new_tokens, 0);
+    assert_eq!(labels.report.predictions[7].score, batched[7]);
+}

@@ -115,6 +115,12 @@ pub struct LabelArgs {
     /// learns from these labels reads that model's embeddings).
     #[arg(long)]
     pub(crate) reference_run: Option<PathBuf>,
+    /// What scores an example: `metric` (the task metric of the base model's or reference
+    /// run's generation, SPEC 2.2) or `answer-nll` (ours: the base model's cross-entropy of
+    /// the reference answer, teacher-forced as in training, easy at most `--threshold`,
+    /// default the median; for a model at the floor of the task metric). Text only.
+    #[arg(long, default_value = "metric")]
+    pub(crate) score: String,
 }
 
 struct LabelJob(LabelArgs);
@@ -127,36 +133,60 @@ impl BackendJob for LabelJob {
         let _lock = RunLock::acquire(&a.out)?;
         let examples = read_examples(&a.data, a.common.limit)?;
         let settings = a.common.settings(examples[0].task);
-        let (labels, scorer) = match &a.reference_run {
-            None => {
-                let base = a.common.base::<B::InnerBackend>(&device)?;
-                let labels = workflow::label(&base, &examples, &settings, a.threshold, a.seed)?;
-                (labels, "base model".to_string())
-            }
-            Some(dir) => {
-                let run = FlexiRun::<B::InnerBackend>::load(dir, &device)
-                    .with_context(|| format!("loading the reference run {}", dir.display()))?;
-                let info = run.info.as_ref().context("a reference run has run.json")?;
-                let same = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-                if same(&info.model) != same(&a.common.model) {
-                    bail!(
-                        "{}: the reference run was trained on {}, not on --model {}; its labels \
-                         would not match the embeddings the router reads",
-                        dir.join("run.json").display(),
-                        info.model.display(),
-                        a.common.model.display()
-                    );
+        let (labels, scorer) = match (a.score.as_str(), &a.reference_run) {
+            ("metric", _) => match &a.reference_run {
+                None => {
+                    let base = a.common.base::<B::InnerBackend>(&device)?;
+                    let labels = workflow::label(&base, &examples, &settings, a.threshold, a.seed)?;
+                    (labels, "base model".to_string())
                 }
-                let method = run.method();
-                let report = run
-                    .evaluate(&examples, &settings, "reference")
-                    .with_context(|| format!("scoring {} with {}", a.data.display(), method))?;
-                let labels = workflow::labels_from_report(report, &examples, a.threshold, a.seed)?;
-                (
-                    labels,
-                    format!("reference run {} ({method})", dir.display()),
-                )
+                Some(dir) => {
+                    let run = FlexiRun::<B::InnerBackend>::load(dir, &device)
+                        .with_context(|| format!("loading the reference run {}", dir.display()))?;
+                    let info = run.info.as_ref().context("a reference run has run.json")?;
+                    let same =
+                        |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+                    if same(&info.model) != same(&a.common.model) {
+                        bail!(
+                            "{}: the reference run was trained on {}, not on --model {}; its labels \
+                         would not match the embeddings the router reads",
+                            dir.join("run.json").display(),
+                            info.model.display(),
+                            a.common.model.display()
+                        );
+                    }
+                    let method = run.method();
+                    let report = run
+                        .evaluate(&examples, &settings, "reference")
+                        .with_context(|| format!("scoring {} with {}", a.data.display(), method))?;
+                    let labels =
+                        workflow::labels_from_report(report, &examples, a.threshold, a.seed)?;
+                    (
+                        labels,
+                        format!("reference run {} ({method})", dir.display()),
+                    )
+                }
+            },
+            ("answer-nll", Some(_)) => bail!(
+                "--score answer-nll scores with the base model; --reference-run goes with \
+                 --score metric"
+            ),
+            ("answer-nll", None) => {
+                let base = a.common.base::<B::InnerBackend>(&device)?;
+                let text = base.as_text().context(
+                    "--score answer-nll needs a text model (a Llama); speech labels use WER",
+                )?;
+                let labels = workflow::label_by_answer_nll(
+                    text,
+                    &examples,
+                    a.common.max_len,
+                    a.common.eval_batch,
+                    a.threshold,
+                    a.seed,
+                )?;
+                (labels, "base model, answer cross-entropy".to_string())
             }
+            (other, _) => bail!("--score {other:?}: expected metric or answer-nll"),
         };
         print_report(&scorer, &labels.report);
         labels.write(&a.out)?;
@@ -836,6 +866,7 @@ impl LabelArgs {
             threshold: None,
             seed,
             reference_run: None,
+            score: "metric".into(),
         }
     }
 }

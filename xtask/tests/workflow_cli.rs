@@ -930,3 +930,88 @@ fn plan_predicts_a_training_step_and_the_batch_that_fits() {
     let err = xtask_fails(&["plan", "--batch", "0"]);
     assert!(err.contains("--batch must be at least 1"), "{err}");
 }
+
+#[test]
+fn label_by_answer_cross_entropy_writes_balanced_labels_a_router_can_use() {
+    // `label --score answer-nll`: no generation, every example scored by the base model's
+    // answer cross-entropy, split at the median (6 easy, 6 hard of 12), and a router trains
+    // on the result; the options it cannot combine with are refused.
+    let dir = scratch("answer-nll");
+    let data = planted(&dir);
+    let (tiny, data) = (fixture("tiny_tied"), data.to_str().unwrap().to_string());
+    let labels = dir.join("labels");
+    let out = xtask(&[
+        "label",
+        "--model",
+        tiny.to_str().unwrap(),
+        "--data",
+        &data,
+        "--out",
+        labels.to_str().unwrap(),
+        "--score",
+        "answer-nll",
+        "--max-len",
+        "64",
+    ]);
+    assert!(
+        out.contains("6 easy, 6 hard -> 12 in the balanced router set"),
+        "{out}"
+    );
+    let lines = std::fs::read_to_string(labels.join("labels.jsonl")).unwrap();
+    let scores: Vec<f64> = lines
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["score"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(scores.len(), 12);
+    assert!(scores.iter().all(|s| *s > 0.0), "{scores:?}");
+    xtask(&[
+        "router",
+        "--model",
+        tiny.to_str().unwrap(),
+        "--data",
+        &data,
+        "--labels",
+        labels.join("router_train.jsonl").to_str().unwrap(),
+        "--out",
+        dir.join("router").to_str().unwrap(),
+        "--max-len",
+        "48",
+    ]);
+    assert!(dir.join("router").join("router.json").exists());
+    let err = xtask_fails(&[
+        "label",
+        "--model",
+        tiny.to_str().unwrap(),
+        "--data",
+        &data,
+        "--out",
+        dir.join("l2").to_str().unwrap(),
+        "--score",
+        "answer-nll",
+        "--reference-run",
+        dir.join("router").to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("--reference-run goes with --score metric"),
+        "{err}"
+    );
+    let err = xtask_fails(&[
+        "label",
+        "--model",
+        tiny.to_str().unwrap(),
+        "--data",
+        &data,
+        "--out",
+        dir.join("l3").to_str().unwrap(),
+        "--score",
+        "loss",
+    ]);
+    assert!(
+        err.contains("--score \"loss\": expected metric or answer-nll"),
+        "{err}"
+    );
+}
