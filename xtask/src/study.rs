@@ -134,6 +134,12 @@ pub struct StudyConfig {
     /// Prompts per generation batch.
     #[serde(default = "default_eval_batch")]
     pub eval_batch: usize,
+    /// What scores a training example for the router's labels: `metric` (default, SPEC 2.2:
+    /// the base model's generation scored with the task metric) or `answer-nll` (ours: the
+    /// base model's cross-entropy of the reference answer, split at the median), as
+    /// `label --score`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_score: Option<String>,
     /// Training settings shared by every method (a `TrainConfig` table; the method and seed
     /// come from the method and the study's seeds).
     #[serde(default)]
@@ -188,6 +194,12 @@ impl StudyConfig {
     }
 
     fn validate(&self) -> Result<()> {
+        if let Some(s) = &self.label_score
+            && s != "metric"
+            && s != "answer-nll"
+        {
+            bail!("label_score: {s:?}: expected metric or answer-nll");
+        }
         if self.seeds.is_empty() {
             bail!("seeds: give at least one");
         }
@@ -581,6 +593,9 @@ pub fn run_study(
     if needs_router && !labels.join("router_train.jsonl").exists() {
         let mut args = LabelArgs::new(common(c, &model), l.train(), labels.clone(), c.subset_seed);
         args.common.eval_batch = c.eval_batch;
+        if let Some(score) = &c.label_score {
+            args.score = score.clone();
+        }
         pipeline::run_label(args).context("labelling the training set")?;
     }
     for &seed in c

@@ -1015,3 +1015,54 @@ fn label_by_answer_cross_entropy_writes_balanced_labels_a_router_can_use() {
         "{err}"
     );
 }
+
+#[test]
+fn a_study_can_label_by_answer_cross_entropy() {
+    // `label_score = "answer-nll"` in a study file: the labels split the 12 training
+    // examples at the median (6 / 6) and the Flexi run trains on a router from those
+    // labels. A value that is neither score is refused when the file is read.
+    let dir = scratch("study-nll");
+    let data = planted(&dir);
+    let study = dir.join("study.toml");
+    let text = format!(
+        r#"
+name = "tiny-nll"
+model = "{model}"
+seeds = [1]
+train = {{ path = "{data}" }}
+test = [{{ path = "{data}", n = 4 }}]
+max_len = 64
+max_new_tokens = 4
+eval_batch = 4
+label_score = "answer-nll"
+training = {{ batch_size = 4, max_steps = 1, lr = 1e-2, warmup_steps = 0 }}
+router = {{ epochs = 5, max_len = 48 }}
+
+[[methods]]
+name = "flexi-2-4"
+method = {{ name = "flexi", class_ranks = "2,4" }}
+"#,
+        model = fixture("tiny_tied").display(),
+        data = data.display()
+    );
+    std::fs::write(&study, &text).unwrap();
+    let out_dir = dir.join("out");
+    let out = xtask(&[
+        "study",
+        "--config",
+        study.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains("6 easy, 6 hard -> 12 in the balanced router set"),
+        "{out}"
+    );
+    assert!(out_dir.join("results").join("flexi-2-4-s1.json").exists());
+    std::fs::write(&study, text.replace("answer-nll", "loss")).unwrap();
+    let err = xtask_fails(&["study", "--config", study.to_str().unwrap()]);
+    assert!(
+        err.contains("label_score: \"loss\": expected metric or answer-nll"),
+        "{err}"
+    );
+}
