@@ -10,7 +10,7 @@ use datasets::{Example, Task};
 use flexi_burn::params::activated_params_by_rank;
 use flexi_burn::params::average_activated_params_by_rank;
 use flexi_burn::{RankSchedule, SampleRanks, inference_ranks};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use models::llama::{GenerationConfig, Llama, generate};
 use serde::Serialize;
 
@@ -188,14 +188,11 @@ pub fn evaluate<B: Backend>(
     order.sort_by_key(|&i| prompts[i].len());
 
     let pb = if settings.progress {
-        let pb = ProgressBar::new(examples.len() as u64);
-        pb.set_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} [{elapsed}<{eta}]")
-                .expect("static template")
-                .progress_chars("=> "),
-        );
-        pb.set_prefix(format!("eval {title}"));
-        pb
+        crate::progress::bar(
+            examples.len() as u64,
+            "{prefix} [{bar:30}] {pos}/{len} [{elapsed}<{eta}]",
+            format!("eval {title}"),
+        )
     } else {
         ProgressBar::hidden()
     };

@@ -15,6 +15,7 @@
 
 pub mod error;
 pub mod eval;
+pub mod progress;
 pub mod router;
 pub mod speech;
 pub mod stats;

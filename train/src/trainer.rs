@@ -18,7 +18,7 @@ use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 use flexi_burn::{Phase, RankSampler, SampleRanks};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -317,15 +317,11 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
             p.register::<B>(&self.device)?;
         }
         let pb = if self.progress && leader {
-            let pb = ProgressBar::new(total_steps as u64);
-            pb.set_style(
-                ProgressStyle::with_template(
-                    "{prefix} [{bar:30}] {pos}/{len} {msg} [{elapsed}<{eta}]",
-                )
-                .expect("static template")
-                .progress_chars("=> "),
+            let pb = infer::progress::bar(
+                total_steps as u64,
+                "{prefix} [{bar:30}] {pos}/{len} {msg} [{elapsed}<{eta}]",
+                c.method.label(),
             );
-            pb.set_prefix(c.method.label());
             pb.set_position(start as u64);
             pb
         } else {
