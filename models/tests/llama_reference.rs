@@ -166,7 +166,71 @@ fn kv_cache_equals_recompute_with_mixed_ranks_and_sampling() {
         let recomputed = generate(&model, &prompts, &ranks, &cfg).unwrap();
         assert_eq!(cached, recomputed, "{sampling:?}");
         assert_eq!(cached.tokens[0].len(), 12);
+
+        // Stopping on a token sample 0 emits: it leaves the batch mid-run, in both paths.
+        cfg.eos_token_ids = vec![cached.tokens[0][4]];
+        cfg.use_cache = true;
+        let cached = generate(&model, &prompts, &ranks, &cfg).unwrap();
+        cfg.use_cache = false;
+        let recomputed = generate(&model, &prompts, &ranks, &cfg).unwrap();
+        assert_eq!(cached, recomputed, "{sampling:?} with eos");
+        assert!(cached.tokens[0].len() <= 5 && cached.stopped_on_eos[0]);
     }
+}
+
+/// A sample that stops leaves the running batch (its KV-cache rows too): the others continue
+/// exactly as they would alone, at their own ranks, with and without the cache.
+#[test]
+fn finished_samples_leave_the_batch_without_changing_the_others() {
+    let dir = fixture("tiny_tied");
+    let refs = reference(dir.join("reference.safetensors"));
+    let model = load_llama_with_peft::<B>(&dir, dir.join("adapter"), &Default::default()).unwrap();
+    let base = prompts(&batch(&refs));
+    // Four prompts of three lengths at three ranks.
+    let mut prompts = base.clone();
+    prompts.push(base[0][..base[0].len() - 2].to_vec());
+    prompts.push(base[1][..base[1].len() - 1].to_vec());
+    let ranks = vec![4, 1, 0, 4];
+    let alone = |cfg: &GenerationConfig| -> Vec<Vec<u32>> {
+        prompts
+            .iter()
+            .zip(&ranks)
+            .map(|(p, &r)| {
+                let g = generate(
+                    &model,
+                    std::slice::from_ref(p),
+                    &SampleRanks::new(vec![r]),
+                    cfg,
+                );
+                g.unwrap().tokens.remove(0)
+            })
+            .collect()
+    };
+    // Stop on the third token sample 0 generates alone: it stops early, the others later
+    // (or never, within 12 steps).
+    let free = alone(&GenerationConfig::greedy(12, vec![]));
+    let eos = free[0][2];
+    let mut cfg = GenerationConfig::greedy(12, vec![eos]);
+    let want = alone(&cfg);
+    let lens: Vec<usize> = want.iter().map(Vec::len).collect();
+    assert!(lens[0] <= 3, "sample 0 stops by step 3: {want:?}");
+    assert!(
+        lens.iter().any(|&l| l > lens[0]),
+        "another sample outlives sample 0: {want:?}"
+    );
+
+    let batched = generate(&model, &prompts, &SampleRanks::new(ranks.clone()), &cfg).unwrap();
+    assert_eq!(batched.tokens, want, "batched with the cache vs alone");
+    for (i, t) in batched.tokens.iter().enumerate() {
+        assert_eq!(batched.stopped_on_eos[i], t.last() == Some(&eos));
+    }
+    cfg.use_cache = false;
+    let recomputed = generate(&model, &prompts, &SampleRanks::new(ranks.clone()), &cfg).unwrap();
+    assert_eq!(
+        recomputed.tokens, want,
+        "batched without the cache vs alone"
+    );
+    println!("stop lengths {lens:?}, tokens {want:?}");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use burn::module::Module;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 use flexi_burn::SampleRanks;
 
 use super::rope::{RopeTables, apply_rotary};
@@ -82,6 +82,25 @@ impl<B: Backend> KvCache<B> {
     /// Whether nothing is cached yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Keeps only the batch rows `rows` (in that order) of every layer and of the recorded
+    /// ranks: generation drops the samples that stopped, so later steps compute only the
+    /// running ones. Each layer's buffer is copied once (`select` along the batch axis).
+    ///
+    /// # Panics
+    /// If a row is out of range of the cached batch.
+    pub fn retain_rows(&mut self, rows: &[usize]) {
+        for entry in self.layers.iter_mut().flatten() {
+            let device = entry.k.device();
+            let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+            let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [rows.len()]), &device);
+            entry.k = entry.k.clone().select(0, idx.clone());
+            entry.v = entry.v.clone().select(0, idx);
+        }
+        if let Some(ranks) = self.ranks.as_mut() {
+            *ranks = rows.iter().map(|&r| ranks[r]).collect();
+        }
     }
 
     /// Writes `k, v [batch, new, kv_heads, head_dim]` after the cached positions of layer

@@ -2,8 +2,10 @@
 //!
 //! Prompts are left-padded to one length; each sample keeps its own positions
 //! (`cumsum(mask) - 1`) and its own LoRA rank for every step. A sample stops at its first eos
-//! id (which is kept in its output); generation ends when all samples stopped, after
-//! `max_new_tokens`, or when the longest sample reaches the context length.
+//! id (which is kept in its output) and leaves the batch with its rows of the KV cache, so
+//! a batch whose answers differ in length does not keep computing the finished ones;
+//! generation ends when all samples stopped, after `max_new_tokens`, or when the longest
+//! sample reaches the context length.
 
 use burn::tensor::backend::Backend;
 use flexi_burn::SampleRanks;
@@ -39,7 +41,7 @@ pub struct GenerationConfig {
     pub sampling: Sampling,
     /// A sample stops after emitting any of these.
     pub eos_token_ids: Vec<u32>,
-    /// Filler for left padding and for finished samples.
+    /// Filler for left padding.
     pub pad_token_id: u32,
     /// Reuse keys/values (`true`) or recompute the whole sequence every step (`false`, for
     /// testing).
@@ -109,8 +111,12 @@ pub fn generate<B: Backend>(
     let mut full = PaddedBatch::left_pad(prompts, config.pad_token_id); // whole sequences
     let mut cache = config.use_cache.then(|| model.new_cache());
     let mut tokens = vec![Vec::new(); n];
-    let mut done = vec![false; n];
     let mut next_pos: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    // The samples still running, as indices into `prompts`: row `j` of every batch tensor
+    // below is sample `running[j]`. A sample that stops leaves the batch (its cache rows
+    // too), so the steps after it compute only the others.
+    let mut running: Vec<usize> = (0..n).collect();
+    let mut ranks = ranks.clone();
 
     // The step input: the whole prompt first, then one token per sample.
     let mut step = full.clone();
@@ -120,8 +126,8 @@ pub fn generate<B: Backend>(
     for _ in 0..budget {
         // Logits of the last position only: no LM head over the prompt.
         let last = match cache.as_mut() {
-            Some(cache) => model.forward_last(&step, &full.mask, &step_pos, Some(cache), ranks)?,
-            None => model.forward_last(&full, &full.mask, &full.positions(), None, ranks)?,
+            Some(cache) => model.forward_last(&step, &full.mask, &step_pos, Some(cache), &ranks)?,
+            None => model.forward_last(&full, &full.mask, &full.positions(), None, &ranks)?,
         };
         let v = last.dims()[1];
         let last: Vec<f32> = last
@@ -130,39 +136,47 @@ pub fn generate<B: Backend>(
             .into_vec::<f32>()
             .map_err(|e| LlamaError::InvalidInput(format!("cannot read logits: {e:?}")))?;
 
-        let mut new_ids = Vec::with_capacity(n);
-        for i in 0..n {
-            let row = &last[i * v..(i + 1) * v];
-            let id = if done[i] {
-                config.pad_token_id
-            } else {
-                match (&config.sampling, rng.as_mut()) {
-                    (
-                        Sampling::TopP {
-                            temperature, top_p, ..
-                        },
-                        Some(rng),
-                    ) => sample_top_p(row, *temperature, *top_p, rng),
-                    _ => argmax(row),
-                }
+        // One token per running sample (in sample order, so a seeded sampler draws as it
+        // would with every sample in the batch); `keep` are the rows that go on.
+        let mut new_ids = Vec::with_capacity(running.len());
+        let mut keep = Vec::with_capacity(running.len());
+        for (row, &i) in running.iter().enumerate() {
+            let logits = &last[row * v..(row + 1) * v];
+            let id = match (&config.sampling, rng.as_mut()) {
+                (
+                    Sampling::TopP {
+                        temperature, top_p, ..
+                    },
+                    Some(rng),
+                ) => sample_top_p(logits, *temperature, *top_p, rng),
+                _ => argmax(logits),
             };
-            if !done[i] {
-                tokens[i].push(id);
-                done[i] = config.eos_token_ids.contains(&id);
+            tokens[i].push(id);
+            if !config.eos_token_ids.contains(&id) {
+                keep.push(row);
+                new_ids.push(id);
             }
-            new_ids.push(id);
         }
-        if done.iter().all(|d| *d) {
+        if keep.is_empty() {
             break;
         }
-        // Finished samples keep running with a padding token (masked out, as in HF).
+        if keep.len() < running.len() {
+            retain_rows(&mut running, &keep);
+            retain_rows(&mut next_pos, &keep);
+            retain_rows(&mut full.ids, &keep);
+            retain_rows(&mut full.mask, &keep);
+            ranks = SampleRanks::new(keep.iter().map(|&r| ranks.as_slice()[r]).collect());
+            if let Some(cache) = cache.as_mut() {
+                cache.retain_rows(&keep);
+            }
+        }
         for ((ids, mask), &id) in full.ids.iter_mut().zip(&mut full.mask).zip(&new_ids) {
             ids.push(id);
             mask.push(true);
         }
         step = PaddedBatch {
             ids: new_ids.iter().map(|&t| vec![t]).collect(),
-            mask: vec![vec![true]; n],
+            mask: vec![vec![true]; new_ids.len()],
         };
         step_pos = next_pos.iter().map(|&p| vec![p]).collect();
         for p in &mut next_pos {
@@ -177,6 +191,17 @@ pub fn generate<B: Backend>(
         tokens,
         stopped_on_eos,
     })
+}
+
+/// Keeps the elements at the (increasing) indices `keep`.
+fn retain_rows<T>(v: &mut Vec<T>, keep: &[usize]) {
+    let mut keep = keep.iter().peekable();
+    let mut i = 0;
+    v.retain(|_| {
+        let kept = keep.next_if_eq(&&i).is_some();
+        i += 1;
+        kept
+    });
 }
 
 fn argmax(row: &[f32]) -> u32 {
