@@ -9,6 +9,8 @@
 //!   seeded.
 //! - [`router`]: the difficulty router and the class -> rank map.
 //! - [`params`]: trainable and average activated LoRA parameter counts.
+//! - [`precision`]: mixed precision (frozen weights in bf16/f16, training in f32) and f16
+//!   loss scaling.
 //! - [`adapters`]: typed access to a model's adapted layers ([`Adapters`]).
 //! - `backend` (feature `runtime`, on by default, off for the workspace's libraries): the
 //!   `--backend` name -> Burn backend type map and device probing, for command-line programs.
@@ -22,6 +24,7 @@ pub mod backend;
 pub mod error;
 pub mod lora;
 pub mod params;
+pub mod precision;
 pub mod router;
 pub mod schedule;
 
@@ -35,5 +38,6 @@ pub use lora::{
 pub use params::{
     AdaptedLinear, LlamaShape, ParamCount, average_activated_params, params_per_rank,
 };
+pub use precision::{LossScale, Precision, linear_mixed, store_frozen, store_frozen_linear};
 pub use router::{ClassRankMap, Router, RouterConfig, masked_mean_pool};
 pub use schedule::{Phase, RankSampler, RankSchedule, inference_ranks};

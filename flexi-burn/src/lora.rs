@@ -28,8 +28,11 @@ use crate::error::FlexiError;
 /// Prefer this over `Linear::forward` on `[batch, seq, d_in]`: Burn 0.21's generic linear
 /// unsqueezes the weight to the input's rank, which makes its backward copy the transposed
 /// weight into a contiguous buffer on every call, and runs a batched gemm per sample.
+///
+/// A weight stored in a half type (mixed precision, [`crate::precision`]) is multiplied in
+/// that type and the result returned in `x`'s type.
 pub fn linear_rows<B: Backend>(x: Tensor<B, 2>, layer: &Linear<B>) -> Tensor<B, 2> {
-    linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
+    crate::precision::linear_mixed(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
 }
 
 /// [`linear_rows`] for any input rank: `[..., d_in] -> [..., d_out]` through the 2-D view.
@@ -673,6 +676,8 @@ impl<B: Backend> FlexiLinear<B> {
             return w0;
         }
         let (a, b) = self.factors(rank, false);
+        // A base stored in a half type (mixed precision) is merged in the factors' type.
+        let w0 = w0.cast(a.dtype());
         let b = match &self.lora_e {
             Some(e) => b.mul(e.val().slice(0..rank).reshape([1, rank])),
             None => b,

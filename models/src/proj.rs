@@ -7,8 +7,8 @@
 
 use burn::module::Module;
 use burn::nn::Linear;
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use burn::tensor::{FloatDType, Tensor};
 use flexi_burn::{FlexiLinear, SampleRanks};
 
 /// A plain or adapted projection.
@@ -28,6 +28,18 @@ impl<B: Backend> Proj<B> {
         match self {
             Proj::Plain(l) => flexi_burn::linear_nd(x, l),
             Proj::Adapted(l) => l.forward(x, ranks),
+        }
+    }
+
+    /// The frozen base weight stored in `dtype` (mixed precision, [`flexi_burn::precision`]);
+    /// the adapter's factors keep their type.
+    pub fn store_frozen(self, dtype: FloatDType) -> Self {
+        match self {
+            Proj::Plain(l) => Proj::Plain(flexi_burn::store_frozen_linear(l, dtype)),
+            Proj::Adapted(mut l) => {
+                l.base = flexi_burn::store_frozen_linear(l.base, dtype);
+                Proj::Adapted(l)
+            }
         }
     }
 

@@ -209,5 +209,5 @@ pub fn load_whisper_for_training<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<Whisper<B>> {
     let model = load_whisper_adapted::<B>(dir, config, device)?;
-    Ok(stable_param_ids(model, config.method == Method::Full))
+    Ok(stable_param_ids(model, config.method == Method::Full).store_frozen_in(config.precision))
 }

@@ -27,6 +27,9 @@ pub struct CheckpointState {
     pub adalora: Option<serde_json::Value>,
     /// Loss of the last step.
     pub last_loss: f64,
+    /// The f16 loss scale's state (f16 runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<flexi_burn::LossScale>,
 }
 
 /// Checkpoint directory handling.

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use flexi_burn::{ClassRankMap, RankSchedule, ScalePolicy};
+use flexi_burn::{ClassRankMap, Precision, RankSchedule, ScalePolicy};
 use serde::{Deserialize, Serialize};
 
 use crate::adalora::AdaLoraConfig;
@@ -215,7 +215,37 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Checkpoint every N optimizer steps (`0`: only at the end).
     pub save_every: usize,
+    /// Storage type of the frozen base weights (`f32`, `bf16`, `f16`; see
+    /// [`flexi_burn::precision`]): the adapters, their gradients and the optimizer state are
+    /// f32 whatever it is. f16 scales the loss.
+    #[serde(skip_serializing_if = "is_f32")]
+    pub precision: Precision,
+    /// Initial loss scale of f16 training (PyTorch's `GradScaler`: 65536).
+    #[serde(skip_serializing_if = "is_default_scale")]
+    pub loss_scale: f64,
+    /// Finite steps after which the f16 loss scale doubles (PyTorch's `GradScaler`: 2000).
+    #[serde(skip_serializing_if = "is_default_growth")]
+    pub loss_scale_growth: usize,
 }
+
+// Settings at their defaults are left out of written configurations, so every f32 run's
+// files read as they did before mixed precision existed.
+fn is_f32(p: &Precision) -> bool {
+    *p == Precision::F32
+}
+
+fn is_default_scale(s: &f64) -> bool {
+    *s == DEFAULT_LOSS_SCALE
+}
+
+fn is_default_growth(g: &usize) -> bool {
+    *g == DEFAULT_LOSS_SCALE_GROWTH
+}
+
+/// PyTorch's initial f16 loss scale.
+pub const DEFAULT_LOSS_SCALE: f64 = 65536.0;
+/// PyTorch's growth interval of the f16 loss scale.
+pub const DEFAULT_LOSS_SCALE_GROWTH: usize = 2000;
 
 impl Default for TrainConfig {
     fn default() -> Self {
@@ -235,6 +265,9 @@ impl Default for TrainConfig {
             max_len: 512,
             seed: 42,
             save_every: 50,
+            precision: Precision::F32,
+            loss_scale: DEFAULT_LOSS_SCALE,
+            loss_scale_growth: DEFAULT_LOSS_SCALE_GROWTH,
         }
     }
 }
@@ -337,6 +370,26 @@ impl TrainConfig {
         }
         if self.max_len < 4 {
             return bad("max_len", format!("{} is too short", self.max_len));
+        }
+        if self.precision != Precision::F32 && self.method == Method::Full {
+            return bad(
+                "precision",
+                format!(
+                    "{}: full fine-tuning trains every weight, and trained weights stay f32 \
+                     (mixed precision here stores only frozen weights in a half type); use \
+                     precision = \"f32\" or a LoRA method",
+                    self.precision
+                ),
+            );
+        }
+        if !(self.loss_scale.is_finite() && self.loss_scale >= 1.0) {
+            return bad(
+                "loss_scale",
+                format!("{} is not a number >= 1", self.loss_scale),
+            );
+        }
+        if self.loss_scale_growth == 0 {
+            return bad("loss_scale_growth", "must be at least 1".into());
         }
         if self.adapter.targets.is_empty() && self.method != Method::Full {
             return bad("adapter.targets", "no module to adapt".into());

@@ -173,5 +173,5 @@ pub fn load_for_training<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<Llama<B>> {
     let model = load_adapted::<B>(dir, config, device)?;
-    Ok(stable_param_ids(model, config.method == Method::Full))
+    Ok(stable_param_ids(model, config.method == Method::Full).store_frozen_in(config.precision))
 }

@@ -978,6 +978,7 @@ pub fn import_peft<B: AutodiffBackend>(spec: &ImportSpec, device: B::Device) -> 
         config: serde_json::to_value(&config).unwrap_or_default(),
         adalora: None,
         last_loss: 0.0,
+        loss_scale: None,
     };
     Checkpoints::new(&spec.out, 2).save(
         &state,

@@ -132,6 +132,31 @@ pub struct FlexiRun<B: Backend> {
     pub max_len: usize,
 }
 
+impl<B: Backend> FlexiRun<B> {
+    /// The model's frozen weights stored in `precision`'s half type (mixed precision,
+    /// [`flexi_burn::precision`]); the adapter and router keep f32. f32 changes nothing.
+    pub fn with_precision(mut self, precision: flexi_burn::Precision) -> Self {
+        self.model = match self.model {
+            RunModel::Text { model, text } => RunModel::Text {
+                model: Box::new(model.store_frozen_in(precision)),
+                text,
+            },
+            RunModel::Speech { model, tokenizer } => RunModel::Speech {
+                model: Box::new(model.store_frozen_in(precision)),
+                tokenizer,
+            },
+        };
+        self
+    }
+
+    /// The precision the run was trained in (f32 for a base model).
+    pub fn trained_precision(&self) -> flexi_burn::Precision {
+        self.info
+            .as_ref()
+            .map_or(flexi_burn::Precision::F32, |i| i.config.precision)
+    }
+}
+
 /// The newest checkpoint's trainable tensors of a run, loaded into `model`.
 fn load_newest<B: Backend, M: burn::module::Module<B>>(dir: &Path, model: M) -> Result<M> {
     let ckpt = Checkpoints::new(dir, 2)

@@ -12,12 +12,12 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::module::{AutodiffModule, ModuleVisitor, Param};
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
-use flexi_burn::{Phase, RankSampler, SampleRanks};
+use flexi_burn::{LossScale, Phase, RankSampler, SampleRanks};
 use indicatif::ProgressBar;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -73,7 +73,7 @@ pub trait Objective<B: AutodiffBackend>: Sync {
 }
 
 /// One line of `metrics.jsonl`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct StepLog {
     /// Optimizer step (1-based).
     pub step: usize,
@@ -83,12 +83,26 @@ pub struct StepLog {
     pub loss: f64,
     /// Learning rate used.
     pub lr: f64,
-    /// Global gradient norm before clipping.
+    /// Global gradient norm before clipping (`null` in the file, NaN here, for a step skipped
+    /// because its f16 gradients overflowed).
+    #[serde(deserialize_with = "null_as_nan")]
     pub grad_norm: f64,
     /// Mean rank of the step's samples.
     pub mean_rank: f64,
     /// Tokens per second of the step.
     pub tokens_per_s: f64,
+    /// The loss scale the step's backward pass used (f16 training only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
+    /// The step's gradients overflowed the scaled f16 backward: no update was made (f16
+    /// training only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
+}
+
+/// A number that JSON wrote as `null` (serde_json's non-finite) reads back as NaN.
+fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(<Option<f64> as serde::Deserialize>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// What a run did.
@@ -147,6 +161,23 @@ struct StepShared<'a, B: AutodiffBackend, O: Objective<B>> {
     adalora: Option<&'a AdaLoraAllocator>,
     micro_batches: usize,
     pool: Option<&'a rayon::ThreadPool>,
+    /// Factor on the loss before backward (f16 loss scaling; 1 otherwise).
+    loss_scale: f64,
+}
+
+/// `loss / micro_batches`, times the f16 loss scale when there is one (with none, exactly the
+/// division it always was).
+fn backward_scale<B: AutodiffBackend>(
+    loss: Tensor<B, 1>,
+    micro_batches: usize,
+    scale: f64,
+) -> Tensor<B, 1> {
+    let loss = loss.div_scalar(micro_batches as f64);
+    if scale == 1.0 {
+        loss
+    } else {
+        loss.mul_scalar(scale)
+    }
 }
 
 /// The shard count [`Trainer::shards`] should use by default: every core on the CPU backend
@@ -246,6 +277,10 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
             Method::Adalora(a) => Some(AdaLoraAllocator::new(a.clone(), total_steps)),
             _ => None,
         };
+        let mut scaler = c
+            .precision
+            .needs_loss_scaling()
+            .then(|| LossScale::new(c.loss_scale, c.loss_scale_growth));
         let checkpoints = Checkpoints::new(&self.out, 2);
         // Peer 0 of a data-parallel run writes; the others only read checkpoints (resume).
         let leader = self.parallel.as_ref().is_none_or(DataParallel::is_leader);
@@ -291,6 +326,9 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                     path: dir.clone(),
                     message: format!("adalora state: {e}"),
                 })?;
+            }
+            if let (Some(s), Some(saved)) = (&mut scaler, state.loss_scale) {
+                *s = saved;
             }
             start = state.step;
         }
@@ -397,6 +435,7 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                     adalora: adalora.as_ref(),
                     micro_batches: micro.len(),
                     pool: pool.as_ref(),
+                    loss_scale: scaler.as_ref().map_or(1.0, |s| s.scale),
                 };
                 let (value, grads) = self.micro_batch(&shared, batch, &ranks)?;
                 // A data-parallel peer holds part of the loss: the sum is checked below.
@@ -440,13 +479,38 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                     });
                 }
             }
-            let grad_norm = clip_global_norm(&model, &mut grads, c.grad_clip);
-            let snapshot = adalora.as_ref().map(|a| a.snapshot(&model, &grads));
-            let rate = lr.at(step);
-            model = optim.step(rate, model, grads);
-            if let (Some(a), Some(s)) = (&mut adalora, &snapshot) {
-                model = a.update_and_allocate(model, s, step + 1);
+            // f16: gradients back to their true size in f32, or the step skipped when the
+            // scaled backward overflowed (the scale halves; the adapter is left as it was).
+            let used_scale = scaler.as_ref().map(|s| s.scale);
+            let mut skipped = false;
+            if let Some(s) = &mut scaler {
+                let mut n = SquaredNorm {
+                    grads: &grads,
+                    sum: 0.0,
+                };
+                model.visit(&mut n);
+                let finite = n.sum.is_finite();
+                let factor = 1.0 / s.scale;
+                skipped = !s.update(finite);
+                if !skipped {
+                    model.visit(&mut Scale {
+                        grads: &mut grads,
+                        factor,
+                    });
+                }
             }
+            let rate = lr.at(step);
+            let grad_norm = if skipped {
+                f64::NAN
+            } else {
+                let grad_norm = clip_global_norm(&model, &mut grads, c.grad_clip);
+                let snapshot = adalora.as_ref().map(|a| a.snapshot(&model, &grads));
+                model = optim.step(rate, model, grads);
+                if let (Some(a), Some(s)) = (&mut adalora, &snapshot) {
+                    model = a.update_and_allocate(model, s, step + 1);
+                }
+                grad_norm
+            };
 
             let secs = t0.elapsed().as_secs_f64();
             let log = StepLog {
@@ -462,6 +526,8 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                     }
                 },
                 tokens_per_s: tokens as f64 / secs.max(1e-9),
+                loss_scale: used_scale,
+                skipped,
             };
             if let Some(metrics) = &mut metrics {
                 let line = serde_json::to_string(&log).unwrap_or_default();
@@ -482,14 +548,16 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
             let done = step + 1;
             let periodic = c.save_every > 0 && done % c.save_every == 0;
             if leader && self.save_checkpoints && (periodic || done == end) {
-                summary.checkpoint = Some(self.save(
-                    &checkpoints,
-                    &model,
-                    &optim,
-                    adalora.as_ref(),
-                    done,
-                    step_loss,
-                )?);
+                let state = CheckpointState {
+                    step: done,
+                    seed: c.seed,
+                    method: c.method.label(),
+                    config: serde_json::to_value(c).unwrap_or_default(),
+                    adalora: adalora.as_ref().and_then(|a| serde_json::to_value(a).ok()),
+                    last_loss: step_loss,
+                    loss_scale: scaler.clone(),
+                };
+                summary.checkpoint = Some(self.save(&checkpoints, &model, &optim, &state)?);
             }
         }
         pb.finish_and_clear();
@@ -514,6 +582,7 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
             adalora,
             micro_batches,
             pool,
+            loss_scale,
         } = *step;
         let n = objective.batch_len(batch);
         let threads = if self.config.adapter.dropout > 0.0 {
@@ -576,7 +645,7 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
             if let Some(a) = adalora {
                 loss = loss.add(a.orth_penalty(model, &self.device));
             }
-            let grads = loss.div_scalar(micro_batches as f64).backward();
+            let grads = backward_scale(loss, micro_batches, loss_scale).backward();
             return Ok((value, GradientsParams::from_grads(grads, model)));
         };
         let total = total as f64;
@@ -593,7 +662,7 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
             if let (0, true, Some(a)) = (i, penalty, adalora) {
                 loss = loss.add(a.orth_penalty(model, device));
             }
-            let grads = loss.div_scalar(micro_batches as f64).backward();
+            let grads = backward_scale(loss, micro_batches, loss_scale).backward();
             Ok((value * weight, GradientsParams::from_grads(grads, model)))
         };
         if pieces.len() <= 1 {
@@ -647,9 +716,7 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
         checkpoints: &Checkpoints,
         model: &M,
         optim: &Opt,
-        adalora: Option<&AdaLoraAllocator>,
-        step: usize,
-        last_loss: f64,
+        state: &CheckpointState,
     ) -> Result<PathBuf> {
         let weights = to_safetensors(&trainable_tensors(model))?;
         let optimizer = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
@@ -658,16 +725,8 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                 path: checkpoints.root().to_path_buf(),
                 message: format!("serialising optimizer state: {e}"),
             })?;
-        let state = CheckpointState {
-            step,
-            seed: self.config.seed,
-            method: self.config.method.label(),
-            config: serde_json::to_value(self.config).unwrap_or_default(),
-            adalora: adalora.and_then(|a| serde_json::to_value(a).ok()),
-            last_loss,
-        };
         checkpoints.save(
-            &state,
+            state,
             &[
                 ("weights.safetensors", weights),
                 ("optimizer.mpk", optimizer),

@@ -42,6 +42,10 @@ pub struct ModelArgs {
     /// LoRA rank to run at (0 = base model; default: the adapter's r, or 0 without one).
     #[arg(long)]
     rank: Option<usize>,
+    /// Storage type of the frozen weights: f32 (default), bf16 or f16 (matmuls against them
+    /// in that type; norms, softmax and the adapter in f32).
+    #[arg(long, default_value = "f32")]
+    precision: flexi_burn::Precision,
 }
 
 impl ModelArgs {
@@ -79,7 +83,7 @@ impl ModelArgs {
             }
             bail!("--rank {rank} exceeds the adapter's rank {r_max}");
         }
-        Ok((model, rank))
+        Ok((model.store_frozen_in(self.precision), rank))
     }
 }
 

@@ -374,6 +374,11 @@ pub struct TrainArgs {
     /// Continue from the newest checkpoint in `--out`.
     #[arg(long)]
     pub(crate) resume: bool,
+    /// Storage type of the frozen base weights: f32 (default), bf16 or f16 (mixed precision:
+    /// adapters, gradients and optimizer state stay f32; f16 scales the loss). Same as
+    /// `--set precision=...`.
+    #[arg(long)]
+    pub(crate) precision: Option<flexi_burn::Precision>,
     /// Start the adapter from a PEFT LoRA / AdaLoRA adapter directory (e.g. one `import`ed or
     /// `export`ed, or made by PEFT): its modules fill the first components of the method's
     /// adapter (scales folded in, so step 0 computes that adapter); further components start
@@ -524,7 +529,11 @@ pub fn train_config(args: &TrainArgs) -> Result<TrainConfig> {
     if let Some(m) = &args.method {
         cfg.method = method_from_flags(m, args.rank, args.ranks.as_deref())?;
     }
-    let cfg = cfg.with_overrides(&args.set)?;
+    let mut cfg = cfg.with_overrides(&args.set)?;
+    if let Some(p) = args.precision {
+        cfg.precision = p;
+        cfg.validate()?;
+    }
     if matches!(cfg.method, Method::Flexi { .. }) && args.router.is_none() {
         bail!("--method flexi needs --router DIR (train one with `cargo xtask router`)");
     }
@@ -709,6 +718,10 @@ pub struct EvalArgs {
     /// Prompts per batch.
     #[arg(long, default_value_t = 8)]
     pub(crate) eval_batch: usize,
+    /// Storage type of the frozen base weights (f32, bf16, f16; default: the run's training
+    /// precision, f32 for `--base`).
+    #[arg(long)]
+    pub(crate) precision: Option<flexi_burn::Precision>,
     /// Where to write `eval.json` (default: the run directory).
     #[arg(long)]
     pub(crate) out: Option<PathBuf>,
@@ -759,6 +772,8 @@ impl BackendJob for EvalJob {
             }
             _ => bail!("give either --run DIR or --base --model PATH"),
         };
+        let precision = a.precision.unwrap_or_else(|| run.trained_precision());
+        let run = run.with_precision(precision);
         let method = run.method();
         let mut reports = Vec::new();
         for path in &a.data {
@@ -921,6 +936,7 @@ impl TrainArgs {
             set: Vec::new(),
             out,
             resume: false,
+            precision: None,
             resume_from_adapter: None,
             allow_upcast: false,
             checkpoint_activations: false,
@@ -949,6 +965,7 @@ impl EvalArgs {
             max_new_tokens: Some(40),
             max_len: None,
             eval_batch: 8,
+            precision: None,
             out: Some(out.to_path_buf()),
             quiet: false,
         }

@@ -626,6 +626,7 @@ pub fn run_study(
                 max_new_tokens: c.max_new_tokens,
                 max_len: None,
                 eval_batch: c.eval_batch,
+                precision: None,
                 out: Some(out.to_path_buf()),
                 quiet: false,
             };

@@ -13,7 +13,6 @@ use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::linear;
 use burn::tensor::{Int, Tensor, TensorData};
 use flexi_burn::SampleRanks;
 
@@ -404,7 +403,12 @@ impl<B: Backend> Llama<B> {
         let (heads, kv_heads) = (c.num_attention_heads, c.num_key_value_heads);
         let rope = self.rope.tables::<B>(positions, heads, kv_heads, &device); // [b, new, h, d]
         let bias = attention_bias::<B>(key_mask, new, heads, &device); // [b, heads, new, total]
-        let mut x = self.embed_tokens.forward(batch.ids_tensor(&device)); // [b, new, hidden]
+        // [b, new, hidden], in the norms' type (f32 under mixed precision: the embedding
+        // table may be stored in a half type, the residual stream is not).
+        let mut x = self
+            .embed_tokens
+            .forward(batch.ids_tensor(&device))
+            .cast(self.norm.weight.val().dtype());
         for (i, layer) in self.layers.iter().enumerate().take(stop) {
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
             x = layer.forward(x, &rope, bias.clone(), layer_cache, ranks);
@@ -429,8 +433,43 @@ impl<B: Backend> Llama<B> {
     pub fn lm_head_rows(&self, h: Tensor<B, 2>) -> Tensor<B, 2> {
         match &self.lm_head {
             Some(head) => flexi_burn::linear_rows(h, head),
-            None => linear(h, self.embed_tokens.weight.val().transpose(), None),
+            None => flexi_burn::linear_mixed(h, self.embed_tokens.weight.val().transpose(), None),
         }
+    }
+
+    /// The frozen weights (token embedding, LM head, every projection's base) stored in
+    /// `precision`'s half type, for mixed precision ([`flexi_burn::precision`]); norms, the
+    /// adapters and any weight that trains keep their type. f32 returns the model unchanged.
+    pub fn store_frozen_in(mut self, precision: flexi_burn::Precision) -> Self {
+        let Some(dtype) = precision.half() else {
+            return self;
+        };
+        self.embed_tokens.weight = flexi_burn::store_frozen(self.embed_tokens.weight, dtype);
+        self.lm_head = self
+            .lm_head
+            .map(|h| flexi_burn::store_frozen_linear(h, dtype));
+        self.layers = self
+            .layers
+            .into_iter()
+            .map(|mut l| {
+                let a = l.self_attn;
+                l.self_attn = Attention {
+                    q_proj: a.q_proj.store_frozen(dtype),
+                    k_proj: a.k_proj.store_frozen(dtype),
+                    v_proj: a.v_proj.store_frozen(dtype),
+                    o_proj: a.o_proj.store_frozen(dtype),
+                    ..a
+                };
+                let m = l.mlp;
+                l.mlp = Mlp {
+                    gate_proj: m.gate_proj.store_frozen(dtype),
+                    up_proj: m.up_proj.store_frozen(dtype),
+                    down_proj: m.down_proj.store_frozen(dtype),
+                };
+                l
+            })
+            .collect();
+        self
     }
 
     /// An empty KV cache for this model.

@@ -127,7 +127,12 @@ impl<B: Backend> WhisperDecoder<B> {
             });
         }
         let device = ids.device();
-        let mut x = self.embed_tokens.forward(ids);
+        // In the positions' type: the token table may be stored in a half type (mixed
+        // precision), the residual stream is not.
+        let mut x = self
+            .embed_tokens
+            .forward(ids)
+            .cast(self.embed_positions.val().dtype());
         if self.embed_scale != 1.0 {
             x = x.mul_scalar(self.embed_scale);
         }
@@ -146,6 +151,8 @@ impl<B: Backend> WhisperDecoder<B> {
         let embed = self.embed_tokens.weight.val(); // [vocab, d]
         let vocab = embed.dims()[0];
         let h = x.reshape([b * n, d]);
+        let x_type = h.dtype();
+        let h = h.cast(embed.dtype()); // the table's type (mixed precision), cast back below
         let logits = if b * n < d {
             // Few positions (decoding steps): `E h^T` reads E as stored, where `h E^T` would
             // copy the transposed embedding on every step.
@@ -153,6 +160,6 @@ impl<B: Backend> WhisperDecoder<B> {
         } else {
             h.matmul(embed.transpose())
         };
-        Ok(logits.reshape([b, n, vocab]))
+        Ok(logits.cast(x_type).reshape([b, n, vocab]))
     }
 }

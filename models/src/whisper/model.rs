@@ -5,7 +5,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use flexi_burn::SampleRanks;
 
-use super::attention::DecoderCache;
+use super::attention::{DecoderCache, WhisperAttention};
 use super::config::WhisperConfig;
 use super::decoder::WhisperDecoder;
 use super::encoder::WhisperEncoder;
@@ -61,6 +61,49 @@ impl<B: Backend> Whisper<B> {
             TensorData::new(data, [mels.len(), first.n_mels, first.frames]),
             device,
         ))
+    }
+
+    /// The frozen weights (every projection's base and the token table) stored in
+    /// `precision`'s half type, for mixed precision ([`flexi_burn::precision`]); the
+    /// convolutions, positions, norms and adapters keep their type. f32 returns the model
+    /// unchanged.
+    pub fn store_frozen_in(mut self, precision: flexi_burn::Precision) -> Self {
+        let Some(dtype) = precision.half() else {
+            return self;
+        };
+        let attn = |a: WhisperAttention<B>| WhisperAttention {
+            q_proj: a.q_proj.store_frozen(dtype),
+            k_proj: a.k_proj.store_frozen(dtype),
+            v_proj: a.v_proj.store_frozen(dtype),
+            out_proj: a.out_proj.store_frozen(dtype),
+            ..a
+        };
+        self.encoder.layers = self
+            .encoder
+            .layers
+            .into_iter()
+            .map(|mut l| {
+                l.self_attn = attn(l.self_attn);
+                l.fc1 = l.fc1.store_frozen(dtype);
+                l.fc2 = l.fc2.store_frozen(dtype);
+                l
+            })
+            .collect();
+        self.decoder.layers = self
+            .decoder
+            .layers
+            .into_iter()
+            .map(|mut l| {
+                l.self_attn = attn(l.self_attn);
+                l.encoder_attn = attn(l.encoder_attn);
+                l.fc1 = l.fc1.store_frozen(dtype);
+                l.fc2 = l.fc2.store_frozen(dtype);
+                l
+            })
+            .collect();
+        self.decoder.embed_tokens.weight =
+            flexi_burn::store_frozen(self.decoder.embed_tokens.weight, dtype);
+        self
     }
 
     /// An empty decoder cache.
