@@ -5,8 +5,8 @@ use std::path::Path;
 
 use burn::tensor::backend::Backend;
 
-use crate::gguf::{GgufFile, is_gguf, llama_config, load_llama_gguf, load_tokenizer_gguf};
-use crate::llama::{AdapterConfig, Llama, LlamaConfig, Tokenizer, load_llama};
+use crate::gguf::{GgufFile, is_gguf, llama_config, load_tokenizer_gguf};
+use crate::llama::{AdapterConfig, Llama, LlamaConfig, Tokenizer};
 
 /// Why a model path could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -25,10 +25,25 @@ pub fn load_llama_any<B: Backend>(
     adapter: &AdapterConfig,
     device: &B::Device,
 ) -> Result<Llama<B>, LoadError> {
+    load_llama_any_in(path, adapter, flexi_burn::Precision::F32, device)
+}
+
+/// [`load_llama_any`] with the frozen matrices stored in `precision`'s type, converted tensor
+/// by tensor while loading (mixed precision without an f32 copy of the whole model).
+pub fn load_llama_any_in<B: Backend>(
+    path: &Path,
+    adapter: &AdapterConfig,
+    precision: flexi_burn::Precision,
+    device: &B::Device,
+) -> Result<Llama<B>, LoadError> {
     if is_gguf(path) {
-        Ok(load_llama_gguf(path, adapter, device)?)
+        Ok(crate::gguf::load_llama_gguf_in(
+            path, adapter, precision, device,
+        )?)
     } else {
-        Ok(load_llama(path, adapter, device)?)
+        Ok(crate::llama::load_llama_in(
+            path, adapter, precision, device,
+        )?)
     }
 }
 

@@ -159,7 +159,9 @@ pub fn load_adapted<B: Backend>(
     device: &B::Device,
 ) -> Result<Llama<B>> {
     let adapter = adapter_for(config)?;
-    let model = models::auto::load_llama_any::<B>(dir, &adapter, device)
+    // Frozen matrices stored in the run's precision as they are read (no f32 copy of the
+    // whole model under mixed precision).
+    let model = models::auto::load_llama_any_in::<B>(dir, &adapter, config.precision, device)
         .map_err(|e| TrainError::Model(e.to_string()))?;
     Ok(seeded_adapter_init(model, config.seed))
 }

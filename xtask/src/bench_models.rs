@@ -33,7 +33,7 @@ use flexi_burn::SampleRanks;
 use flexi_burn::backend::{self, BackendJob};
 use models::llama::{
     AdapterConfig, Checkpoint, GenerationConfig, Llama, LlamaConfig, PaddedBatch, Target,
-    build_llama, generate,
+    build_llama_in, generate,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -101,6 +101,10 @@ pub struct TrainBench {
     /// are recomputed in the backward pass instead of kept.
     #[arg(long)]
     checkpoint_activations: bool,
+    /// Storage type of the frozen weights: f32, bf16 or f16 (mixed precision; see
+    /// `train --precision`).
+    #[arg(long, default_value = "f32")]
+    precision: flexi_burn::Precision,
 }
 
 /// `bench decode`.
@@ -202,6 +206,12 @@ pub fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// Resets this process's peak resident set to its current one (Linux: `5` into
+/// /proc/self/clear_refs); false where that is not possible.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 fn finish(
     common: &CommonBench,
     case: String,
@@ -262,13 +272,24 @@ fn llama<B: Backend>(
     adapter: &AdapterConfig,
     device: &B::Device,
 ) -> Result<Llama<B>> {
+    llama_in(common, adapter, flexi_burn::Precision::F32, device)
+}
+
+/// [`llama`] with the frozen matrices stored in `precision`'s type as they are built.
+fn llama_in<B: Backend>(
+    common: &CommonBench,
+    adapter: &AdapterConfig,
+    precision: flexi_burn::Precision,
+    device: &B::Device,
+) -> Result<Llama<B>> {
     match &common.model {
-        Some(path) => models::auto::load_llama_any::<B>(path, adapter, device)
+        Some(path) => models::auto::load_llama_any_in::<B>(path, adapter, precision, device)
             .with_context(|| format!("loading {}", path.display())),
         None => {
             let config = LlamaConfig::preset(&common.shape).context("checked shape")?;
             let mut ckpt = Checkpoint::random(common.seed);
-            build_llama(&config, &mut ckpt, adapter, device).context("building the model")
+            build_llama_in(&config, &mut ckpt, adapter, precision, device)
+                .context("building the model")
         }
     }
 }
@@ -326,6 +347,9 @@ pub fn run_train(a: TrainBench) -> Result<()> {
     if a.checkpoint_activations {
         case.push_str("+ckpt");
     }
+    if a.precision != flexi_burn::Precision::F32 {
+        case.push_str(&format!("+{}", a.precision));
+    }
     let params = case_params(&case, &a);
     let steps = a.common.warmup + a.common.iters;
     let cfg = TrainConfig {
@@ -339,30 +363,34 @@ pub fn run_train(a: TrainBench) -> Result<()> {
         max_len: a.seq,
         seed: a.common.seed,
         save_every: 0,
+        precision: a.precision,
         ..Default::default()
     };
     cfg.validate().context("benchmark training configuration")?;
     let kind = a.common.backend.parse()?;
     let job = TrainJob(a.clone(), cfg);
-    let (ms, loss) = if a.checkpoint_activations {
+    let (ms, loss, step_peak) = if a.checkpoint_activations {
         backend::run_checkpointed(kind, job)??
     } else {
         backend::run(kind, job)??
     };
     let mut extra = serde_json::Map::new();
     extra.insert("last_loss".into(), loss.into());
+    if let Some(mb) = step_peak {
+        extra.insert("train_peak_rss_mb".into(), mb.into());
+    }
     finish(&a.common, case, params, ms, a.batch * a.seq, extra)
 }
 
 struct TrainJob(TrainBench, TrainConfig);
 
 impl BackendJob for TrainJob {
-    type Output = Result<(Vec<f64>, f64)>;
+    type Output = Result<(Vec<f64>, f64, Option<f64>)>;
 
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
         let (a, cfg) = (self.0, self.1);
         let adapter = train::lm::adapter_for(&cfg)?;
-        let model = llama::<B>(&a.common, &adapter, &device)?;
+        let model = llama_in::<B>(&a.common, &adapter, cfg.precision, &device)?;
         let model = train::params::seeded_adapter_init(model, cfg.seed);
         let model = train::params::stable_param_ids(model, cfg.method == Method::Full);
         let vocab = model.config.vocab_size;
@@ -414,13 +442,21 @@ impl BackendJob for TrainJob {
             }),
             parallel: None,
         };
+        // The peak of the training steps alone: the model is built (the random weights'
+        // host copy, and under mixed precision the f32 tensors before their cast, are gone).
+        let reset = reset_peak_rss();
         let (_, summary) = trainer.fit(&CausalLm, model, &[batch], false)?;
+        let step_peak = reset.then(peak_rss_mb);
         let _ = std::fs::remove_dir_all(&out);
         let ms = summary.step_seconds[a.common.warmup..]
             .iter()
             .map(|s| s * 1e3)
             .collect();
-        Ok((ms, summary.losses.last().copied().unwrap_or(f64::NAN)))
+        Ok((
+            ms,
+            summary.losses.last().copied().unwrap_or(f64::NAN),
+            step_peak,
+        ))
     }
 }
 

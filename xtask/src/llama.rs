@@ -71,8 +71,13 @@ impl ModelArgs {
                 )
             })?,
             None => (
-                models::auto::load_llama_any::<B>(&self.model, &AdapterConfig::none(), device)
-                    .with_context(|| format!("loading {}", self.model.display()))?,
+                models::auto::load_llama_any_in::<B>(
+                    &self.model,
+                    &AdapterConfig::none(),
+                    self.precision,
+                    device,
+                )
+                .with_context(|| format!("loading {}", self.model.display()))?,
                 0,
             ),
         };

@@ -743,6 +743,13 @@ pub struct EvalSummary {
     pub activated_params: f64,
     /// Average of the main metric over the files.
     pub average: f64,
+    /// Storage type of the frozen weights during evaluation (absent: f32).
+    #[serde(skip_serializing_if = "is_f32")]
+    pub precision: flexi_burn::Precision,
+}
+
+fn is_f32(p: &flexi_burn::Precision) -> bool {
+    *p == flexi_burn::Precision::F32
 }
 
 struct EvalJob(EvalArgs);
@@ -798,13 +805,18 @@ impl BackendJob for EvalJob {
             }
             reports.push(report);
         }
-        finish_eval(&a, method, reports)
+        finish_eval(&a, method, reports, precision)
     }
 }
 
 /// Combines the per-file reports (mean rank and activated parameters per input over all
 /// inputs, average of the main metric over files) and writes `eval.json`.
-fn finish_eval(a: &EvalArgs, method: String, reports: Vec<EvalReport>) -> Result<EvalSummary> {
+fn finish_eval(
+    a: &EvalArgs,
+    method: String,
+    reports: Vec<EvalReport>,
+    precision: flexi_burn::Precision,
+) -> Result<EvalSummary> {
     let inputs: usize = reports.iter().map(|r| r.predictions.len()).sum();
     let per_input = |f: fn(&EvalReport) -> f64| {
         reports
@@ -819,6 +831,7 @@ fn finish_eval(a: &EvalArgs, method: String, reports: Vec<EvalReport>) -> Result
         activated_params: per_input(|r| r.activated_params),
         average: reports.iter().map(EvalReport::main_metric).sum::<f64>() / reports.len() as f64,
         reports,
+        precision,
     };
     let out = a
         .out

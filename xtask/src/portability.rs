@@ -132,6 +132,11 @@ pub enum Precision {
     Bf16,
     /// f32 storage and arithmetic, matmuls on TF32 tensor cores (f32 on cuda; module docs).
     Tf32,
+    /// Mixed precision on an f32 device: frozen weights stored in f16 and multiplied in f16,
+    /// everything else f32 (`train --precision f16`).
+    MixedF16,
+    /// Mixed precision with frozen weights in bf16 (`train --precision bf16`).
+    MixedBf16,
 }
 
 impl Precision {
@@ -142,6 +147,17 @@ impl Precision {
             Precision::F16 => 2f64.powi(-11),
             Precision::Bf16 => 2f64.powi(-8),
             Precision::Tf32 => 2f64.powi(-11),
+            Precision::MixedF16 => 2f64.powi(-11),
+            Precision::MixedBf16 => 2f64.powi(-8),
+        }
+    }
+
+    /// The storage type of frozen weights this row runs with (mixed precision), or f32.
+    pub fn frozen(self) -> flexi_burn::Precision {
+        match self {
+            Precision::MixedF16 => flexi_burn::Precision::F16,
+            Precision::MixedBf16 => flexi_burn::Precision::Bf16,
+            _ => flexi_burn::Precision::F32,
         }
     }
 
@@ -151,6 +167,8 @@ impl Precision {
             Precision::F16 => "f16",
             Precision::Bf16 => "bf16",
             Precision::Tf32 => "f32 (tf32 matmul)",
+            Precision::MixedF16 => "f16 mixed",
+            Precision::MixedBf16 => "bf16 mixed",
         }
     }
 
@@ -159,7 +177,11 @@ impl Precision {
             "f32" => Precision::F32,
             "f16" => Precision::F16,
             "bf16" => Precision::Bf16,
-            other => bail!("unknown precision {other:?}: expected f32, f16 or bf16"),
+            "f16-mixed" => Precision::MixedF16,
+            "bf16-mixed" => Precision::MixedBf16,
+            other => bail!(
+                "unknown precision {other:?}: expected f32, f16, bf16, f16-mixed or bf16-mixed"
+            ),
         })
     }
 
@@ -382,7 +404,10 @@ fn timed(
 }
 
 /// One FlexiLinear (64 -> 48, r_max 8, bias), ranks {0,1,3,8}: output, dA, dB.
-pub fn flexi_linear<B: AutodiffBackend>(device: &B::Device) -> Result<CheckOutput> {
+pub fn flexi_linear<B: AutodiffBackend>(
+    device: &B::Device,
+    frozen: flexi_burn::Precision,
+) -> Result<CheckOutput> {
     timed("flexi_linear", || {
         let (d_in, d_out, r) = (64, 48, 8);
         let mut l = FlexiLinearConfig::new(d_in, d_out, r)
@@ -402,8 +427,11 @@ pub fn flexi_linear<B: AutodiffBackend>(device: &B::Device) -> Result<CheckOutpu
                 .set_require_grad(false),
         );
         let x = Tensor::<B, 3>::from_data(t(vec![4, 5, d_in], 9), device);
+        if let Some(half) = frozen.half() {
+            l.base = flexi_burn::store_frozen_linear(l.base, half);
+        }
         let y = l.try_forward(x, &SampleRanks::new(vec![0, 1, 3, 8]))?;
-        let dtype = format!("{:?}", y.dtype());
+        let dtype = with_frozen(format!("{:?}", y.dtype()), l.base.weight.val().dtype());
         let grads = y.clone().powf_scalar(2.0).mean().backward();
         let mut outputs = vec![("output".to_string(), host(y))];
         outputs.extend(adapter_grads(&l, &grads));
@@ -424,9 +452,16 @@ fn lora_config(rank: usize, targets: &[&str]) -> TrainConfig {
 }
 
 /// The tiny Llama, a left-padded batch with ranks [4,1,0]: logits, loss, adapter gradients.
-pub fn tiny_llama<B: AutodiffBackend>(fixtures: &Path, device: &B::Device) -> Result<CheckOutput> {
+pub fn tiny_llama<B: AutodiffBackend>(
+    fixtures: &Path,
+    device: &B::Device,
+    frozen: flexi_burn::Precision,
+) -> Result<CheckOutput> {
     timed("llama", || {
-        let cfg = lora_config(4, &["q_proj", "k_proj", "v_proj", "o_proj"]);
+        let cfg = TrainConfig {
+            precision: frozen,
+            ..lora_config(4, &["q_proj", "k_proj", "v_proj", "o_proj"])
+        };
         let model = load_for_training::<B>(&fixtures.join("tiny_tied"), &cfg, device)?;
         let model = deterministic_adapters(model, 0.05)?;
         let batch = PaddedBatch::left_pad(
@@ -439,7 +474,9 @@ pub fn tiny_llama<B: AutodiffBackend>(fixtures: &Path, device: &B::Device) -> Re
         );
         let logits = model.forward(&batch, &SampleRanks::new(vec![4, 1, 0]))?;
         let labels = batch.labels::<B>(-100, device);
-        Ok(training_step(&model, logits, labels, -100))
+        let (outputs, dtype) = training_step(&model, logits, labels, -100);
+        let frozen = model.embed_tokens.weight.val().dtype();
+        Ok((outputs, with_frozen(dtype, frozen)))
     })
 }
 
@@ -462,14 +499,29 @@ fn training_step<B: AutodiffBackend, M: Module<B>>(
     (outputs, dtype)
 }
 
+/// `dtype` (the output's type, as [`training_step`] names it) with the type of a frozen
+/// weight added where it differs: under mixed precision, the proof that the weights really
+/// were stored in the half type.
+fn with_frozen(dtype: String, frozen: burn::tensor::DType) -> String {
+    if format!("{frozen:?}") == dtype {
+        dtype
+    } else {
+        format!("{dtype} (frozen {frozen:?})")
+    }
+}
+
 /// The tiny Whisper, two audio files with ranks [4,1]: logits, loss, adapter gradients.
 pub fn tiny_whisper<B: AutodiffBackend>(
     fixtures: &Path,
     device: &B::Device,
+    frozen: flexi_burn::Precision,
 ) -> Result<CheckOutput> {
     timed("whisper", || {
         let dir = fixtures.join("whisper_tiny");
-        let cfg = lora_config(4, &["q_proj", "k_proj", "v_proj", "out_proj"]);
+        let cfg = TrainConfig {
+            precision: frozen,
+            ..lora_config(4, &["q_proj", "k_proj", "v_proj", "out_proj"])
+        };
         let model = load_whisper_for_training::<B>(&dir, &cfg, device)?;
         let model = deterministic_adapters(model, 0.05)?;
         let tok = WhisperTokenizer::from_dir(&dir)?;
@@ -489,24 +541,24 @@ pub fn tiny_whisper<B: AutodiffBackend>(
         let logits = model.forward(mel, ids, &SampleRanks::new(vec![4, 1]))?;
         let [b, n, _] = logits.dims();
         let labels = Tensor::from_data(TensorData::new(batch.labels.clone(), [b, n]), device);
-        Ok(training_step(
-            &model,
-            logits,
-            labels,
-            train::lm::IGNORE_INDEX,
-        ))
+        let (outputs, dtype) = training_step(&model, logits, labels, train::lm::IGNORE_INDEX);
+        let frozen = model.decoder.embed_tokens.weight.val().dtype();
+        Ok((outputs, with_frozen(dtype, frozen)))
     })
 }
 
 /// The three tensor checks on backend `B`.
+/// `frozen` is the storage type of the frozen weights (mixed precision; f32 for the plain
+/// rows).
 pub fn tensor_checks<B: AutodiffBackend>(
     fixtures: &Path,
     device: &B::Device,
+    frozen: flexi_burn::Precision,
 ) -> Result<Vec<CheckOutput>> {
     Ok(vec![
-        flexi_linear::<B>(device)?,
-        tiny_llama::<B>(fixtures, device)?,
-        tiny_whisper::<B>(fixtures, device)?,
+        flexi_linear::<B>(device, frozen)?,
+        tiny_llama::<B>(fixtures, device, frozen)?,
+        tiny_whisper::<B>(fixtures, device, frozen)?,
     ])
 }
 
@@ -521,31 +573,43 @@ pub fn run_tensor_checks(
         backend::Autodiff,
         tensor::{bf16, f16},
     };
-    match (kind, precision) {
+    // Mixed precision runs on the f32 device type, with the frozen weights cast.
+    let frozen = precision.frozen();
+    let device_type = match precision {
+        Precision::MixedF16 | Precision::MixedBf16 => Precision::F32,
+        p => p,
+    };
+    match (kind, device_type) {
         #[cfg(feature = "flex")]
-        (BackendKind::Flex, Precision::F32) => {
-            tensor_checks::<flexi_burn::backend::FlexAutodiff>(fixtures, &Default::default())
-        }
+        (BackendKind::Flex, Precision::F32) => tensor_checks::<flexi_burn::backend::FlexAutodiff>(
+            fixtures,
+            &Default::default(),
+            frozen,
+        ),
         #[cfg(feature = "wgpu")]
-        (BackendKind::Wgpu, Precision::F32) => {
-            tensor_checks::<flexi_burn::backend::WgpuAutodiff>(fixtures, &Default::default())
-        }
+        (BackendKind::Wgpu, Precision::F32) => tensor_checks::<flexi_burn::backend::WgpuAutodiff>(
+            fixtures,
+            &Default::default(),
+            frozen,
+        ),
         #[cfg(feature = "wgpu")]
-        (BackendKind::Wgpu, Precision::F16) => {
-            tensor_checks::<Autodiff<burn::backend::Wgpu<f16, i32>>>(fixtures, &Default::default())
-        }
+        (BackendKind::Wgpu, Precision::F16) => tensor_checks::<
+            Autodiff<burn::backend::Wgpu<f16, i32>>,
+        >(fixtures, &Default::default(), frozen),
         #[cfg(feature = "cuda")]
-        (BackendKind::Cuda, Precision::F32) => {
-            tensor_checks::<flexi_burn::backend::CudaAutodiff>(fixtures, &Default::default())
-        }
+        (BackendKind::Cuda, Precision::F32) => tensor_checks::<flexi_burn::backend::CudaAutodiff>(
+            fixtures,
+            &Default::default(),
+            frozen,
+        ),
         #[cfg(feature = "cuda")]
-        (BackendKind::Cuda, Precision::F16) => {
-            tensor_checks::<Autodiff<burn::backend::Cuda<f16, i32>>>(fixtures, &Default::default())
-        }
+        (BackendKind::Cuda, Precision::F16) => tensor_checks::<
+            Autodiff<burn::backend::Cuda<f16, i32>>,
+        >(fixtures, &Default::default(), frozen),
         #[cfg(feature = "cuda")]
-        (BackendKind::Cuda, Precision::Bf16) => {
-            tensor_checks::<Autodiff<burn::backend::Cuda<bf16, i32>>>(fixtures, &Default::default())
-        }
+        (BackendKind::Cuda, Precision::Bf16) => tensor_checks::<
+            Autodiff<burn::backend::Cuda<bf16, i32>>,
+        >(fixtures, &Default::default(), frozen),
         #[allow(unreachable_patterns)]
         (kind, precision) => bail!(
             "{kind} in {} is not available in this build (backend features: {:?})",
@@ -573,6 +637,8 @@ fn expected_dtype(p: Precision) -> &'static str {
         Precision::F16 => "F16",
         Precision::Bf16 => "BF16",
         Precision::Tf32 => "F32",
+        Precision::MixedF16 => "F32 (frozen F16)",
+        Precision::MixedBf16 => "F32 (frozen BF16)",
     }
 }
 
@@ -1035,6 +1101,31 @@ pub fn run(args: PortabilityArgs) -> Result<()> {
     println!("flex (reference): tensor checks");
     let reference = run_tensor_checks(BackendKind::Flex, Precision::F32, &fixtures)?;
     rows.extend(reference_rows(&reference));
+    // Mixed precision (frozen weights in a half type, the rest f32) on every backend that runs
+    // here, flex included: in this process, the device type stays f32.
+    let mut mixed = Vec::new();
+    if !args.no_half {
+        mixed.push((BackendKind::Flex, Precision::MixedF16, true));
+        mixed.push((BackendKind::Flex, Precision::MixedBf16, true));
+        for (kind, info) in &ready {
+            mixed.push((*kind, Precision::MixedF16, info.f16));
+            mixed.push((*kind, Precision::MixedBf16, info.bf16));
+        }
+    }
+    for (kind, precision, supported) in mixed {
+        if !supported {
+            rows.push(skipped(
+                &kind.to_string(),
+                precision.name(),
+                "all",
+                &format!("{kind} has no {} arithmetic here", precision.frozen()),
+            ));
+            continue;
+        }
+        println!("{kind}: tensor checks in {}", precision.name());
+        let got = run_tensor_checks(kind, precision, &fixtures)?;
+        rows.extend(compare(&kind.to_string(), precision, &reference, &got));
+    }
     for (kind, info) in &ready {
         println!("{kind}: tensor checks in f32");
         let got = run_tensor_checks(*kind, Precision::F32, &fixtures)?;

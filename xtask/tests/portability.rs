@@ -99,6 +99,29 @@ fn every_check_agrees_on_flex_and_wgpu() {
         r.note.matches("predictions identical").count() == 2,
         "{r:?}"
     );
+    // Mixed precision (frozen weights in a half type, the rest f32): every check passes on flex
+    // in f16 and bf16, and on wgpu in f16 where the adapter has f16, with the frozen weights
+    // really stored in that type.
+    for check in ["flexi_linear", "llama", "whisper"] {
+        for (precision, dtype) in [("f16 mixed", "F16"), ("bf16 mixed", "BF16")] {
+            let r = row("flex", precision, check);
+            assert_eq!(r.status, "pass", "{r:?}");
+            assert_eq!(r.note, format!("computed in F32 (frozen {dtype})"), "{r:?}");
+            // The half type really changed the numbers (not an f32 run under another name).
+            assert!(r.max_abs_diff > 0.0, "{r:?}");
+        }
+    }
+    let mixed: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.backend == "wgpu" && r.precision == "f16 mixed")
+        .collect();
+    assert!(!mixed.is_empty(), "{out}");
+    for r in mixed {
+        assert!(r.status == "pass" || r.status == "skipped", "{r:?}");
+        if r.status == "pass" {
+            assert_eq!(r.note, "computed in F32 (frozen F16)", "{r:?}");
+        }
+    }
     // Half precision: present (and passing, in f16 for real) where the adapter has f16.
     let half: Vec<&Row> = rows
         .iter()

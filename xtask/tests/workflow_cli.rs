@@ -1066,3 +1066,111 @@ method = {{ name = "flexi", class_ranks = "2,4" }}
         "{err}"
     );
 }
+
+#[test]
+fn mixed_precision_trains_evaluates_and_generates_from_the_command_line() {
+    let dir = scratch("mixed");
+    let tiny = fixture("tiny_tied");
+    let tiny = tiny.to_str().unwrap();
+    let data = dir.join("qa.jsonl");
+    write_qa(
+        &data,
+        &(0..8).map(|i| WORDS[i].to_string()).collect::<Vec<_>>(),
+    );
+    let data = data.to_str().unwrap();
+    let run = dir.join("run");
+    let train = |precision: &str, method: &str, out: &Path| {
+        [
+            "train",
+            "--model",
+            tiny,
+            "--data",
+            data,
+            "--method",
+            method,
+            "--rank",
+            "4",
+            "--precision",
+            precision,
+            "--set",
+            "batch_size=4",
+            "--set",
+            "max_steps=3",
+            "--set",
+            "max_len=64",
+            "--set",
+            "lr=1e-2",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let args = train("f16", "lora", &run);
+    xtask(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(info["config"]["precision"], "f16", "{info}");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(
+        metrics.lines().all(|l| l.contains("\"loss_scale\":65536")),
+        "{metrics}"
+    );
+    // eval runs in the run's precision unless told otherwise, and says which.
+    let eval = |extra: &[&str], out: &Path| {
+        let mut args = vec![
+            "eval",
+            "--run",
+            run.to_str().unwrap(),
+            "--data",
+            data,
+            "--max-new-tokens",
+            "4",
+            "--eval-batch",
+            "4",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        xtask(&args);
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("eval.json")).unwrap()).unwrap();
+        v
+    };
+    let half = eval(&[], &dir.join("eval-f16"));
+    assert_eq!(half["precision"], "f16");
+    let full = eval(&["--precision", "f32"], &dir.join("eval-f32"));
+    assert!(full.get("precision").is_none(), "{full}");
+    let n = |v: &serde_json::Value| v["reports"][0]["predictions"].as_array().unwrap().len();
+    assert_eq!((n(&half), n(&full)), (8, 8));
+    let out = xtask(&[
+        "generate",
+        "--model",
+        tiny,
+        "--prompt",
+        "hello",
+        "--max-new-tokens",
+        "3",
+        "--raw",
+        "--precision",
+        "bf16",
+    ]);
+    assert!(!out.trim().is_empty());
+    // Refusals name the setting.
+    let err = xtask_fails(&[
+        "generate",
+        "--model",
+        tiny,
+        "--prompt",
+        "hello",
+        "--precision",
+        "f8",
+    ]);
+    assert!(err.contains("f32, bf16 or f16"), "{err}");
+    let args = train("bf16", "full", &dir.join("full"));
+    let err = xtask_fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        err.contains("precision") && err.contains("full fine-tuning"),
+        "{err}"
+    );
+}

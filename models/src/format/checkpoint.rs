@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
@@ -336,6 +336,11 @@ impl Checkpoint {
 pub(crate) struct Builder<'a, B: Backend> {
     pub(crate) ckpt: &'a mut Checkpoint,
     pub(crate) device: &'a B::Device,
+    /// Storage type of frozen matrices (linear weights, embeddings): each is converted from
+    /// the checkpoint on the host, one tensor at a time, so a half-precision model never
+    /// exists as a whole in f32 (mixed precision, `flexi_burn::precision`). Norms and biases
+    /// keep f32.
+    pub(crate) matrices: flexi_burn::Precision,
 }
 
 impl<B: Backend> Builder<'_, B> {
@@ -356,6 +361,24 @@ impl<B: Backend> Builder<'_, B> {
         Ok(Param::from_tensor(self.tensor(name, shape)?).set_require_grad(false))
     }
 
+    /// A frozen matrix (an embedding table) in the builder's storage type for matrices.
+    pub(crate) fn frozen_matrix(
+        &mut self,
+        name: &str,
+        shape: [usize; 2],
+    ) -> Result<Param<Tensor<B, 2>>> {
+        let data = self.ckpt.take(name, &shape)?;
+        Ok(Param::from_tensor(self.matrix(data)).set_require_grad(false))
+    }
+
+    /// Host data as a device tensor in the storage type for matrices.
+    fn matrix(&self, data: TensorData) -> Tensor<B, 2> {
+        match self.matrices.half() {
+            Some(half) => Tensor::from_data(data, (self.device, DType::from(half))),
+            None => Tensor::from_data(data, self.device),
+        }
+    }
+
     /// A frozen Linear from HF `{prefix}.weight [d_out, d_in]` (+ `{prefix}.bias [d_out]`).
     pub(crate) fn linear(
         &mut self,
@@ -369,7 +392,7 @@ impl<B: Backend> Builder<'_, B> {
         let hf = self
             .ckpt
             .take(&format!("{prefix}.weight"), &[d_out, d_in])?; // [out, in]
-        let w = Tensor::from_data(transpose_host(hf, d_out, d_in), self.device); // [in, out]
+        let w = self.matrix(transpose_host(hf, d_out, d_in)); // [in, out]
         let bias = match bias {
             true => Some(self.frozen(&format!("{prefix}.bias"), [d_out])?),
             false => None,

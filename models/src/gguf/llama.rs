@@ -16,7 +16,6 @@ use super::error::{GgufError, Result};
 use super::reader::{GgufFile, MetaValue};
 use crate::llama::{
     AdapterConfig, Checkpoint, JinjaChat, Llama, Llama3RopeScaling, LlamaConfig, Tokenizer,
-    build_llama,
 };
 
 /// The architectures [`llama_config_json`] accepts (`general.architecture`).
@@ -420,10 +419,21 @@ pub fn load_llama_gguf<B: Backend>(
     adapter: &AdapterConfig,
     device: &B::Device,
 ) -> Result<Llama<B>> {
+    load_llama_gguf_in(path, adapter, flexi_burn::Precision::F32, device)
+}
+
+/// [`load_llama_gguf`] with the frozen matrices stored in `precision`'s type (see
+/// [`crate::llama::load_llama_in`]).
+pub fn load_llama_gguf_in<B: Backend>(
+    path: impl AsRef<Path>,
+    adapter: &AdapterConfig,
+    precision: flexi_burn::Precision,
+    device: &B::Device,
+) -> Result<Llama<B>> {
     let file = GgufFile::open(path)?;
     let config = llama_config(&file)?;
     let mut ckpt = llama_checkpoint(&file)?;
-    let model = build_llama(&config, &mut ckpt, adapter, device)?;
+    let model = crate::llama::build_llama_in(&config, &mut ckpt, adapter, precision, device)?;
     ckpt.finish(|_| false)?;
     Ok(model)
 }

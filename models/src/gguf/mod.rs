@@ -28,7 +28,7 @@ pub mod tokenizer;
 pub use error::{GgufError, Result};
 pub use llama::{
     HfTensor, hf_name, hf_tensors, is_gguf, llama_checkpoint, llama_config, llama_config_json,
-    load_llama_gguf, load_tokenizer_gguf, permute_qk_rows, unpermute_qk_rows,
+    load_llama_gguf, load_llama_gguf_in, load_tokenizer_gguf, permute_qk_rows, unpermute_qk_rows,
 };
 pub use quant::{GgmlType, dequantize};
 pub use reader::{GgufFile, MetaValue, TensorInfo};

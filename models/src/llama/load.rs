@@ -15,6 +15,7 @@ use burn::module::Param;
 use burn::nn::Embedding;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use flexi_burn::Precision;
 use serde_json::Value;
 
 use crate::format::{Builder, Checkpoint};
@@ -65,10 +66,22 @@ pub fn load_llama<B: Backend>(
     adapter: &AdapterConfig,
     device: &B::Device,
 ) -> Result<Llama<B>> {
+    load_llama_in(dir, adapter, Precision::F32, device)
+}
+
+/// [`load_llama`] with the frozen matrices (projections, embedding, LM head) stored in
+/// `precision`'s type, converted tensor by tensor while loading: a bf16 model's peak is its
+/// bf16 size plus one tensor in f32, never the whole model in f32.
+pub fn load_llama_in<B: Backend>(
+    dir: impl AsRef<Path>,
+    adapter: &AdapterConfig,
+    precision: Precision,
+    device: &B::Device,
+) -> Result<Llama<B>> {
     let dir = dir.as_ref();
     let config = LlamaConfig::from_dir(dir)?;
     let mut ckpt = Checkpoint::open(dir)?;
-    let model = build_llama(&config, &mut ckpt, adapter, device)?;
+    let model = build_llama_in(&config, &mut ckpt, adapter, precision, device)?;
     let tied = config.tie_word_embeddings;
     ckpt.finish(|name| {
         // Tied checkpoints sometimes still carry the head; old ones saved RoPE buffers.
@@ -84,14 +97,30 @@ pub fn build_llama<B: Backend>(
     adapter: &AdapterConfig,
     device: &B::Device,
 ) -> Result<Llama<B>> {
+    build_llama_in(config, ckpt, adapter, Precision::F32, device)
+}
+
+/// [`build_llama`] with the frozen matrices stored in `precision`'s type (see
+/// [`load_llama_in`]).
+pub fn build_llama_in<B: Backend>(
+    config: &LlamaConfig,
+    ckpt: &mut Checkpoint,
+    adapter: &AdapterConfig,
+    precision: Precision,
+    device: &B::Device,
+) -> Result<Llama<B>> {
     let c = config;
-    let mut b = Builder::<B> { ckpt, device };
+    let mut b = Builder::<B> {
+        ckpt,
+        device,
+        matrices: precision,
+    };
     let (hidden, inter) = (c.hidden_size, c.intermediate_size);
     let q = c.num_attention_heads * c.head_dim;
     let kv = c.num_key_value_heads * c.head_dim;
 
     let embed_tokens = Embedding {
-        weight: b.frozen("model.embed_tokens.weight", [c.vocab_size, hidden])?,
+        weight: b.frozen_matrix("model.embed_tokens.weight", [c.vocab_size, hidden])?,
     };
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {

@@ -42,7 +42,10 @@ pub use config::{Llama3RopeScaling, LlamaConfig};
 pub use error::{LlamaError, Result};
 pub use generate::{Generation, GenerationConfig, Sampling, generate};
 pub use linear::{AdapterConfig, Proj, Target};
-pub use load::{PeftAdapter, build_llama, load_llama, load_llama_with_peft, load_peft_adapter};
+pub use load::{
+    PeftAdapter, build_llama, build_llama_in, load_llama, load_llama_in, load_llama_with_peft,
+    load_peft_adapter,
+};
 pub use model::{
     DecoderLayer, Llama, PaddedBatch, RmsNorm, causal_lm_loss, causal_lm_loss_from_hidden,
 };

@@ -438,12 +438,12 @@ impl<B: Backend> Llama<B> {
     }
 
     /// The frozen weights (token embedding, LM head, every projection's base) stored in
-    /// `precision`'s half type, for mixed precision ([`flexi_burn::precision`]); norms, the
-    /// adapters and any weight that trains keep their type. f32 returns the model unchanged.
+    /// `precision`'s type, for mixed precision ([`flexi_burn::precision`]); norms, the
+    /// adapters and any weight that trains keep their type. Weights already in that type
+    /// are left as they are (f32 on an f32 model: nothing changes); f32 on a half model
+    /// widens them back.
     pub fn store_frozen_in(mut self, precision: flexi_burn::Precision) -> Self {
-        let Some(dtype) = precision.half() else {
-            return self;
-        };
+        let dtype = precision.dtype();
         self.embed_tokens.weight = flexi_burn::store_frozen(self.embed_tokens.weight, dtype);
         self.lm_head = self
             .lm_head

@@ -147,7 +147,11 @@ pub fn build_whisper<B: Backend>(
     let d = c.d_model;
     let eps = c.layer_norm_eps;
     let mut b = Builder::<B> {
-        base: crate::format::Builder { ckpt, device },
+        base: crate::format::Builder {
+            ckpt,
+            device,
+            matrices: flexi_burn::Precision::F32,
+        },
         adapter,
     };
 

@@ -64,13 +64,11 @@ impl<B: Backend> Whisper<B> {
     }
 
     /// The frozen weights (every projection's base and the token table) stored in
-    /// `precision`'s half type, for mixed precision ([`flexi_burn::precision`]); the
-    /// convolutions, positions, norms and adapters keep their type. f32 returns the model
-    /// unchanged.
+    /// `precision`'s type, for mixed precision ([`flexi_burn::precision`]); the
+    /// convolutions, positions, norms and adapters keep their type. Weights already in that
+    /// type are left as they are; f32 on a half model widens them back.
     pub fn store_frozen_in(mut self, precision: flexi_burn::Precision) -> Self {
-        let Some(dtype) = precision.half() else {
-            return self;
-        };
+        let dtype = precision.dtype();
         let attn = |a: WhisperAttention<B>| WhisperAttention {
             q_proj: a.q_proj.store_frozen(dtype),
             k_proj: a.k_proj.store_frozen(dtype),
