@@ -51,11 +51,6 @@ impl Precision {
         }
     }
 
-    /// The storage type of frozen weights (f32 included).
-    pub fn dtype(self) -> FloatDType {
-        self.half().unwrap_or(FloatDType::F32)
-    }
-
     /// The unit roundoff of the type matmuls run in: `2^-24` (f32), `2^-8` (bf16), `2^-11` (f16).
     pub fn unit_roundoff(self) -> f64 {
         match self {

@@ -368,6 +368,7 @@ pub fn run_train(a: TrainBench) -> Result<()> {
     };
     cfg.validate().context("benchmark training configuration")?;
     let kind = a.common.backend.parse()?;
+    crate::alloc::for_precision(cfg.precision);
     let job = TrainJob(a.clone(), cfg);
     let (ms, loss, step_peak) = if a.checkpoint_activations {
         backend::run_checkpointed(kind, job)??

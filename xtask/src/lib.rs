@@ -1,6 +1,7 @@
 //! The workflows behind `cargo xtask ...`, as a library: the binary parses the command line
 //! and calls these; tests call them in-process.
 
+pub mod alloc;
 pub mod bench;
 pub mod bench_models;
 pub mod data;

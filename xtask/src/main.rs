@@ -11,22 +11,6 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// `mi_option_purge_delay` in mimalloc.h's `mi_option_e` (mimalloc v3's default: 1000 ms;
-/// -1: never purge).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Never hand freed pages back to the kernel: by default mimalloc purges them after a second,
-/// and the next step's buffers then fault in freshly zeroed pages (`clear_page_erms` was a
-/// third of the training step's main thread; the training step gains ~30 %, BENCHMARKS.md).
-/// The resident set stays at its high-water mark, which is the peak anyway.
-fn keep_freed_pages() {
-    // SAFETY: sets a process-wide allocator option; mimalloc documents options as settable
-    // at any time, and no other thread exists yet.
-    unsafe {
-        debug_assert_eq!(libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY), 1000);
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
-    }
-}
 use xtask::{
     bench, data, demo, llama, models_cmd, pipeline, plan, portability, report, speech_study, study,
     whisper_cmd,
@@ -91,7 +75,8 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    keep_freed_pages();
+    // Freed pages are kept (see `xtask::alloc`); a half-precision training run changes that.
+    xtask::alloc::keep_freed_pages();
     match Cli::parse().command {
         Command::Demo(args) => demo::run(args),
         Command::Speech(args) => speech_study::run(args),

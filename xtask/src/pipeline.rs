@@ -676,6 +676,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
 /// Trains with an explicit configuration (used by the demo).
 pub fn train_with(args: TrainArgs, cfg: TrainConfig) -> Result<RunInfo> {
     let kind = args.common.backend()?;
+    crate::alloc::for_precision(cfg.precision);
     if args.checkpoint_activations {
         backend::run_checkpointed(kind, TrainJob(args, cfg))?
     } else {

@@ -439,11 +439,13 @@ impl<B: Backend> Llama<B> {
 
     /// The frozen weights (token embedding, LM head, every projection's base) stored in
     /// `precision`'s type, for mixed precision ([`flexi_burn::precision`]); norms, the
-    /// adapters and any weight that trains keep their type. Weights already in that type
-    /// are left as they are (f32 on an f32 model: nothing changes); f32 on a half model
-    /// widens them back.
+    /// adapters and any weight that trains keep their type. `f32` means the model's own
+    /// float type (its norms'): nothing changes on a model loaded in full precision (on an
+    /// f16 backend too), and half-stored weights are widened back to it.
     pub fn store_frozen_in(mut self, precision: flexi_burn::Precision) -> Self {
-        let dtype = precision.dtype();
+        let dtype = precision
+            .half()
+            .unwrap_or_else(|| self.norm.weight.val().dtype().into());
         self.embed_tokens.weight = flexi_burn::store_frozen(self.embed_tokens.weight, dtype);
         self.lm_head = self
             .lm_head

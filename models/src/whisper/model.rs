@@ -65,10 +65,13 @@ impl<B: Backend> Whisper<B> {
 
     /// The frozen weights (every projection's base and the token table) stored in
     /// `precision`'s type, for mixed precision ([`flexi_burn::precision`]); the
-    /// convolutions, positions, norms and adapters keep their type. Weights already in that
-    /// type are left as they are; f32 on a half model widens them back.
+    /// convolutions, positions, norms and adapters keep their type. `f32` means the model's
+    /// own float type (its positions'): nothing changes on a model loaded in full precision,
+    /// and half-stored weights are widened back to it.
     pub fn store_frozen_in(mut self, precision: flexi_burn::Precision) -> Self {
-        let dtype = precision.dtype();
+        let dtype = precision
+            .half()
+            .unwrap_or_else(|| self.decoder.embed_positions.val().dtype().into());
         let attn = |a: WhisperAttention<B>| WhisperAttention {
             q_proj: a.q_proj.store_frozen(dtype),
             k_proj: a.k_proj.store_frozen(dtype),
