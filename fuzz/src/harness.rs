@@ -147,7 +147,13 @@ pub fn peft_adapter(data: &[u8]) {
         dir.write("adapter_model.safetensors", weights);
     }
     let base = fixtures().join("tiny_tied");
-    let _ = train::peft::load_llama_with_adapter::<Flex>(&base, &dir.0, false, &Default::default());
+    let _ = train::peft::load_llama_with_adapter::<Flex>(
+        &base,
+        &dir.0,
+        false,
+        flexi_burn::Precision::F32,
+        &Default::default(),
+    );
     let _ = models::llama::load_llama_with_peft::<Flex>(&base, &dir.0, &Default::default());
 }
 

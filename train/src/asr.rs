@@ -196,7 +196,8 @@ pub fn load_whisper_adapted<B: Backend>(
     device: &B::Device,
 ) -> Result<Whisper<B>> {
     let adapter = whisper_adapter_for(config)?;
-    let model = models::ct2::load_whisper_any::<B>(dir, &adapter, device)
+    // Frozen matrices stored in the run's precision as they are read (mixed precision).
+    let model = models::ct2::load_whisper_any_in::<B>(dir, &adapter, config.precision, device)
         .map_err(|e| TrainError::Model(e.to_string()))?;
     Ok(seeded_adapter_init(model, config.seed))
 }

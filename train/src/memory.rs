@@ -5,12 +5,18 @@
 //! project's CPU backend (flex, f32):
 //!
 //! ```text
-//! peak = RUNTIME + weights + STATE x trainable x 4 B
+//! peak = RUNTIME + weights (+ BF16_LM_HEAD_COPIES x vocab x hidden x 4 B under bf16)
+//!        + STATE x trainable x 4 B
 //!        + (ACT x saved per token + ACT_ATTENTION x 2 x heads x seq) x layers x tokens x 4 B
 //!        + LM_HEAD x answer tokens x vocab x 4 B
 //! ```
 //!
-//! - *weights*: every parameter of the model in f32 (frozen and trainable alike).
+//! - *weights*: every parameter of the model in f32 (frozen and trainable alike); under mixed
+//!   precision (`TrainConfig::precision` bf16 / f16) the frozen matrices (projections,
+//!   embedding, untied LM head) at 2 bytes and norms and biases at 4, plus under bf16
+//!   [`BF16_LM_HEAD_COPIES`] f32 copies of the LM head's matrix (flex's bf16 matmul). The
+//!   activation constants are the f32 ones: the saved activations stay f32 (half-precision
+//!   runs return freed pages to the kernel, `xtask::alloc`, which the measured rows include).
 //! - *trainable state*: AdamW's two moments plus the gradients of the concurrent shards; the
 //!   peak holds about [`STATE`] copies of the trainable parameters (gradients of late layers
 //!   accumulate while activations of early layers are still held).
@@ -61,6 +67,12 @@ pub const ACT_CHECKPOINTED: f64 = 1.73;
 pub const ACT_ATTENTION_CHECKPOINTED: f64 = 0.12;
 /// Copies of the answer positions' logits at the peak.
 pub const LM_HEAD: f64 = 0.12;
+/// Under bf16 (`precision = "bf16"`), f32 copies of the LM head's `[vocab, hidden]` matrix at
+/// the peak: burn-flex multiplies bf16 by converting both operands to f32 on every call, and
+/// the LM head's is the largest (f16 multiplies natively, through gemm's f16 path). Fitted
+/// on the bf16 rows of `tests/memory_plan.rs` (forward and backward products each convert
+/// it; about three copies are alive at once).
+pub const BF16_LM_HEAD_COPIES: f64 = 2.86;
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -90,8 +102,11 @@ pub struct MemoryPlan {
     pub tokens: usize,
     /// Runtime, thread pools and allocator.
     pub runtime_mib: f64,
-    /// Every weight in f32.
+    /// Every weight: f32, or under mixed precision the frozen matrices (projections,
+    /// embedding, LM head) in the half type and norms and biases in f32.
     pub weights_mib: f64,
+    /// bf16 on the CPU backend: flex's f32 copies of the LM head's operands (0 otherwise).
+    pub half_transient_mib: f64,
     /// Optimizer moments and gradients.
     pub trainable_state_mib: f64,
     /// Activations kept for the backward pass, decoder layers.
@@ -127,6 +142,18 @@ pub fn llama_params(c: &LlamaConfig) -> usize {
     let embed = c.vocab_size * h;
     let head = if c.tie_word_embeddings { 0 } else { embed };
     embed + head + c.num_hidden_layers * layer + h
+}
+
+/// Parameters of a Llama of shape `c` that mixed precision stores in the half type: every
+/// matrix (projections, embedding, untied LM head); norms and biases stay f32.
+pub fn llama_matrix_params(c: &LlamaConfig) -> usize {
+    let (h, i) = (c.hidden_size, c.intermediate_size);
+    let q = c.num_attention_heads * c.head_dim;
+    let kv = c.num_key_value_heads * c.head_dim;
+    let layer = h * q + 2 * h * kv + q * h + 3 * h * i;
+    let embed = c.vocab_size * h;
+    let head = if c.tie_word_embeddings { 0 } else { embed };
+    embed + head + c.num_hidden_layers * layer
 }
 
 /// Trainable parameters of `train`'s method on shape `c`.
@@ -211,7 +238,19 @@ pub fn plan(p: &PlanInput) -> Result<MemoryPlan> {
     } else {
         (ACT, ACT_ATTENTION)
     };
-    let weights_mib = params as f64 * 4.0 / MIB;
+    // Mixed precision: the frozen matrices in the half type (full fine-tuning refuses a half
+    // precision in `validate`, so every trained weight here is f32).
+    let matrices = match p.train.precision.half() {
+        Some(_) => llama_matrix_params(c),
+        None => 0,
+    };
+    let weights_mib = ((params - matrices) as f64 * 4.0 + matrices as f64 * 2.0) / MIB;
+    let half_transient_mib = match p.train.precision {
+        flexi_burn::Precision::Bf16 => {
+            BF16_LM_HEAD_COPIES * (c.vocab_size * c.hidden_size) as f64 * 4.0 / MIB
+        }
+        _ => 0.0,
+    };
     let trainable_state_mib = STATE * trainable as f64 * 4.0 / MIB;
     let activations_mib = (act * saved + act_attention * attention) * 4.0 / MIB;
     let lm_head_mib = LM_HEAD * (answer * c.vocab_size) as f64 * 4.0 / MIB;
@@ -221,9 +260,15 @@ pub fn plan(p: &PlanInput) -> Result<MemoryPlan> {
         tokens,
         runtime_mib: RUNTIME_MIB,
         weights_mib,
+        half_transient_mib,
         trainable_state_mib,
         activations_mib,
         lm_head_mib,
-        total_mib: RUNTIME_MIB + weights_mib + trainable_state_mib + activations_mib + lm_head_mib,
+        total_mib: RUNTIME_MIB
+            + weights_mib
+            + half_transient_mib
+            + trainable_state_mib
+            + activations_mib
+            + lm_head_mib,
     })
 }

@@ -1014,12 +1014,16 @@ pub fn load_llama_with_adapter<B: Backend>(
     model: &Path,
     adapter: &Path,
     allow_upcast: bool,
+    precision: flexi_burn::Precision,
     device: &B::Device,
 ) -> Result<(models::llama::Llama<B>, usize)> {
     let adapter = PeftAdapter::open(adapter)?;
     let targets =
         adapter.build_targets(|k| models::llama::AdapterConfig::parse_targets(k).is_ok())?;
-    let config = run_config(&adapter, targets)?;
+    let mut config = run_config(&adapter, targets)?;
+    // The frozen matrices stored in `precision`'s type as the base is read (the adapter's
+    // own tensors stay f32).
+    config.precision = precision;
     let mut llama = crate::lm::load_adapted::<B>(model, &config, device)?;
     apply(
         &mut llama,

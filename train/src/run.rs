@@ -171,10 +171,27 @@ fn load_newest<B: Backend, M: burn::module::Module<B>>(dir: &Path, model: M) -> 
 
 impl<B: Backend> FlexiRun<B> {
     /// Loads the run in `dir`: its base model with the adapter of its method, the newest
-    /// checkpoint, and its rank policy (router included).
+    /// checkpoint, and its rank policy (router included). The frozen weights are stored in
+    /// the run's training precision ([`Self::load_in`] picks another).
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self> {
+        Self::load_in(dir, None, device)
+    }
+
+    /// [`Self::load`] with the frozen weights stored in `precision`'s type as they are read
+    /// from the base checkpoint (`None`: the run's training precision). Unlike
+    /// [`Self::with_precision`] on a loaded run, f32 here is the checkpoint's own values even
+    /// for a run trained in bf16/f16 (a weight rounded to a half type is not widened back).
+    pub fn load_in(
+        dir: &Path,
+        precision: Option<flexi_burn::Precision>,
+        device: &B::Device,
+    ) -> Result<Self> {
         let info = RunInfo::read(dir)?;
-        let cfg = &info.config;
+        let trained = info.config.precision;
+        // The base model is read in the requested precision; `info` keeps the training one.
+        let mut load_cfg = info.config.clone();
+        load_cfg.precision = precision.unwrap_or(trained);
+        let cfg = &load_cfg;
         let model = if info.speech {
             let m = crate::asr::load_whisper_adapted::<B>(&info.model, cfg, device)?;
             RunModel::Speech {

@@ -22,6 +22,8 @@ fn parameter_counts_match_the_published_ones() {
     // SmolLM2-135M: 134,515,008 parameters (tied embeddings); Llama-3.2-1B: 1,235,814,400.
     assert_eq!(llama_params(&LlamaConfig::smollm2_135m()), 134_515_008);
     assert_eq!(llama_params(&LlamaConfig::llama_3_2_1b()), 1_235_814_400);
+    // Llama-3.1-8B (untied head): 8,030,261,248.
+    assert_eq!(llama_params(&LlamaConfig::llama_3_1_8b()), 8_030_261_248);
     // SPEC 4: LoRA-8 on q,k,v,o of Llama-3.2-1B trains 1,703,936 parameters; SmolLM2:
     // 30 layers x (576+576 + 2 x (576+192) + 576+576) x 8 = 921,600.
     let lora8 = config(Method::Lora { rank: 8 }, 4);
@@ -53,14 +55,45 @@ fn weights_component_is_four_bytes_per_parameter() {
     })
     .unwrap();
     assert!((p.weights_mib - 134_515_008.0 * 4.0 / 1048576.0).abs() < 1e-9);
+    assert_eq!(p.half_transient_mib, 0.0);
+    // Mixed precision: the matrices at 2 bytes; SmolLM2's norms are 30 x 2 x 576 + 576 =
+    // 35,136 f32 parameters.
+    for (precision, copies) in [("f16", 0.0), ("bf16", train::memory::BF16_LM_HEAD_COPIES)] {
+        let half = TrainConfig {
+            precision: precision.parse().unwrap(),
+            ..train.clone()
+        };
+        let h = plan(&PlanInput {
+            model: &model,
+            train: &half,
+            seq: 128,
+            answer_frac: 0.5,
+            checkpoint_activations: false,
+        })
+        .unwrap();
+        let want = ((134_515_008.0 - 35_136.0) * 2.0 + 35_136.0 * 4.0) / 1048576.0;
+        assert!((h.weights_mib - want).abs() < 1e-9, "{precision}");
+        let lm_head = copies * 49_152.0 * 576.0 * 4.0 / 1048576.0;
+        assert!((h.half_transient_mib - lm_head).abs() < 1e-9, "{precision}");
+        assert!((p.total_mib - h.total_mib - (p.weights_mib - want - lm_head)).abs() < 1e-6);
+    }
     assert_eq!(p.tokens, 512);
     let sum =
         p.runtime_mib + p.weights_mib + p.trainable_state_mib + p.activations_mib + p.lm_head_mib;
     assert!((p.total_mib - sum).abs() < 1e-9);
 }
 
-/// One measured case: `(shape, method, batch, seq, checkpointing, measured peak MiB)`.
-type Case = (&'static str, &'static str, usize, usize, bool, f64);
+/// One measured case: `(shape, method, batch, seq, checkpointing, precision, measured peak
+/// MiB)`.
+type Case = (
+    &'static str,
+    &'static str,
+    usize,
+    usize,
+    bool,
+    &'static str,
+    f64,
+);
 
 /// Peaks measured by `cargo xtask bench train --iters 1 --warmup 1 --threads 2 --shape S
 /// --method M --batch B --seq T [--checkpoint-activations]` (Dec 2026, this 2-core machine,
@@ -68,31 +101,50 @@ type Case = (&'static str, &'static str, usize, usize, bool, f64);
 /// q,k,v,o). The planner's constants were fitted on the rows marked `fit`; the others
 /// check it.
 const MEASURED: &[Case] = &[
-    ("smollm2-135m", "lora", 1, 128, false, 932.0),  // fit
-    ("smollm2-135m", "lora", 2, 128, false, 1202.0), // fit
-    ("smollm2-135m", "lora", 4, 128, false, 1660.0), // fit
-    ("smollm2-135m", "lora", 1, 512, false, 2375.0),
-    ("smollm2-135m", "lora", 16, 64, false, 2563.0), // fit
-    ("smollm2-135m", "lora", 8, 128, false, 2822.0), // fit
-    ("smollm2-135m", "lora", 4, 256, false, 3238.0), // fit
-    ("smollm2-135m", "lora", 2, 512, false, 4155.0),
-    ("smollm2-135m", "lora", 1, 1024, false, 6894.0),
-    ("smollm2-135m", "lora", 8, 256, false, 5710.0), // fit
-    ("smollm2-135m", "lora", 4, 512, false, 7390.0), // fit
-    ("smollm2-135m", "lora", 2, 1024, false, 12971.0), // fit
-    ("smollm2-135m", "adalora", 4, 128, false, 1776.0),
-    ("smollm2-135m", "flexi", 4, 128, false, 1690.0),
-    ("smollm2-135m", "full", 4, 128, false, 3596.0), // fit (STATE)
-    ("smollm2-135m", "full", 8, 128, false, 4636.0), // fit (STATE)
-    ("smollm2-135m", "lora", 4, 128, true, 1585.0),  // fit (checkpointed)
-    ("smollm2-135m", "lora", 8, 256, true, 4651.0),  // fit (checkpointed)
-    ("smollm2-135m", "dylora", 8, 128, true, 2727.0), // fit (checkpointed)
-    ("llama-3.2-1b", "lora", 2, 128, false, 6122.0),
-    ("llama-3.2-1b", "lora", 1, 256, false, 6424.0),
-    ("llama-3.2-1b", "lora", 2, 256, false, 7841.0),
-    ("llama-3.2-1b", "lora", 1, 512, false, 10386.0),
-    ("llama-3.2-1b", "lora", 4, 256, false, 10233.0),
-    ("llama-3.2-1b", "lora", 4, 256, true, 9076.0),
+    ("smollm2-135m", "lora", 1, 128, false, "f32", 932.0), // fit
+    ("smollm2-135m", "lora", 2, 128, false, "f32", 1202.0), // fit
+    ("smollm2-135m", "lora", 4, 128, false, "f32", 1660.0), // fit
+    ("smollm2-135m", "lora", 1, 512, false, "f32", 2375.0),
+    ("smollm2-135m", "lora", 16, 64, false, "f32", 2563.0), // fit
+    ("smollm2-135m", "lora", 8, 128, false, "f32", 2822.0), // fit
+    ("smollm2-135m", "lora", 4, 256, false, "f32", 3238.0), // fit
+    ("smollm2-135m", "lora", 2, 512, false, "f32", 4155.0),
+    ("smollm2-135m", "lora", 1, 1024, false, "f32", 6894.0),
+    ("smollm2-135m", "lora", 8, 256, false, "f32", 5710.0), // fit
+    ("smollm2-135m", "lora", 4, 512, false, "f32", 7390.0), // fit
+    ("smollm2-135m", "lora", 2, 1024, false, "f32", 12971.0), // fit
+    ("smollm2-135m", "adalora", 4, 128, false, "f32", 1776.0),
+    ("smollm2-135m", "flexi", 4, 128, false, "f32", 1690.0),
+    ("smollm2-135m", "full", 4, 128, false, "f32", 3596.0), // fit (STATE)
+    ("smollm2-135m", "full", 8, 128, false, "f32", 4636.0), // fit (STATE)
+    ("smollm2-135m", "lora", 4, 128, true, "f32", 1585.0),  // fit (checkpointed)
+    ("smollm2-135m", "lora", 8, 256, true, "f32", 4651.0),  // fit (checkpointed)
+    ("smollm2-135m", "dylora", 8, 128, true, "f32", 2727.0), // fit (checkpointed)
+    ("llama-3.2-1b", "lora", 2, 128, false, "f32", 6122.0),
+    ("llama-3.2-1b", "lora", 1, 256, false, "f32", 6424.0),
+    ("llama-3.2-1b", "lora", 2, 256, false, "f32", 7841.0),
+    ("llama-3.2-1b", "lora", 1, 512, false, "f32", 10386.0),
+    ("llama-3.2-1b", "lora", 4, 256, false, "f32", 10233.0),
+    ("llama-3.2-1b", "lora", 4, 256, true, "f32", 9076.0),
+    // Mixed precision (`--precision`, freed pages returned as `train --precision` sets them);
+    // the weights term and the bf16 copies are exact counts, the f32 constants unchanged;
+    // BF16_LM_HEAD_COPIES fitted on the bf16 rows.
+    ("smollm2-135m", "lora", 1, 128, false, "f16", 665.0),
+    ("smollm2-135m", "lora", 4, 128, false, "f16", 1487.0),
+    ("smollm2-135m", "lora", 16, 64, false, "f16", 2286.0),
+    ("smollm2-135m", "lora", 8, 256, false, "f16", 5479.0),
+    ("smollm2-135m", "lora", 2, 512, false, "f16", 3953.0),
+    ("smollm2-135m", "lora", 8, 256, true, "f16", 4371.0),
+    ("smollm2-135m", "flexi", 4, 128, false, "f16", 1498.0),
+    ("smollm2-135m", "lora", 4, 128, false, "bf16", 1742.0), // fit (bf16 copies)
+    ("smollm2-135m", "lora", 8, 256, false, "bf16", 5555.0), // fit (bf16 copies)
+    ("llama-3.2-1b", "lora", 2, 128, false, "f16", 4037.0),
+    ("llama-3.2-1b", "lora", 2, 256, false, "f16", 5805.0),
+    ("llama-3.2-1b", "lora", 4, 256, false, "f16", 8218.0),
+    ("llama-3.2-1b", "lora", 1, 512, false, "f16", 6270.0),
+    ("llama-3.2-1b", "lora", 4, 256, true, "f16", 6998.0),
+    ("llama-3.2-1b", "lora", 2, 256, false, "bf16", 8470.0), // fit (bf16 copies)
+    ("llama-3.2-3b", "lora", 1, 256, false, "f16", 9123.0),
 ];
 
 /// The one row the planner misses by more than 15 %: Llama-3.2-1B, one sequence of 512
@@ -105,7 +157,7 @@ const KNOWN_MISS: (&str, usize, usize) = ("llama-3.2-1b", 1, 512);
 fn predictions_are_within_15_percent_of_measured_peaks() {
     let mut worst = 0.0f64;
     let mut report = String::new();
-    for &(shape, method, batch, seq, ckpt, measured) in MEASURED {
+    for &(shape, method, batch, seq, ckpt, precision, measured) in MEASURED {
         let model = LlamaConfig::preset(shape).unwrap();
         let method = match method {
             "lora" => Method::Lora { rank: 8 },
@@ -125,7 +177,10 @@ fn predictions_are_within_15_percent_of_measured_peaks() {
             }),
             other => panic!("{other}"),
         };
-        let train = config(method, batch);
+        let train = TrainConfig {
+            precision: precision.parse().unwrap(),
+            ..config(method, batch)
+        };
         let p = plan(&PlanInput {
             model: &model,
             train: &train,
@@ -145,7 +200,7 @@ fn predictions_are_within_15_percent_of_measured_peaks() {
             worst = worst.max(err.abs());
         }
         report += &format!(
-            "{shape} {} {batch}x{seq} ckpt={ckpt}: predicted {:.0}, measured {measured:.0} ({:+.1} %)\n",
+            "{shape} {} {batch}x{seq} ckpt={ckpt} {precision}: predicted {:.0}, measured {measured:.0} ({:+.1} %)\n",
             train.method.label(),
             p.total_mib,
             100.0 * err

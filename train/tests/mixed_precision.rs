@@ -415,3 +415,66 @@ fn whisper_half_precision_gradients_agree_with_f32_within_the_roundoff_bound() {
         assert!(diff <= bound, "{precision}: {diff:e} > {bound:e}");
     }
 }
+
+/// Every float parameter as `(path, type, f32 values)`.
+struct Values(Vec<(String, DType, Vec<f32>)>, Vec<String>);
+
+impl<Bk: burn::tensor::backend::Backend> ModuleVisitor<Bk> for Values {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.1.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.1.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Bk, D>>) {
+        let t = p.val();
+        let dtype = t.dtype();
+        let values = t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+        self.0.push((self.1.join("."), dtype, values));
+    }
+}
+
+fn values<Bk: burn::tensor::backend::Backend, M: Module<Bk>>(
+    m: &M,
+) -> Vec<(String, DType, Vec<f32>)> {
+    let mut v = Values(Vec::new(), Vec::new());
+    m.visit(&mut v);
+    v.0
+}
+
+#[test]
+fn whisper_matrices_are_stored_half_as_they_are_read() {
+    use models::whisper::{WhisperAdapter, load_whisper, load_whisper_in};
+    type P = Flex;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/whisper_tiny");
+    let adapter = WhisperAdapter::all(4, 8.0);
+    let device = Default::default();
+    for (precision, half) in [(Precision::Bf16, DType::BF16), (Precision::F16, DType::F16)] {
+        // Read in the half type tensor by tensor, and cast after an f32 load: the same model.
+        let direct = load_whisper_in::<P>(&dir, &adapter, precision, &device).unwrap();
+        let cast = load_whisper::<P>(&dir, &adapter, &device)
+            .unwrap()
+            .store_frozen_in(precision);
+        let (direct, cast) = (values(&direct), values(&cast));
+        assert_eq!(direct.len(), cast.len());
+        let mut halves = 0;
+        for ((k, dt, v), (kc, dtc, vc)) in direct.iter().zip(&cast) {
+            assert_eq!((k, dt), (kc, dtc), "{precision}");
+            // (The adapters are drawn afresh by each load; training seeds them.)
+            if !k.contains("lora") {
+                assert_eq!(v, vc, "{precision}: {k}");
+            }
+            let matrix = (k.ends_with("weight") && (k.contains("proj") || k.contains("fc")))
+                || k.contains("embed_tokens");
+            if matrix && !k.contains("lora") && !k.contains("norm") {
+                assert_eq!(*dt, half, "{precision}: {k}");
+                halves += 1;
+            } else {
+                assert_eq!(*dt, DType::F32, "{precision}: {k}");
+            }
+        }
+        // 2 + 2 layers: 4 + 2 (fc) projections per encoder layer, 8 + 2 per decoder layer,
+        // and the token table.
+        assert_eq!(halves, 2 * 6 + 2 * 10 + 1, "{precision}");
+    }
+}

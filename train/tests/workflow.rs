@@ -1082,3 +1082,85 @@ fn answer_cross_entropy_labels_split_at_the_median_and_equal_the_training_loss()
     assert_eq!(labels.report.max_new_tokens, 0);
     assert_eq!(labels.report.predictions[7].score, batched[7]);
 }
+
+/// A run trained with bf16 frozen weights, loaded for evaluation in f32, holds the base
+/// checkpoint's own f32 weights (not the bf16 ones widened back), and in its training
+/// precision the bf16 ones; the adapter is the same f32 checkpoint either way.
+#[test]
+fn a_half_precision_run_loads_in_f32_with_the_checkpoints_own_weights() {
+    use burn::tensor::DType;
+    let dir = tmp("half-run");
+    let device = Default::default();
+    let answers: Vec<String> = (0..8).map(|i| WORDS[i % 10].to_string()).collect();
+    let data = dir.join("qa.jsonl");
+    write_qa(&data, &answers);
+    let examples = workflow::read_examples(&data, None).unwrap();
+    let config = TrainConfig {
+        method: Method::Lora { rank: 4 },
+        batch_size: 4,
+        max_steps: 2,
+        max_len: 64,
+        lr: 1e-2,
+        seed: 7,
+        precision: flexi_burn::Precision::Bf16,
+        ..Default::default()
+    };
+    let out = dir.join("run");
+    fit(
+        fixture("tiny_tied"),
+        config,
+        None,
+        true,
+        out.clone(),
+        &examples,
+    )
+    .unwrap();
+
+    let base = TextModel::<B>::load(&fixture("tiny_tied"), true, &device).unwrap();
+    let host =
+        |t: burn::tensor::Tensor<B, 2>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    let want = host(base.model.embed_tokens.weight.val());
+    let text_model = |run: FlexiRun<B>| match run.model {
+        train::run::RunModel::Text { model, .. } => *model,
+        _ => panic!("a text run"),
+    };
+
+    let trained = FlexiRun::<B>::load(&out, &device).unwrap();
+    assert_eq!(trained.trained_precision(), flexi_burn::Precision::Bf16);
+    let m16 = text_model(trained);
+    assert_eq!(m16.embed_tokens.weight.val().dtype(), DType::BF16);
+    let rounded = host(m16.embed_tokens.weight.val());
+    assert_ne!(
+        rounded, want,
+        "bf16 storage rounds the tiny model's weights"
+    );
+
+    let f32_run = FlexiRun::<B>::load_in(&out, Some(flexi_burn::Precision::F32), &device).unwrap();
+    // The run still says what it was trained in.
+    assert_eq!(f32_run.trained_precision(), flexi_burn::Precision::Bf16);
+    let m32 = text_model(f32_run);
+    assert_eq!(m32.embed_tokens.weight.val().dtype(), DType::F32);
+    assert_eq!(host(m32.embed_tokens.weight.val()), want);
+    let q = |m: &Llama<B>| match &m.layers[0].self_attn.q_proj {
+        models::proj::Proj::Adapted(l) => (
+            host(l.base.weight.val()),
+            host(l.lora_a.val()),
+            host(l.lora_b.val()),
+        ),
+        _ => panic!("q_proj is adapted"),
+    };
+    let (base32, a32, b32) = q(&m32);
+    let (base16, a16, b16) = q(&m16);
+    let want_q = match &base.model.layers[0].self_attn.q_proj {
+        models::proj::Proj::Plain(l) => host(l.weight.val()),
+        _ => panic!("the base model has no adapter"),
+    };
+    assert_eq!(base32, want_q);
+    assert_ne!(base16, want_q);
+    assert_eq!(
+        (a32, b32),
+        (a16, b16),
+        "the trained adapter is the same f32 checkpoint"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

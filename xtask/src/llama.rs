@@ -61,6 +61,7 @@ impl ModelArgs {
                 &self.model,
                 adapter,
                 self.allow_upcast,
+                self.precision,
                 device,
             )
             .with_context(|| {

@@ -771,7 +771,9 @@ impl BackendJob for EvalJob {
         // Inference on the plain backend: the run's model, adapter and rank policy (router
         // included), or the base model at rank 0.
         let run: FlexiRun<B::InnerBackend> = match (&a.run, a.base) {
-            (Some(dir), false) => FlexiRun::load(dir, &device)
+            // The base model read in the evaluation's precision (a run trained in bf16 and
+            // evaluated in f32 gets the checkpoint's f32 weights, not widened bf16 ones).
+            (Some(dir), false) => FlexiRun::load_in(dir, a.precision, &device)
                 .with_context(|| format!("loading the run {}", dir.display()))?,
             (None, true) => {
                 let model = a.model.as_deref().context("--base needs --model")?;
@@ -1086,8 +1088,11 @@ impl BackendJob for MergeJob {
     type Output = Result<()>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let a = self.0;
-        let run: FlexiRun<B::InnerBackend> = FlexiRun::load(&a.run, &device)
-            .with_context(|| format!("loading the run {}", a.run.display()))?;
+        // The base weights in full precision whatever the run trained in: merging into
+        // bf16/f16-rounded copies would change the checkpoint it writes.
+        let run: FlexiRun<B::InnerBackend> =
+            FlexiRun::load_in(&a.run, Some(flexi_burn::Precision::F32), &device)
+                .with_context(|| format!("loading the run {}", a.run.display()))?;
         let m = train::export::merge_hf(&run, a.rank, &a.out)
             .with_context(|| format!("merging {}", a.run.display()))?;
         println!(

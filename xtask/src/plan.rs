@@ -12,7 +12,7 @@ use train::memory::{MemoryPlan, PlanInput, plan};
 /// `cargo xtask plan`.
 #[derive(Args, Clone, Debug)]
 pub struct PlanArgs {
-    /// Model shape: smollm2-135m, llama-3.2-1b or llama-3.2-3b.
+    /// Model shape: smollm2-135m, llama-3.2-1b, llama-3.2-3b or llama-3.1-8b.
     #[arg(long, default_value = "smollm2-135m", conflicts_with = "model")]
     shape: String,
     /// A real checkpoint's configuration instead (HF directory or .gguf file; no weight is
@@ -46,6 +46,10 @@ pub struct PlanArgs {
     /// Plan for `train --checkpoint-activations`.
     #[arg(long)]
     checkpoint_activations: bool,
+    /// Plan for `train --precision`: f32, or the frozen matrices stored in bf16 / f16
+    /// (overrides the configuration).
+    #[arg(long)]
+    precision: Option<flexi_burn::Precision>,
     /// Memory available, GiB (default: this machine's `MemTotal`).
     #[arg(long)]
     memory_gib: Option<f64>,
@@ -72,11 +76,22 @@ fn row(out: &mut String, name: &str, mib: f64) {
     out.push_str(&format!("| {name} | {mib:.0} |\n"));
 }
 
-/// The plan as a Markdown table.
-pub fn plan_table(p: &MemoryPlan) -> String {
+/// The plan as a Markdown table (`precision`: the weights' storage, for the row names).
+pub fn plan_table(p: &MemoryPlan, precision: flexi_burn::Precision) -> String {
     let mut out = String::from("| component | MiB |\n|---|---:|\n");
     row(&mut out, "runtime", p.runtime_mib);
-    row(&mut out, "weights (f32)", p.weights_mib);
+    let weights = match precision {
+        flexi_burn::Precision::F32 => "weights (f32)".to_string(),
+        half => format!("weights ({half} matrices, f32 norms)"),
+    };
+    row(&mut out, &weights, p.weights_mib);
+    if p.half_transient_mib > 0.0 {
+        row(
+            &mut out,
+            "bf16 matmul operands in f32 (flex)",
+            p.half_transient_mib,
+        );
+    }
     row(
         &mut out,
         "optimizer state + gradients",
@@ -94,7 +109,7 @@ pub fn run(a: PlanArgs) -> Result<()> {
             .with_context(|| format!("reading the configuration of {}", path.display()))?,
         None => LlamaConfig::preset(&a.shape).with_context(|| {
             format!(
-                "unknown --shape {:?}: expected smollm2-135m, llama-3.2-1b or llama-3.2-3b",
+                "unknown --shape {:?}: expected smollm2-135m, llama-3.2-1b, llama-3.2-3b or llama-3.1-8b",
                 a.shape
             )
         })?,
@@ -107,6 +122,9 @@ pub fn run(a: PlanArgs) -> Result<()> {
         cfg.method = crate::pipeline::method_from_flags(m, a.rank, a.ranks.as_deref())?;
     }
     let mut cfg = cfg.with_overrides(&a.set)?;
+    if let Some(p) = a.precision {
+        cfg.precision = p;
+    }
     if let Some(b) = a.batch {
         if b == 0 {
             bail!("--batch must be at least 1");
@@ -132,7 +150,7 @@ pub fn run(a: PlanArgs) -> Result<()> {
     let p = plan(&input(&model, &cfg, seq, &a))?;
     let memory = a.memory_gib.or_else(mem_total_gib);
     println!(
-        "training step of {} on {} ({} parameters, {} trainable), micro-batch {} x {} tokens{}, f32",
+        "training step of {} on {} ({} parameters, {} trainable), micro-batch {} x {} tokens{}, {}",
         cfg.method.label(),
         a.model
             .as_ref()
@@ -145,9 +163,13 @@ pub fn run(a: PlanArgs) -> Result<()> {
             ", activation checkpointing"
         } else {
             ""
+        },
+        match cfg.precision {
+            flexi_burn::Precision::F32 => "f32".to_string(),
+            half => format!("mixed precision ({half} frozen matrices)"),
         }
     );
-    print!("{}", plan_table(&p));
+    print!("{}", plan_table(&p, cfg.precision));
     if let Some(gib) = memory {
         let budget = gib * 1024.0;
         // The largest micro-batch at this sequence length that fits.

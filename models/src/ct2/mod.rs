@@ -22,6 +22,7 @@ pub mod whisper;
 pub use error::{Ct2Error, Result};
 pub use reader::{Ct2Dtype, Ct2Model, Variable};
 pub use whisper::{
-    check_whisper_spec, is_ct2_dir, load_whisper_any, load_whisper_ct2, vocabulary_token_id,
-    whisper_config, whisper_config_json, whisper_hf_tensors,
+    check_whisper_spec, is_ct2_dir, load_whisper_any, load_whisper_any_in, load_whisper_ct2,
+    load_whisper_ct2_in, vocabulary_token_id, whisper_config, whisper_config_json,
+    whisper_hf_tensors,
 };

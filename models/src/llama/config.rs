@@ -344,6 +344,26 @@ impl LlamaConfig {
         }
     }
 
+    /// meta-llama/Llama-3.1-8B-Instruct (untied LM head, RoPE scaled by 8).
+    pub fn llama_3_1_8b() -> Self {
+        LlamaConfig {
+            hidden_size: 4096,
+            intermediate_size: 14_336,
+            num_hidden_layers: 32,
+            num_attention_heads: 32,
+            num_key_value_heads: 8,
+            head_dim: 128,
+            rope_scaling: Some(Llama3RopeScaling {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 8192,
+            }),
+            tie_word_embeddings: false,
+            ..Self::llama_3_2_1b()
+        }
+    }
+
     /// HuggingFaceTB/SmolLM2-135M-Instruct.
     pub fn smollm2_135m() -> Self {
         LlamaConfig {
@@ -366,11 +386,12 @@ impl LlamaConfig {
         }
     }
 
-    /// A preset by name: `llama-3.2-1b`, `llama-3.2-3b`, `smollm2-135m`.
+    /// A preset by name: `llama-3.2-1b`, `llama-3.2-3b`, `llama-3.1-8b`, `smollm2-135m`.
     pub fn preset(name: &str) -> Option<Self> {
         match name.to_ascii_lowercase().as_str() {
             "llama-3.2-1b" | "llama-3.2-1b-instruct" => Some(Self::llama_3_2_1b()),
             "llama-3.2-3b" | "llama-3.2-3b-instruct" => Some(Self::llama_3_2_3b()),
+            "llama-3.1-8b" | "llama-3.1-8b-instruct" => Some(Self::llama_3_1_8b()),
             "smollm2-135m" | "smollm2-135m-instruct" => Some(Self::smollm2_135m()),
             _ => None,
         }

@@ -128,10 +128,23 @@ pub fn load_whisper<B: Backend>(
     adapter: &WhisperAdapter,
     device: &B::Device,
 ) -> Result<Whisper<B>> {
+    load_whisper_in(dir, adapter, flexi_burn::Precision::F32, device)
+}
+
+/// [`load_whisper`] with the frozen matrices (every projection's base and the token table)
+/// stored in `precision`'s type as each tensor is read, so a half-precision model never
+/// exists in f32 as a whole (mixed precision, [`flexi_burn::precision`]); the same model as
+/// `load_whisper(..).store_frozen_in(precision)`.
+pub fn load_whisper_in<B: Backend>(
+    dir: impl AsRef<Path>,
+    adapter: &WhisperAdapter,
+    precision: flexi_burn::Precision,
+    device: &B::Device,
+) -> Result<Whisper<B>> {
     let dir = dir.as_ref();
     let config = WhisperConfig::from_dir(dir)?;
     let mut ckpt = Checkpoint::open(dir)?;
-    let model = build_whisper(&config, &mut ckpt, adapter, device)?;
+    let model = build_whisper_in(&config, &mut ckpt, adapter, precision, device)?;
     ckpt.finish(|name| name == "proj_out.weight")?;
     Ok(model)
 }
@@ -143,6 +156,18 @@ pub fn build_whisper<B: Backend>(
     adapter: &WhisperAdapter,
     device: &B::Device,
 ) -> Result<Whisper<B>> {
+    build_whisper_in(config, ckpt, adapter, flexi_burn::Precision::F32, device)
+}
+
+/// [`build_whisper`] with the frozen matrices stored in `precision`'s type (see
+/// [`load_whisper_in`]).
+pub fn build_whisper_in<B: Backend>(
+    config: &WhisperConfig,
+    ckpt: &mut Checkpoint,
+    adapter: &WhisperAdapter,
+    precision: flexi_burn::Precision,
+    device: &B::Device,
+) -> Result<Whisper<B>> {
     let c = config;
     let d = c.d_model;
     let eps = c.layer_norm_eps;
@@ -150,7 +175,7 @@ pub fn build_whisper<B: Backend>(
         base: crate::format::Builder {
             ckpt,
             device,
-            matrices: flexi_burn::Precision::F32,
+            matrices: precision,
         },
         adapter,
     };
@@ -186,7 +211,9 @@ pub fn build_whisper<B: Backend>(
     };
 
     let embed_tokens = Embedding {
-        weight: b.frozen("model.decoder.embed_tokens.weight", [c.vocab_size, d])?,
+        weight: b
+            .base
+            .frozen_matrix("model.decoder.embed_tokens.weight", [c.vocab_size, d])?,
     };
     let dec_pos = b.frozen(
         "model.decoder.embed_positions.weight",

@@ -50,7 +50,7 @@ pub use decode::{
 pub use decoder::{DecoderLayer, WhisperDecoder};
 pub use encoder::{EncoderLayer, WhisperEncoder};
 pub use error::{Result, WhisperError};
-pub use load::{build_whisper, load_whisper};
+pub use load::{build_whisper, build_whisper_in, load_whisper, load_whisper_in};
 pub use mel::{HOP_LENGTH, LogMel, MelExtractor, N_FRAMES, N_SAMPLES, Padding, split_windows};
 pub use model::Whisper;
 pub use tokenizer::{Task, WhisperTokenizer};
