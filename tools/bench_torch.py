@@ -35,6 +35,11 @@ Cases
    initialises it), `model.train()`. Labels = input ids with the first
    `P = floor(seq * (1 - answer_frac) + 0.5)` positions of every row set to -100 (round half
    away from zero, like Rust's `f64::round`; the loss covers the "answer" part only, as in SFT).
+   `--precision bf16|f16` (flexi-burn's `train --precision`): the base model is cast to that
+   type before PEFT wraps it (PEFT's `autocast_adapter_dtype` keeps the LoRA weights in f32),
+   the forward runs under `torch.autocast(dtype)`, AdamW's state is f32; f16 scales the loss
+   with `torch.amp.GradScaler` (init 65536, unscaled before clipping). Unlike flexi-burn, the
+   residual stream and norms' weights are then in the half type too (PyTorch's usual recipe).
    One iteration = one optimizer step: `model(ids, attention_mask, labels, use_cache=False)`
    (transformers' shifted mean cross-entropy), `loss.backward()`,
    `clip_grad_norm_(trainable, 1.0)`, `AdamW(trainable, lr 1e-4, betas (0.9, 0.999), eps 1e-8,
@@ -217,6 +222,10 @@ def parse_args(argv=None):
                    help="torch device: cpu (default) or cuda (times include a synchronize)")
     p.add_argument("--grad-ckpt", action="store_true",
                    help="train-*: gradient checkpointing (transformers' per-layer recomputation)")
+    p.add_argument("--precision", choices=("f32", "bf16", "f16"), default="f32",
+                   help="train-lora: frozen base weights stored in bf16/f16 with the forward "
+                        "under torch.autocast in that type, LoRA weights and AdamW in f32; "
+                        "f16 with torch.amp.GradScaler (flexi-burn's --precision)")
     p.add_argument("--tf32", action="store_true",
                    help="cuda: f32 matmuls on TF32 tensor cores, as Burn's cuda backend does")
     a = p.parse_args(argv)
@@ -270,10 +279,18 @@ def lora_config(args):
                       lora_dropout=0.0, bias="none", task_type=TaskType.CAUSAL_LM)
 
 
+HALF = {"bf16": torch.bfloat16, "f16": torch.float16}
+
+
 def lora_model(args, random_b):
     from peft import get_peft_model
 
-    model = get_peft_model(llama(args), lora_config(args))
+    base = llama(args)
+    if getattr(args, "precision", "f32") != "f32":
+        # Every base weight stored in the half type; PEFT keeps the adapter in f32
+        # (autocast_adapter_dtype, its default).
+        base = base.to(HALF[args.precision])
+    model = get_peft_model(base, lora_config(args), autocast_adapter_dtype=True)
     if random_b:
         with torch.no_grad():
             for name, p in model.named_parameters():
@@ -322,13 +339,31 @@ def case_train(args, lora):
     if loss_tokens == 0:
         sys.exit("no labelled positions: raise --seq or --answer-frac")
     opt = torch.optim.AdamW(trainable, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    if any(p.dtype != torch.float32 for p in trainable):
+        sys.exit(f"trainable parameters not in f32: {sorted({str(p.dtype) for p in trainable})}")
+    half = HALF.get(args.precision)
+    # f16: PyTorch's dynamic loss scaling (flexi-burn's LossScale follows the same rule).
+    scaler = torch.amp.GradScaler(args.device, init_scale=65536.0) \
+        if args.precision == "f16" else None
 
     def step():
-        out = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False)
+        if half is not None:
+            with torch.autocast(device_type=str(args.device).split(":")[0], dtype=half):
+                out = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False)
+        else:
+            out = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False)
         loss = out.loss
-        loss.backward()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        opt.step()
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
         opt.zero_grad(set_to_none=True)
         return float(loss.detach()), float(norm)
 
@@ -472,6 +507,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     if args.grad_ckpt and not args.case.startswith("train"):
         sys.exit("--grad-ckpt applies to the train-* cases only")
+    if args.precision != "f32" and args.case != "train-lora":
+        sys.exit("--precision applies to the train-lora case only")
     if args.device != "cpu" and args.case == "whisper":
         sys.exit("--device: the whisper case runs on the CPU only")
     torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
