@@ -127,25 +127,13 @@ fn adapted(train: &TrainConfig) -> Result<Vec<Target>> {
     })
 }
 
-/// Parameters of a Llama of shape `c`.
+/// Parameters of a Llama of shape `c`: its matrices and its vectors (norms, biases).
 pub fn llama_params(c: &LlamaConfig) -> usize {
-    let (h, i) = (c.hidden_size, c.intermediate_size);
-    let q = c.num_attention_heads * c.head_dim;
-    let kv = c.num_key_value_heads * c.head_dim;
-    let mut layer = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h;
-    if c.attention_bias {
-        layer += q + 2 * kv + h;
-    }
-    if c.mlp_bias {
-        layer += 2 * i + h;
-    }
-    let embed = c.vocab_size * h;
-    let head = if c.tie_word_embeddings { 0 } else { embed };
-    embed + head + c.num_hidden_layers * layer + h
+    llama_matrix_params(c) + llama_vector_params(c)
 }
 
 /// Parameters of a Llama of shape `c` that mixed precision stores in the half type: every
-/// matrix (projections, embedding, untied LM head); norms and biases stay f32.
+/// matrix (projections, embedding, untied LM head).
 pub fn llama_matrix_params(c: &LlamaConfig) -> usize {
     let (h, i) = (c.hidden_size, c.intermediate_size);
     let q = c.num_attention_heads * c.head_dim;
@@ -154,6 +142,22 @@ pub fn llama_matrix_params(c: &LlamaConfig) -> usize {
     let embed = c.vocab_size * h;
     let head = if c.tie_word_embeddings { 0 } else { embed };
     embed + head + c.num_hidden_layers * layer
+}
+
+/// Parameters of a Llama of shape `c` that stay f32 under mixed precision: the two norms per
+/// layer, the final norm and the biases.
+fn llama_vector_params(c: &LlamaConfig) -> usize {
+    let (h, i) = (c.hidden_size, c.intermediate_size);
+    let q = c.num_attention_heads * c.head_dim;
+    let kv = c.num_key_value_heads * c.head_dim;
+    let mut layer = 2 * h;
+    if c.attention_bias {
+        layer += q + 2 * kv + h;
+    }
+    if c.mlp_bias {
+        layer += 2 * i + h;
+    }
+    c.num_hidden_layers * layer + h
 }
 
 /// Trainable parameters of `train`'s method on shape `c`.

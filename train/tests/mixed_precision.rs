@@ -84,10 +84,12 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
-/// The float types of a model's parameters, by module path.
-struct Types(Vec<(String, DType, bool)>, Vec<String>);
+/// Every float parameter of a module: `(path, type, trains, values as f32)`.
+type ParamInfo = (String, DType, bool, Vec<f32>);
 
-impl<Bk: burn::tensor::backend::Backend> ModuleVisitor<Bk> for Types {
+struct Params(Vec<ParamInfo>, Vec<String>);
+
+impl<Bk: burn::tensor::backend::Backend> ModuleVisitor<Bk> for Params {
     fn enter_module(&mut self, name: &str, _: &str) {
         self.1.push(name.to_string());
     }
@@ -95,15 +97,26 @@ impl<Bk: burn::tensor::backend::Backend> ModuleVisitor<Bk> for Types {
         self.1.pop();
     }
     fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Bk, D>>) {
+        let t = p.val();
+        let dtype = t.dtype();
+        let values = t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
         self.0
-            .push((self.1.join("."), p.val().dtype(), p.is_require_grad()));
+            .push((self.1.join("."), dtype, p.is_require_grad(), values));
     }
 }
 
+fn params<Bk: burn::tensor::backend::Backend, M: Module<Bk>>(m: &M) -> Vec<ParamInfo> {
+    let mut v = Params(Vec::new(), Vec::new());
+    m.visit(&mut v);
+    v.0
+}
+
+/// The float types of a model's parameters, by module path: `(path, type, trains)`.
 fn types<Bk: burn::tensor::backend::Backend, M: Module<Bk>>(m: &M) -> Vec<(String, DType, bool)> {
-    let mut t = Types(Vec::new(), Vec::new());
-    m.visit(&mut t);
-    t.0
+    params(m)
+        .into_iter()
+        .map(|(k, dtype, trains, _)| (k, dtype, trains))
+        .collect()
 }
 
 /// Gradients of the trainable parameters, by module path, as f32 on the host.
@@ -416,32 +429,6 @@ fn whisper_half_precision_gradients_agree_with_f32_within_the_roundoff_bound() {
     }
 }
 
-/// Every float parameter as `(path, type, f32 values)`.
-struct Values(Vec<(String, DType, Vec<f32>)>, Vec<String>);
-
-impl<Bk: burn::tensor::backend::Backend> ModuleVisitor<Bk> for Values {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.1.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.1.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Bk, D>>) {
-        let t = p.val();
-        let dtype = t.dtype();
-        let values = t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
-        self.0.push((self.1.join("."), dtype, values));
-    }
-}
-
-fn values<Bk: burn::tensor::backend::Backend, M: Module<Bk>>(
-    m: &M,
-) -> Vec<(String, DType, Vec<f32>)> {
-    let mut v = Values(Vec::new(), Vec::new());
-    m.visit(&mut v);
-    v.0
-}
-
 #[test]
 fn whisper_matrices_are_stored_half_as_they_are_read() {
     use models::whisper::{WhisperAdapter, load_whisper, load_whisper_in};
@@ -455,10 +442,10 @@ fn whisper_matrices_are_stored_half_as_they_are_read() {
         let cast = load_whisper::<P>(&dir, &adapter, &device)
             .unwrap()
             .store_frozen_in(precision);
-        let (direct, cast) = (values(&direct), values(&cast));
+        let (direct, cast) = (params(&direct), params(&cast));
         assert_eq!(direct.len(), cast.len());
         let mut halves = 0;
-        for ((k, dt, v), (kc, dtc, vc)) in direct.iter().zip(&cast) {
+        for ((k, dt, _, v), (kc, dtc, _, vc)) in direct.iter().zip(&cast) {
             assert_eq!((k, dt), (kc, dtc), "{precision}");
             // (The adapters are drawn afresh by each load; training seeds them.)
             if !k.contains("lora") {
