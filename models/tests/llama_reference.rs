@@ -311,7 +311,7 @@ fn check_lora_grads(
     assert!(worst <= 1e-4, "worst relative gradient error {worst}");
 }
 
-/// The preallocated KV cache grows (in chunks of 256 positions) without changing a logit:
+/// The preallocated KV cache grows (in chunks of 16 positions) without changing a logit:
 /// every cached step equals a full recompute, across the growth.
 #[test]
 fn kv_cache_grows_past_its_capacity_and_equals_recompute() {
