@@ -124,6 +124,9 @@ pub struct DecodeBench {
     /// LoRA rank of the (unmerged) adapter on q,k,v,o; 0 for the base model.
     #[arg(long, default_value_t = 8)]
     rank: usize,
+    /// Storage type of the frozen weights: f32, bf16 or f16 (see `generate --precision`).
+    #[arg(long, default_value = "f32")]
+    precision: flexi_burn::Precision,
 }
 
 /// `bench prefill`.
@@ -137,6 +140,9 @@ pub struct PrefillBench {
     /// LoRA rank of the (unmerged) adapter on q,k,v,o; 0 for the base model.
     #[arg(long, default_value_t = 8)]
     rank: usize,
+    /// Storage type of the frozen weights: f32, bf16 or f16 (see `generate --precision`).
+    #[arg(long, default_value = "f32")]
+    precision: flexi_burn::Precision,
 }
 
 /// `bench whisper`.
@@ -266,16 +272,8 @@ fn check_common(c: &CommonBench) -> Result<()> {
     Ok(())
 }
 
-/// The Llama of a case: random weights of `--shape`, or `--model`, with `adapter`.
-fn llama<B: Backend>(
-    common: &CommonBench,
-    adapter: &AdapterConfig,
-    device: &B::Device,
-) -> Result<Llama<B>> {
-    llama_in(common, adapter, flexi_burn::Precision::F32, device)
-}
-
-/// [`llama`] with the frozen matrices stored in `precision`'s type as they are built.
+/// The Llama of a case: random weights of `--shape`, or `--model`, with `adapter`, the
+/// frozen matrices stored in `precision`'s type as they are built.
 fn llama_in<B: Backend>(
     common: &CommonBench,
     adapter: &AdapterConfig,
@@ -469,7 +467,10 @@ pub fn run_decode(a: DecodeBench) -> Result<()> {
     if a.batch == 0 || a.prompt_len == 0 || a.new_tokens == 0 {
         bail!("--batch, --prompt-len and --new-tokens must be at least 1");
     }
-    let case = "decode".to_string();
+    let mut case = "decode".to_string();
+    if a.precision != flexi_burn::Precision::F32 {
+        case.push_str(&format!("+{}", a.precision));
+    }
     let params = case_params(&case, &a);
     let kind = a.common.backend.parse()?;
     let (ms, step_ms) = backend::run(kind, DecodeJob(a.clone()))??;
@@ -485,7 +486,7 @@ impl BackendJob for DecodeJob {
 
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
         let a = self.0;
-        let model = llama::<B::InnerBackend>(&a.common, &qkvo(a.rank), &device)?;
+        let model = llama_in::<B::InnerBackend>(&a.common, &qkvo(a.rank), a.precision, &device)?;
         let vocab = model.config.vocab_size;
         let mut rng = StdRng::seed_from_u64(a.common.seed);
         let prompts: Vec<Vec<u32>> = (0..a.batch)
@@ -538,7 +539,10 @@ pub fn run_prefill(a: PrefillBench) -> Result<()> {
     if a.seq == 0 {
         bail!("--seq must be at least 1");
     }
-    let case = "prefill".to_string();
+    let mut case = "prefill".to_string();
+    if a.precision != flexi_burn::Precision::F32 {
+        case.push_str(&format!("+{}", a.precision));
+    }
     let mut params = case_params(&case, &a);
     params["batch"] = 1.into();
     let kind = a.common.backend.parse()?;
@@ -553,7 +557,7 @@ impl BackendJob for PrefillJob {
 
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
         let a = self.0;
-        let model = llama::<B::InnerBackend>(&a.common, &qkvo(a.rank), &device)?;
+        let model = llama_in::<B::InnerBackend>(&a.common, &qkvo(a.rank), a.precision, &device)?;
         let mut rng = StdRng::seed_from_u64(a.common.seed);
         let prompts = vec![random_ids(&mut rng, a.seq, model.config.vocab_size)];
         let ranks = SampleRanks::uniform(1, a.rank);
