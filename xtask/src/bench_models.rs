@@ -272,6 +272,14 @@ fn check_common(c: &CommonBench) -> Result<()> {
     Ok(())
 }
 
+/// Marks a case run with half-precision weights: `+bf16` / `+f16` after its name (f32 adds
+/// nothing, so f32 cases keep the names PyTorch's side writes).
+fn push_precision(case: &mut String, precision: flexi_burn::Precision) {
+    if precision != flexi_burn::Precision::F32 {
+        case.push_str(&format!("+{precision}"));
+    }
+}
+
 /// The Llama of a case: random weights of `--shape`, or `--model`, with `adapter`, the
 /// frozen matrices stored in `precision`'s type as they are built.
 fn llama_in<B: Backend>(
@@ -345,9 +353,7 @@ pub fn run_train(a: TrainBench) -> Result<()> {
     if a.checkpoint_activations {
         case.push_str("+ckpt");
     }
-    if a.precision != flexi_burn::Precision::F32 {
-        case.push_str(&format!("+{}", a.precision));
-    }
+    push_precision(&mut case, a.precision);
     let params = case_params(&case, &a);
     let steps = a.common.warmup + a.common.iters;
     let cfg = TrainConfig {
@@ -468,9 +474,7 @@ pub fn run_decode(a: DecodeBench) -> Result<()> {
         bail!("--batch, --prompt-len and --new-tokens must be at least 1");
     }
     let mut case = "decode".to_string();
-    if a.precision != flexi_burn::Precision::F32 {
-        case.push_str(&format!("+{}", a.precision));
-    }
+    push_precision(&mut case, a.precision);
     let params = case_params(&case, &a);
     let kind = a.common.backend.parse()?;
     let (ms, step_ms) = backend::run(kind, DecodeJob(a.clone()))??;
@@ -540,9 +544,7 @@ pub fn run_prefill(a: PrefillBench) -> Result<()> {
         bail!("--seq must be at least 1");
     }
     let mut case = "prefill".to_string();
-    if a.precision != flexi_burn::Precision::F32 {
-        case.push_str(&format!("+{}", a.precision));
-    }
+    push_precision(&mut case, a.precision);
     let mut params = case_params(&case, &a);
     params["batch"] = 1.into();
     let kind = a.common.backend.parse()?;

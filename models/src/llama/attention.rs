@@ -19,7 +19,7 @@ use crate::proj::Proj;
 /// history. burn-flex 0.21 copies the whole destination in every `slice_assign` (its
 /// `slice_write_impl` keeps a second reference to the buffer through `to_contiguous`, so the
 /// copy-on-write always fires), so on the CPU each step costs one copy of the buffer: the
-/// room to spare is kept small ([`CACHE_CHUNK`]) for that reason.
+/// room to spare is kept small (`CACHE_CHUNK`) for that reason.
 #[derive(Clone, Debug)]
 pub struct KvCache<B: Backend> {
     layers: Vec<Option<LayerKv<B>>>,
@@ -54,7 +54,7 @@ pub(crate) fn record_ranks(
 /// Capacity grows in steps of this many positions. Small, because burn-flex copies the whole
 /// buffer on every write (above): 256 made each SmolLM2 decoding step at batch 8 copy 94 MB;
 /// 16 made the step 10-20 % faster (`cargo xtask bench decode --batch 8`, BENCHMARKS.md).
-pub(crate) const CACHE_CHUNK: usize = 16;
+const CACHE_CHUNK: usize = 16;
 
 impl<B: Backend> KvCache<B> {
     /// An empty cache for `layers` decoder layers.
