@@ -15,6 +15,8 @@
 //! - [`format`]: the checkpoint layer all of them share ([`format::Checkpoint`]: named tensors
 //!   from safetensors or memory, checked by name and shape; [`format::FormatError`]).
 //! - [`proj`]: a plain or adapted projection, the building block of both models.
+//! - [`sdpa`]: attention over blocks of query rows (causal blocks skip hidden keys; on the
+//!   CPU the blocks of one sequence run on two threads).
 //! - [`auto`]: one entry point per model kind for every file format (`load_llama_any`,
 //!   `is_whisper`).
 
@@ -24,4 +26,5 @@ pub mod format;
 pub mod gguf;
 pub mod llama;
 pub mod proj;
+pub mod sdpa;
 pub mod whisper;

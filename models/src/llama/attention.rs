@@ -1,14 +1,16 @@
 //! Grouped-query self-attention with rotate-half RoPE, an additive causal + padding mask and
 //! an optional KV cache.
 
+use std::ops::Range;
+
 use burn::module::Module;
-use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use flexi_burn::SampleRanks;
 
 use super::rope::{RopeTables, apply_rotary};
 use crate::proj::Proj;
+use crate::sdpa;
 
 /// Keys and values of earlier positions, one entry per layer, after RoPE and before any
 /// GQA sharing, in the projections' own layout `[batch, capacity, kv_heads, head_dim]`.
@@ -158,40 +160,68 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
-/// The additive attention mask, `[batch, heads, new, past + new]` (the same for every head,
-/// written out so that adding it to the scores is a same-shape elementwise sum): 0 where query
-/// `i` (absolute index `past + i`) may attend key `j` (`j <= past + i` and
-/// `key_mask[b][j]`), a large negative number elsewhere ([`mask_min`] of the device's float
-/// type). Rows of padding queries see nothing; their outputs are unused. Built once per
-/// forward pass and shared by every layer.
-pub fn attention_bias<B: Backend>(
-    key_mask: &[Vec<bool>],
-    new: usize,
-    heads: usize,
-    device: &B::Device,
-) -> Tensor<B, 4> {
-    let batch = key_mask.len();
-    let total = key_mask.first().map_or(0, Vec::len);
-    let past = total - new;
-    let mut values = Vec::with_capacity(batch * heads * new * total);
-    for row in key_mask {
-        let start = values.len();
-        for i in 0..new {
-            let q = past + i;
-            values.extend(
-                row.iter()
-                    .enumerate()
-                    .map(|(j, &keep)| if keep && j <= q { 0.0f32 } else { 1.0 }),
-            );
-        }
-        for _ in 1..heads {
-            values.extend_from_within(start..start + new * total);
-        }
+/// The additive attention mask of one forward pass, cut into the query blocks of
+/// [`sdpa::causal_blocks`]: block `[r0, r1)` holds `[batch, heads, r1 - r0, past + r1]` (the
+/// same for every head, written out so that adding it to the scores is a same-shape
+/// elementwise sum), 0 where query `i` (absolute index `past + i`) may attend key `j`
+/// (`j <= past + i` and `key_mask[b][j]`), a large negative number elsewhere ([`mask_min`] of
+/// the device's float type), or no tensor at all when nothing in the block is hidden (a decoding
+/// step without padding). Rows of padding queries see nothing; their outputs are unused. Built
+/// once per forward pass and shared by every layer.
+#[derive(Clone, Debug)]
+pub struct AttentionBias<B: Backend> {
+    past: usize,
+    blocks: Vec<(Range<usize>, Option<Tensor<B, 4>>)>,
+}
+
+impl<B: Backend> AttentionBias<B> {
+    /// The mask of `new` queries over `key_mask [batch][past + new]` (true: a real key), for
+    /// `heads` query heads.
+    pub fn new(key_mask: &[Vec<bool>], new: usize, heads: usize, device: &B::Device) -> Self {
+        let batch = key_mask.len();
+        let total = key_mask.first().map_or(0, Vec::len);
+        let past = total - new;
+        let blocks = sdpa::causal_blocks(past, new)
+            .into_iter()
+            .map(|rows| {
+                let keys = past + rows.end;
+                let mut values = Vec::with_capacity(batch * heads * rows.len() * keys);
+                for row in key_mask {
+                    let start = values.len();
+                    for i in rows.clone() {
+                        let q = past + i;
+                        values.extend(
+                            row[..keys]
+                                .iter()
+                                .enumerate()
+                                .map(|(j, &keep)| if keep && j <= q { 0.0f32 } else { 1.0 }),
+                        );
+                    }
+                    for _ in 1..heads {
+                        values.extend_from_within(start..start + rows.len() * keys);
+                    }
+                }
+                if values.iter().all(|&m| m == 0.0) {
+                    return (rows, None);
+                }
+                let shape = [batch, heads, rows.len(), keys];
+                let masked = Tensor::<B, 4>::from_data(TensorData::new(values, shape), device);
+                let min = mask_min(masked.dtype());
+                (rows, Some(masked.mul_scalar(min)))
+            })
+            .collect();
+        Self { past, blocks }
     }
-    let masked =
-        Tensor::<B, 4>::from_data(TensorData::new(values, [batch, heads, new, total]), device);
-    let min = mask_min(masked.dtype());
-    masked.mul_scalar(min)
+
+    /// Cached positions before the new queries.
+    pub fn past(&self) -> usize {
+        self.past
+    }
+
+    /// The query blocks and their masks `[batch, heads, rows, past + rows.end]`.
+    pub fn blocks(&self) -> &[(Range<usize>, Option<Tensor<B, 4>>)] {
+        &self.blocks
+    }
 }
 
 /// The value the additive mask puts on hidden keys, for the float type scores are computed in:
@@ -229,9 +259,9 @@ pub struct Attention<B: Backend> {
 impl<B: Backend> Attention<B> {
     /// `x [batch, seq, hidden]` -> `[batch, seq, hidden]`.
     ///
-    /// `rope` holds the rotation tables of the new positions, `bias` the additive mask
-    /// `[batch, heads, seq, past + seq]` ([`attention_bias`]); with a cache, the new keys and
-    /// values are appended to layer `layer` and attention covers all of them.
+    /// `rope` holds the rotation tables of the new positions, `bias` the additive mask cut
+    /// into query blocks ([`AttentionBias`]); with a cache, the new keys and values are
+    /// appended to layer `layer` and attention covers all of them.
     ///
     /// Layouts avoid copies: q, k, v stay `[batch, seq, heads, head_dim]` as the projections
     /// write them (RoPE is then a same-shape product); the query heads of each KV group are
@@ -243,14 +273,27 @@ impl<B: Backend> Attention<B> {
         &self,
         x: Tensor<B, 3>,
         rope: &RopeTables<B>,
-        bias: Tensor<B, 4>,
+        bias: &AttentionBias<B>,
         cache: Option<(&mut KvCache<B>, usize)>,
         ranks: &SampleRanks,
     ) -> Tensor<B, 3> {
+        let s = x.dims()[1];
+        let (q, k, v) = self.project(x, rope, ranks);
+        let out = self.attend(q, k, v, bias, cache);
+        self.o_proj.forward(self.merge_heads(&out, &(0..s)), ranks)
+    }
+
+    /// The rotated, scaled queries `[batch, seq, heads, head_dim]` and the rotated keys and the
+    /// values `[batch, seq, kv_heads, head_dim]` of `x [batch, seq, hidden]` (position-wise:
+    /// rows of `x` can be projected apart, with the matching rows of `rope`).
+    pub fn project(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RopeTables<B>,
+        ranks: &SampleRanks,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
         let [b, s, _] = x.dims();
         let (h, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
-        let n_rep = h / kvh;
-
         let q = self.q_proj.forward(x.clone(), ranks).reshape([b, s, h, d]);
         let k = self
             .k_proj
@@ -261,7 +304,24 @@ impl<B: Backend> Attention<B> {
         // a power-of-two d) on fewer elements.
         let q = apply_rotary(q, &rope.cos_q, &rope.sin_q).mul_scalar((d as f64).powf(-0.5));
         let k = apply_rotary(k, &rope.cos_k, &rope.sin_k);
+        (q, k, v)
+    }
 
+    /// Attention of `q [batch, seq, heads, head_dim]` over the cached keys and values and
+    /// `k, v [batch, seq, kv_heads, head_dim]` (appended to the cache's layer `layer` first),
+    /// per KV group: `[batch, kv_heads, heads / kv_heads, seq, head_dim]`
+    /// ([`Attention::merge_heads`] lays rows of it out for `o_proj`).
+    pub fn attend(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        bias: &AttentionBias<B>,
+        cache: Option<(&mut KvCache<B>, usize)>,
+    ) -> Tensor<B, 5> {
+        let [b, s, _, _] = q.dims();
+        let (h, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
+        let n_rep = h / kvh;
         // [b, t, kvh, d] with t = past + s
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, k, v),
@@ -273,13 +333,31 @@ impl<B: Backend> Attention<B> {
         let kt = k.reshape([b, t, kvh, 1, d]).permute([0, 2, 3, 4, 1]);
         let v = v.reshape([b, t, kvh, 1, d]).permute([0, 2, 3, 1, 4]);
 
-        let scores = q
-            .matmul(kt) // [b, kvh, n_rep, s, t]
-            .add(bias.reshape([b, kvh, n_rep, s, t]));
-        let probs = softmax(scores, 4);
-        let out = probs.matmul(v); // [b, kvh, n_rep, s, d]
-        let out = out.permute([0, 3, 1, 2, 4]).reshape([b, s, h * d]);
-        self.o_proj.forward(out, ranks)
+        // Query blocks over their visible keys (sdpa: causal blocks skip the hidden ones).
+        let blocks: Vec<_> = bias
+            .blocks()
+            .iter()
+            .map(|(rows, m)| {
+                let keys = bias.past() + rows.end;
+                sdpa::QueryBlock {
+                    rows: rows.clone(),
+                    keys,
+                    bias: m
+                        .clone()
+                        .map(|m| m.reshape([b, kvh, n_rep, rows.len(), keys])),
+                }
+            })
+            .collect();
+        sdpa::attention(q, kt, v, &blocks) // [b, kvh, n_rep, s, d]
+    }
+
+    /// Rows `rows` of [`Attention::attend`]'s output as `o_proj`'s input,
+    /// `[batch, rows, heads * head_dim]` (one copy).
+    pub fn merge_heads(&self, out: &Tensor<B, 5>, rows: &Range<usize>) -> Tensor<B, 3> {
+        let b = out.dims()[0];
+        sdpa::narrow_rows(out, 3, rows)
+            .permute([0, 3, 1, 2, 4])
+            .reshape([b, rows.len(), self.heads * self.head_dim])
     }
 }
 

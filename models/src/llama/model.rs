@@ -9,6 +9,8 @@
 //! logits = lm_head(rms_norm(h))                   [b, s, vocab]
 //! ```
 
+use std::ops::Range;
+
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear};
 use burn::tensor::activation::log_softmax;
@@ -16,11 +18,12 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use flexi_burn::SampleRanks;
 
-use super::attention::{Attention, KvCache, attention_bias};
+use super::attention::{Attention, AttentionBias, KvCache};
 use super::config::LlamaConfig;
 use super::error::{LlamaError, Result};
 use super::mlp::Mlp;
 use super::rope::{RopeTables, RotaryEmbedding};
+use crate::sdpa;
 
 /// Root-mean-square layer norm: `x / sqrt(mean(x^2) + eps) * weight`.
 #[derive(Module, Debug)]
@@ -59,26 +62,51 @@ pub struct DecoderLayer<B: Backend> {
 }
 
 impl<B: Backend> DecoderLayer<B> {
+    /// The hidden states of the rows `parts` of the sequence (`xs[i]` holds rows `parts[i]`,
+    /// `[batch, rows, hidden]`) through the block, in the same parts.
+    ///
+    /// Everything but attention itself is position-wise: on the CPU without autodiff a long
+    /// sequence comes in two halves ([`sdpa::parallel_halves`]) that run on two threads
+    /// (burn-flex runs the norms, RoPE, SiLU and the adapters' small products on the calling
+    /// thread), and attention runs its query blocks side by side ([`sdpa::attention`]). The
+    /// parts stay apart from layer to layer, each its own buffer (burn-flex's fast elementwise
+    /// paths want an operand at offset 0); otherwise there is one part and nothing is split.
     fn forward(
         &self,
-        x: Tensor<B, 3>,
-        rope: &RopeTables<B>,
-        bias: Tensor<B, 4>,
+        xs: Vec<Tensor<B, 3>>,
+        parts: &[Range<usize>],
+        ropes: &[RopeTables<B>],
+        bias: &AttentionBias<B>,
         cache: Option<(&mut KvCache<B>, usize)>,
         ranks: &SampleRanks,
-    ) -> Tensor<B, 3> {
-        let h = self.self_attn.forward(
-            self.input_layernorm.forward(x.clone()),
-            rope,
-            bias,
-            cache,
-            ranks,
+    ) -> Vec<Tensor<B, 3>> {
+        let projected = sdpa::map_parts(parts, |i, _| {
+            let h = self.input_layernorm.forward(xs[i].clone());
+            self.self_attn.project(h, &ropes[i], ranks)
+        });
+        let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
+        for (qi, ki, vi) in projected {
+            q.push(qi);
+            k.push(ki);
+            v.push(vi);
+        }
+        let (q, k, v) = (
+            sdpa::cat_parts(q, 1),
+            sdpa::cat_parts(k, 1),
+            sdpa::cat_parts(v, 1),
         );
-        let x = x.add(h);
-        let h = self
-            .mlp
-            .forward(self.post_attention_layernorm.forward(x.clone()), ranks);
-        x.add(h)
+        let att = self.self_attn.attend(q, k, v, bias, cache); // [b, kvh, n_rep, s, head_dim]
+        sdpa::map_parts(parts, |i, rows| {
+            let h = self
+                .self_attn
+                .o_proj
+                .forward(self.self_attn.merge_heads(&att, &rows), ranks);
+            let x = xs[i].clone().add(h);
+            let h = self
+                .mlp
+                .forward(self.post_attention_layernorm.forward(x.clone()), ranks);
+            x.add(h)
+        })
     }
 }
 
@@ -401,22 +429,39 @@ impl<B: Backend> Llama<B> {
 
         let c = &self.config;
         let (heads, kv_heads) = (c.num_attention_heads, c.num_key_value_heads);
-        let rope = self.rope.tables::<B>(positions, heads, kv_heads, &device); // [b, new, h, d]
-        let bias = attention_bias::<B>(key_mask, new, heads, &device); // [b, heads, new, total]
-        // [b, new, hidden], in the norms' type (f32 under mixed precision: the embedding
-        // table may be stored in a half type, the residual stream is not).
-        let mut x = self
-            .embed_tokens
-            .forward(batch.ids_tensor(&device))
-            .cast(self.norm.weight.val().dtype());
+        let bias = AttentionBias::<B>::new(key_mask, new, heads, &device); // per query block
+        // [b, new, hidden] in one or two parts of rows (DecoderLayer::forward), in the norms'
+        // type (f32 under mixed precision: the embedding table may be stored in a half type,
+        // the residual stream is not).
+        let parts = sdpa::parallel_halves::<B>(new, &device);
+        // RoPE tables of each part's positions, [b, rows, h, d] (own buffers, see above).
+        let ropes: Vec<RopeTables<B>> = parts
+            .iter()
+            .map(|rows| {
+                let pos: Vec<Vec<usize>> =
+                    positions.iter().map(|p| p[rows.clone()].to_vec()).collect();
+                self.rope.tables::<B>(&pos, heads, kv_heads, &device)
+            })
+            .collect();
+        let ids = batch.ids_tensor(&device);
+        let dtype = self.norm.weight.val().dtype();
+        let mut xs: Vec<Tensor<B, 3>> = parts
+            .iter()
+            .map(|rows| {
+                self.embed_tokens
+                    .forward(sdpa::narrow_rows(&ids, 1, rows))
+                    .cast(dtype)
+            })
+            .collect();
         for (i, layer) in self.layers.iter().enumerate().take(stop) {
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
-            x = layer.forward(x, &rope, bias.clone(), layer_cache, ranks);
+            xs = layer.forward(xs, &parts, &ropes, &bias, layer_cache, ranks);
         }
         if stop < self.layers.len() {
-            return Ok(x);
+            return Ok(sdpa::cat_parts(xs, 1));
         }
-        Ok(self.norm.forward(x))
+        let xs = sdpa::map_parts(&parts, |i, _| self.norm.forward(xs[i].clone()));
+        Ok(sdpa::cat_parts(xs, 1))
     }
 
     /// `h [b, s, hidden] -> logits [b, s, vocab]`, through the untied head or `embed^T`.

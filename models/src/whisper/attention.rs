@@ -7,13 +7,15 @@
 //! out = out_proj(softmax(q k^T + mask) v)
 //! ```
 
+use std::ops::Range;
+
 use burn::module::Module;
-use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use flexi_burn::SampleRanks;
 
 use crate::proj::Proj;
+use crate::sdpa;
 
 /// One attention block's projections.
 #[derive(Module, Debug)]
@@ -34,7 +36,7 @@ pub struct WhisperAttention<B: Backend> {
 
 impl<B: Backend> WhisperAttention<B> {
     /// `[b, s, heads * head_dim] -> [b, heads, s, head_dim]`.
-    fn split(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
+    pub fn split_heads(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
         let [b, s, _] = x.dims();
         x.reshape([b, s, self.heads, self.head_dim]).swap_dims(1, 2)
     }
@@ -45,8 +47,8 @@ impl<B: Backend> WhisperAttention<B> {
         src: Tensor<B, 3>,
         ranks: &SampleRanks,
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let k = self.split(self.k_proj.forward(src.clone(), ranks));
-        let v = self.split(self.v_proj.forward(src, ranks));
+        let k = self.split_heads(self.k_proj.forward(src.clone(), ranks));
+        let v = self.split_heads(self.v_proj.forward(src, ranks));
         (k, v)
     }
 
@@ -60,19 +62,58 @@ impl<B: Backend> WhisperAttention<B> {
         mask: Option<Tensor<B, 4>>,
         ranks: &SampleRanks,
     ) -> Tensor<B, 3> {
-        let [b, n, _] = x.dims();
+        let n = x.dims()[1];
+        let q = self.queries(x, ranks);
+        let ctx = self.attend_heads(self.split_heads(q), k, v, mask);
+        self.out_proj
+            .forward(self.merge_heads(&ctx, &(0..n)), ranks)
+    }
+
+    /// The scaled queries `[b, n, heads * head_dim]` of `x [b, n, d_model]` (position-wise).
+    pub fn queries(&self, x: Tensor<B, 3>, ranks: &SampleRanks) -> Tensor<B, 3> {
         let scaling = (self.head_dim as f64).powf(-0.5);
-        let q = self.split(self.q_proj.forward(x, ranks).mul_scalar(scaling));
-        let mut scores = q.matmul(k.swap_dims(2, 3));
-        if let Some(mask) = mask {
-            scores = scores.add(mask);
-        }
-        let ctx = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([
+        self.q_proj.forward(x, ranks).mul_scalar(scaling)
+    }
+
+    /// `softmax(q k^T + mask) v` per head: `q [b, heads, n, head_dim]` over
+    /// `k, v [b, heads, t, head_dim]` -> `[b, heads, n, head_dim]`. Without a mask (the
+    /// encoder, cross-attention) the query rows run in two halves on two threads on the CPU
+    /// ([`sdpa::parallel_halves`]); with the decoder's causal mask, as one block.
+    pub fn attend_heads(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        mask: Option<Tensor<B, 4>>,
+    ) -> Tensor<B, 4> {
+        let (n, keys) = (q.dims()[2], k.dims()[2]);
+        let blocks: Vec<_> = match mask {
+            Some(mask) => vec![sdpa::QueryBlock {
+                rows: 0..n,
+                keys,
+                bias: Some(mask),
+            }],
+            None => sdpa::parallel_halves::<B>(n, &q.device())
+                .into_iter()
+                .map(|rows| sdpa::QueryBlock {
+                    rows,
+                    keys,
+                    bias: None,
+                })
+                .collect(),
+        };
+        sdpa::attention(q, k.swap_dims(2, 3), v, &blocks)
+    }
+
+    /// Rows `rows` of [`WhisperAttention::attend_heads`]'s output laid out for `out_proj`,
+    /// `[b, rows, heads * head_dim]` (one copy).
+    pub fn merge_heads(&self, ctx: &Tensor<B, 4>, rows: &Range<usize>) -> Tensor<B, 3> {
+        let b = ctx.dims()[0];
+        sdpa::narrow_rows(ctx, 2, rows).swap_dims(1, 2).reshape([
             b,
-            n,
+            rows.len(),
             self.heads * self.head_dim,
-        ]);
-        self.out_proj.forward(ctx, ranks)
+        ])
     }
 
     /// Self-attention without a mask (the encoder).

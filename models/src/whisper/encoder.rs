@@ -10,6 +10,8 @@
 //! out = layer_norm(x)
 //! ```
 
+use std::ops::Range;
+
 use burn::module::{Module, Param};
 use burn::nn::LayerNorm;
 use burn::nn::conv::Conv1d;
@@ -21,6 +23,7 @@ use flexi_burn::SampleRanks;
 use super::attention::WhisperAttention;
 use super::error::{Result, WhisperError};
 use crate::proj::Proj;
+use crate::sdpa;
 
 /// One pre-norm encoder block.
 #[derive(Module, Debug)]
@@ -40,17 +43,48 @@ pub struct EncoderLayer<B: Backend> {
 impl<B: Backend> EncoderLayer<B> {
     /// `x [b, t, d] -> [b, t, d]`.
     pub fn forward(&self, x: Tensor<B, 3>, ranks: &SampleRanks) -> Tensor<B, 3> {
-        let h = self
-            .self_attn
-            .forward_self(self.self_attn_layer_norm.forward(x.clone()), ranks);
-        let x = x.add(h);
-        let h = self.final_layer_norm.forward(x.clone());
-        let h = self.fc2.forward(gelu(self.fc1.forward(h, ranks)), ranks);
-        x.add(h)
+        let n = x.dims()[1];
+        let whole = std::iter::once(0..n).collect::<Vec<_>>();
+        sdpa::cat_parts(self.forward_parts(vec![x], &whole, ranks), 1)
+    }
+
+    /// [`EncoderLayer::forward`] on the frames in parts (`xs[i]` holds frames `parts[i]`,
+    /// each its own buffer): the norms, projections and MLP are per frame and run part by
+    /// part, two parts on two threads (see [`crate::llama`]'s decoder layer for why); attention
+    /// sees all frames.
+    pub fn forward_parts(
+        &self,
+        xs: Vec<Tensor<B, 3>>,
+        parts: &[Range<usize>],
+        ranks: &SampleRanks,
+    ) -> Vec<Tensor<B, 3>> {
+        let attn = &self.self_attn;
+        let projected = sdpa::map_parts(parts, |i, _| {
+            let h = self.self_attn_layer_norm.forward(xs[i].clone());
+            let (k, v) = (
+                attn.k_proj.forward(h.clone(), ranks),
+                attn.v_proj.forward(h.clone(), ranks),
+            );
+            (attn.queries(h, ranks), k, v)
+        });
+        let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
+        for (qi, ki, vi) in projected {
+            q.push(qi);
+            k.push(ki);
+            v.push(vi);
+        }
+        let heads = |t: Vec<Tensor<B, 3>>| attn.split_heads(sdpa::cat_parts(t, 1));
+        let ctx = attn.attend_heads(heads(q), heads(k), heads(v), None); // [b, heads, n, hd]
+        sdpa::map_parts(parts, |i, rows| {
+            let h = attn.out_proj.forward(attn.merge_heads(&ctx, &rows), ranks);
+            let x = xs[i].clone().add(h);
+            let h = self.final_layer_norm.forward(x.clone());
+            let h = self.fc2.forward(gelu(self.fc1.forward(h, ranks)), ranks);
+            x.add(h)
+        })
     }
 }
 
-/// The encoder stack.
 #[derive(Module, Debug)]
 pub struct WhisperEncoder<B: Backend> {
     /// First convolution (kernel 3, padding 1).
@@ -71,19 +105,35 @@ impl<B: Backend> WhisperEncoder<B> {
     /// one 30 s window; transformers refuses anything else, this accepts shorter input as
     /// well, e.g. for tests).
     pub fn forward(&self, mel: Tensor<B, 3>, ranks: &SampleRanks) -> Result<Tensor<B, 3>> {
-        let mut x = self.stem(mel)?;
+        // The frames in two parts on two threads on the CPU (sdpa::parallel_halves), each its
+        // own buffer from the stem on; one part otherwise.
+        let conv = self.stem_conv(mel)?; // [b, d, frames / 2]
+        let parts = sdpa::parallel_halves::<B>(conv.dims()[2], &conv.device());
+        let mut xs: Vec<_> = parts
+            .iter()
+            .map(|rows| self.add_positions(sdpa::narrow_rows(&conv, 2, rows), rows))
+            .collect();
         for layer in &self.layers {
-            x = layer.forward(x, ranks);
+            xs = layer.forward_parts(xs, &parts, ranks);
         }
-        Ok(self.layer_norm.forward(x))
+        let xs = sdpa::map_parts(&parts, |i, _| self.layer_norm.forward(xs[i].clone()));
+        Ok(sdpa::cat_parts(xs, 1))
     }
 
     /// The frozen stem: both convolutions and the positions,
     /// `mel [b, n_mels, frames] -> [b, frames / 2, d_model]` (no adapter takes part). Encoder
     /// position `t` sees mel frames `2t - 2 ..= 2t + 2` only.
     pub fn stem(&self, mel: Tensor<B, 3>) -> Result<Tensor<B, 3>> {
+        let conv = self.stem_conv(mel)?;
+        let t = conv.dims()[2];
+        Ok(self.add_positions(conv, &(0..t)))
+    }
+
+    /// The stem's two convolutions, `mel [b, n_mels, frames] -> [b, d_model, frames / 2]`,
+    /// after checking the input's shape.
+    fn stem_conv(&self, mel: Tensor<B, 3>) -> Result<Tensor<B, 3>> {
         let [_, n_mels, frames] = mel.dims();
-        let [c_out, c_in, _] = self.conv1.weight.dims();
+        let [_, c_in, _] = self.conv1.weight.dims();
         let [max_pos, _] = self.embed_positions.dims();
         if n_mels != c_in {
             return Err(WhisperError::InvalidInput(format!(
@@ -97,13 +147,18 @@ impl<B: Backend> WhisperEncoder<B> {
             )));
         }
         let x = gelu(self.conv1.forward(mel));
-        let x = gelu(self.conv2.forward(x)); // [b, d, frames / 2]
-        let t = frames / 2;
+        Ok(gelu(self.conv2.forward(x))) // [b, d, frames / 2]
+    }
+
+    /// Frames `rows` of the stem's convolutions `[b, d, rows]` as `[b, rows, d]` with their
+    /// positional embeddings added.
+    fn add_positions(&self, conv: Tensor<B, 3>, rows: &Range<usize>) -> Tensor<B, 3> {
+        let d = conv.dims()[1];
         let pos = self
             .embed_positions
             .val()
-            .slice([0..t, 0..c_out])
+            .slice([rows.clone(), 0..d])
             .unsqueeze::<3>();
-        Ok(x.swap_dims(1, 2).add(pos))
+        conv.swap_dims(1, 2).add(pos)
     }
 }
