@@ -101,57 +101,51 @@ type Case = (
 /// q,k,v,o). The planner's constants were fitted on the rows marked `fit`; the others
 /// check it.
 const MEASURED: &[Case] = &[
-    ("smollm2-135m", "lora", 1, 128, false, "f32", 932.0), // fit
-    ("smollm2-135m", "lora", 2, 128, false, "f32", 1202.0), // fit
-    ("smollm2-135m", "lora", 4, 128, false, "f32", 1660.0), // fit
-    ("smollm2-135m", "lora", 1, 512, false, "f32", 2375.0),
-    ("smollm2-135m", "lora", 16, 64, false, "f32", 2563.0), // fit
-    ("smollm2-135m", "lora", 8, 128, false, "f32", 2822.0), // fit
-    ("smollm2-135m", "lora", 4, 256, false, "f32", 3238.0), // fit
-    ("smollm2-135m", "lora", 2, 512, false, "f32", 4155.0),
-    ("smollm2-135m", "lora", 1, 1024, false, "f32", 6894.0),
-    ("smollm2-135m", "lora", 8, 256, false, "f32", 5710.0), // fit
-    ("smollm2-135m", "lora", 4, 512, false, "f32", 7390.0), // fit
-    ("smollm2-135m", "lora", 2, 1024, false, "f32", 12971.0), // fit
-    ("smollm2-135m", "adalora", 4, 128, false, "f32", 1776.0),
-    ("smollm2-135m", "flexi", 4, 128, false, "f32", 1690.0),
-    ("smollm2-135m", "full", 4, 128, false, "f32", 3596.0), // fit (STATE)
-    ("smollm2-135m", "full", 8, 128, false, "f32", 4636.0), // fit (STATE)
-    ("smollm2-135m", "lora", 4, 128, true, "f32", 1585.0),  // fit (checkpointed)
-    ("smollm2-135m", "lora", 8, 256, true, "f32", 4651.0),  // fit (checkpointed)
-    ("smollm2-135m", "dylora", 8, 128, true, "f32", 2727.0), // fit (checkpointed)
-    ("llama-3.2-1b", "lora", 2, 128, false, "f32", 6122.0),
-    ("llama-3.2-1b", "lora", 1, 256, false, "f32", 6424.0),
-    ("llama-3.2-1b", "lora", 2, 256, false, "f32", 7841.0),
-    ("llama-3.2-1b", "lora", 1, 512, false, "f32", 10386.0),
-    ("llama-3.2-1b", "lora", 4, 256, false, "f32", 10233.0),
-    ("llama-3.2-1b", "lora", 4, 256, true, "f32", 9076.0),
+    ("smollm2-135m", "lora", 1, 128, false, "f32", 906.0), // fit
+    ("smollm2-135m", "lora", 2, 128, false, "f32", 1203.0), // fit
+    ("smollm2-135m", "lora", 4, 128, false, "f32", 1706.0), // fit
+    ("smollm2-135m", "lora", 1, 512, false, "f32", 2108.0),
+    ("smollm2-135m", "lora", 16, 64, false, "f32", 2632.0), // fit
+    ("smollm2-135m", "lora", 8, 128, false, "f32", 2767.0), // fit
+    ("smollm2-135m", "lora", 4, 256, false, "f32", 3016.0), // fit
+    ("smollm2-135m", "lora", 2, 512, false, "f32", 3520.0),
+    ("smollm2-135m", "lora", 1, 1024, false, "f32", 4431.0),
+    ("smollm2-135m", "lora", 8, 256, false, "f32", 5056.0), // fit
+    ("smollm2-135m", "lora", 4, 512, false, "f32", 6236.0), // fit
+    ("smollm2-135m", "lora", 2, 1024, false, "f32", 8254.0), // fit
+    ("smollm2-135m", "adalora", 4, 128, false, "f32", 1735.0),
+    ("smollm2-135m", "flexi", 4, 128, false, "f32", 1667.0),
+    ("smollm2-135m", "full", 4, 128, false, "f32", 3832.0), // fit (STATE)
+    ("smollm2-135m", "full", 8, 128, false, "f32", 4590.0), // fit (STATE)
+    ("smollm2-135m", "lora", 4, 128, true, "f32", 1652.0),  // fit (checkpointed)
+    ("smollm2-135m", "lora", 8, 256, true, "f32", 4542.0),  // fit (checkpointed)
+    ("smollm2-135m", "dylora", 8, 128, true, "f32", 2462.0), // fit (checkpointed)
+    ("llama-3.2-1b", "lora", 2, 128, false, "f32", 6025.0),
+    ("llama-3.2-1b", "lora", 1, 256, false, "f32", 6190.0),
+    ("llama-3.2-1b", "lora", 2, 256, false, "f32", 7654.0),
+    ("llama-3.2-1b", "lora", 1, 512, false, "f32", 8015.0),
+    ("llama-3.2-1b", "lora", 4, 256, false, "f32", 9977.0),
+    ("llama-3.2-1b", "lora", 4, 256, true, "f32", 8972.0),
     // Mixed precision (`--precision`, freed pages returned as `train --precision` sets them);
     // the weights term and the bf16 copies are exact counts, the f32 constants unchanged;
     // BF16_LM_HEAD_COPIES fitted on the bf16 rows.
-    ("smollm2-135m", "lora", 1, 128, false, "f16", 665.0),
-    ("smollm2-135m", "lora", 4, 128, false, "f16", 1487.0),
-    ("smollm2-135m", "lora", 16, 64, false, "f16", 2286.0),
-    ("smollm2-135m", "lora", 8, 256, false, "f16", 5479.0),
-    ("smollm2-135m", "lora", 2, 512, false, "f16", 3953.0),
-    ("smollm2-135m", "lora", 8, 256, true, "f16", 4371.0),
-    ("smollm2-135m", "flexi", 4, 128, false, "f16", 1498.0),
-    ("smollm2-135m", "lora", 4, 128, false, "bf16", 1742.0), // fit (bf16 copies)
-    ("smollm2-135m", "lora", 8, 256, false, "bf16", 5555.0), // fit (bf16 copies)
-    ("llama-3.2-1b", "lora", 2, 128, false, "f16", 4037.0),
-    ("llama-3.2-1b", "lora", 2, 256, false, "f16", 5805.0),
-    ("llama-3.2-1b", "lora", 4, 256, false, "f16", 8218.0),
-    ("llama-3.2-1b", "lora", 1, 512, false, "f16", 6270.0),
-    ("llama-3.2-1b", "lora", 4, 256, true, "f16", 6998.0),
-    ("llama-3.2-1b", "lora", 2, 256, false, "bf16", 8470.0), // fit (bf16 copies)
-    ("llama-3.2-3b", "lora", 1, 256, false, "f16", 9123.0),
+    ("smollm2-135m", "lora", 1, 128, false, "f16", 630.0),
+    ("smollm2-135m", "lora", 4, 128, false, "f16", 1427.0),
+    ("smollm2-135m", "lora", 16, 64, false, "f16", 2410.0),
+    ("smollm2-135m", "lora", 8, 256, false, "f16", 4665.0),
+    ("smollm2-135m", "lora", 2, 512, false, "f16", 3164.0),
+    ("smollm2-135m", "lora", 8, 256, true, "f16", 4405.0),
+    ("smollm2-135m", "flexi", 4, 128, false, "f16", 1415.0),
+    ("smollm2-135m", "lora", 4, 128, false, "bf16", 1619.0), // fit (bf16 copies)
+    ("smollm2-135m", "lora", 8, 256, false, "bf16", 4774.0), // fit (bf16 copies)
+    ("llama-3.2-1b", "lora", 2, 128, false, "f16", 4039.0),
+    ("llama-3.2-1b", "lora", 2, 256, false, "f16", 5364.0),
+    ("llama-3.2-1b", "lora", 4, 256, false, "f16", 7719.0),
+    ("llama-3.2-1b", "lora", 1, 512, false, "f16", 5922.0),
+    ("llama-3.2-1b", "lora", 4, 256, true, "f16", 6836.0),
+    ("llama-3.2-1b", "lora", 2, 256, false, "bf16", 8151.0), // fit (bf16 copies)
+    ("llama-3.2-3b", "lora", 1, 256, false, "f16", 8934.0),
 ];
-
-/// The one row the planner misses by more than 15 %: Llama-3.2-1B, one sequence of 512
-/// tokens (predicted 15.4 % low; one shard holds `[1, 32, 512, 512]` attention tensors of
-/// 32 MiB each, and the same tokens as two shards of 256, or SmolLM2 at 1 x 1024 with 9
-/// heads, are predicted within 8 %). Held to 20 % until the planner explains it.
-const KNOWN_MISS: (&str, usize, usize) = ("llama-3.2-1b", 1, 512);
 
 #[test]
 fn predictions_are_within_15_percent_of_measured_peaks() {
@@ -190,15 +184,7 @@ fn predictions_are_within_15_percent_of_measured_peaks() {
         })
         .unwrap();
         let err = p.total_mib / measured - 1.0;
-        if (shape, batch, seq) == KNOWN_MISS {
-            assert!(
-                err.abs() <= 0.20,
-                "{shape} {batch}x{seq}: {:+.1} %",
-                100.0 * err
-            );
-        } else {
-            worst = worst.max(err.abs());
-        }
+        worst = worst.max(err.abs());
         report += &format!(
             "{shape} {} {batch}x{seq} ckpt={ckpt} {precision}: predicted {:.0}, measured {measured:.0} ({:+.1} %)\n",
             train.method.label(),
