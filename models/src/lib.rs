@@ -15,6 +15,7 @@
 //! - [`format`]: the checkpoint layer all of them share ([`format::Checkpoint`]: named tensors
 //!   from safetensors or memory, checked by name and shape; [`format::FormatError`]).
 //! - [`proj`]: a plain or adapted projection, the building block of both models.
+//! - [`head`]: the LM head of a one-row decoding step on two threads on the CPU (Whisper).
 //! - [`sdpa`]: attention over blocks of query rows (causal blocks skip hidden keys; on the
 //!   CPU the blocks of one sequence run on two threads).
 //! - [`auto`]: one entry point per model kind for every file format (`load_llama_any`,
@@ -24,6 +25,7 @@ pub mod auto;
 pub mod ct2;
 pub mod format;
 pub mod gguf;
+pub mod head;
 pub mod llama;
 pub mod proj;
 pub mod sdpa;

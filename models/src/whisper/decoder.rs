@@ -153,7 +153,10 @@ impl<B: Backend> WhisperDecoder<B> {
         let h = x.reshape([b * n, d]);
         let x_type = h.dtype();
         let h = h.cast(embed.dtype()); // the table's type (mixed precision), cast back below
-        let logits = if b * n < d {
+        let logits = if b * n == 1 {
+            // One decoding step: two halves of the vocabulary on two threads on the CPU.
+            crate::head::head_rows(h, embed.transpose())
+        } else if b * n < d {
             // Few positions (decoding steps): `E h^T` reads E as stored, where `h E^T` would
             // copy the transposed embedding on every step.
             embed.matmul(h.transpose()).transpose()
