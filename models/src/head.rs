@@ -46,7 +46,7 @@ pub fn head_rows<B: Backend>(h: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Distribution, TensorData};
+    use burn::tensor::Distribution;
 
     type B = burn::backend::Flex;
 
@@ -66,10 +66,7 @@ mod tests {
             let embed = Tensor::<B, 2>::random([vocab, hidden], Distribution::Default, &device);
             assert!(host_parallel::<B>(&device));
             // The untied head's weight, written out `[hidden, vocab]` row-major.
-            let untied = Tensor::<B, 2>::from_data(
-                TensorData::from(embed.clone().transpose().into_data()),
-                &device,
-            );
+            let untied = Tensor::<B, 2>::from_data(embed.clone().transpose().into_data(), &device);
             for w in [embed.transpose(), untied] {
                 let whole = h.clone().matmul(w.clone()).into_data();
                 let split = head_rows(h.clone(), w);
