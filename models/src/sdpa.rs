@@ -16,10 +16,12 @@
 //!   `rayon::join`, so prefill and Whisper's encoder (one sequence: nothing else to spread over
 //!   the cores) keep both busy. Training does not need it: the trainer already runs one shard
 //!   of the batch per core, each with its own autodiff graph.
+//!
+//! Without autodiff on the CPU the softmax is [`crate::host_softmax::softmax_last`] (in place,
+//! vectorised `exp`); elsewhere Burn's.
 
 use std::ops::Range;
 
-use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{BasicOps, Tensor};
 
@@ -119,7 +121,7 @@ impl<B: Backend, const D: usize> QueryBlock<B, D> {
         if let Some(bias) = &self.bias {
             scores = scores.add(bias.clone());
         }
-        softmax(scores, D - 1).matmul(v)
+        crate::host_softmax::softmax_last(scores).matmul(v)
     }
 }
 
