@@ -13,8 +13,10 @@ paired with the PyTorch result of the same case and key parameters:
     prefill: shape, batch, seq, rank           whisper: whisper_shape (or shape), new_tokens
 
 (an unknown case uses all of shape, whisper_shape, batch, seq, prompt_len, new_tokens, rank).
-Several results with the same key on one side pair up in file order; whatever is left unpaired
-gets its own row with "-" for the other side. ratio = flexi-burn tok/s / PyTorch tok/s.
+Several results with the same key on one side pair up in file order (`tools/bench.sh --repeat
+N` names them NAME.SIDE.rKK.json, so the K-th of each side pair up); whatever is left unpaired
+gets its own row with "-" for the other side. ratio = flexi-burn tok/s / PyTorch tok/s. Where a
+case has several pairs, a second table gives the median and the range of its ratios.
 """
 
 import argparse
@@ -117,11 +119,35 @@ def table(results):
     return "\n".join(lines) + "\n"
 
 
+def ratio_ranges(results):
+    """Median, lowest and highest ratio of every case measured in more than one pair."""
+    ratios = {}
+    for k, pt, fb in rows(results):
+        if pt and fb and pt.get("tok_s") and fb.get("tok_s") is not None:
+            ratios.setdefault(k, []).append(fb["tok_s"] / pt["tok_s"])
+    lines = []
+    for k, rs in ratios.items():
+        if len(rs) < 2:
+            continue
+        rs = sorted(rs)
+        mid = len(rs) // 2
+        median = rs[mid] if len(rs) % 2 else (rs[mid - 1] + rs[mid]) / 2
+        shape = dict(k[1:]).get("shape") or "-"
+        lines.append(f"| {k[0]} | {shape} | {settings(k, None, None) or '-'} | {len(rs)} | "
+                     f"{median:.2f}x | {rs[0]:.2f}x - {rs[-1]:.2f}x |")
+    if not lines:
+        return ""
+    head = ("\nRatios over the alternated pairs (flexi-burn tok/s / PyTorch tok/s):\n\n"
+            "| case | shape | settings | pairs | median | range |\n|---|---|---|---|---|---|\n")
+    return head + "\n".join(lines) + "\n"
+
+
 def relative_to_lora(results):
     """flexi-burn's other training methods against its own LoRA step of the same shape (the
     Flexi-LoRA goal: a mixed-rank step within 2 % of LoRA-8's)."""
     ours = [r for r in results if r.get("side") == "flexi-burn"]
     lines = []
+    seen = {}
     for r in ours:
         case = r.get("case", "")
         if not case.startswith("train-") or case == "train-lora":
@@ -129,9 +155,13 @@ def relative_to_lora(results):
         key = {k: r["params"].get(k) for k in ("shape", "batch", "seq")}
         base = [x for x in ours if x.get("case") == "train-lora"
                 and all(x["params"].get(k) == v for k, v in key.items())]
+        # The i-th result of a method against the i-th LoRA step (same repeat of bench.sh).
+        i = seen.get((case, tuple(key.values())), 0)
+        seen[(case, tuple(key.values()))] = i + 1
         if base:
-            ratio = r["ms_median"] / base[0]["ms_median"]
-            lines.append(f"| {case} | {r['ms_median']:.0f} | {base[0]['ms_median']:.0f} | {ratio:.3f} |")
+            b = base[min(i, len(base) - 1)]
+            ratio = r["ms_median"] / b["ms_median"]
+            lines.append(f"| {case} | {r['ms_median']:.0f} | {b['ms_median']:.0f} | {ratio:.3f} |")
     if not lines:
         return ""
     head = ("\nflexi-burn step time relative to its own LoRA step (same shape and batch):\n\n"
@@ -145,7 +175,7 @@ def main(argv=None):
     p.add_argument("--out", metavar="FILE", help="also write the table here")
     a = p.parse_args(argv)
     results = load(a.results)
-    text = table(results) + relative_to_lora(results)
+    text = table(results) + ratio_ranges(results) + relative_to_lora(results)
     sys.stdout.write(text)
     if a.out:
         with open(a.out, "w") as f:
