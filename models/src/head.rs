@@ -1,4 +1,4 @@
-//! The LM head (hidden -> vocabulary logits), shared by Llama and Whisper.
+//! The LM head (hidden -> vocabulary logits) of a one-row decoding step, on two threads.
 //!
 //! A decoding step multiplies one row per sequence by the whole `[hidden, vocab]` head: at
 //! batch 1 that is a matrix-vector product, which gemm runs as a single-threaded gemv whatever

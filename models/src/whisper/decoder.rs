@@ -153,8 +153,8 @@ impl<B: Backend> WhisperDecoder<B> {
         let h = x.reshape([b * n, d]);
         let x_type = h.dtype();
         let h = h.cast(embed.dtype()); // the table's type (mixed precision), cast back below
-        let logits = if b * n == 1 {
-            // One decoding step: two halves of the vocabulary on two threads on the CPU.
+        let logits = if b * n == 1 && crate::sdpa::host_parallel::<B>(&device) {
+            // One decoding step on the CPU: two halves of the vocabulary on two threads.
             crate::head::head_rows(h, embed.transpose())
         } else if b * n < d {
             // Few positions (decoding steps): `E h^T` reads E as stored, where `h E^T` would
