@@ -61,7 +61,7 @@ cases=(
   "prefill-512|prefill --seq 512|prefill --seq 512"
 )
 # Result files are NAME.SIDE.rKK.json: the table pairs the K-th result of each side.
-for k in $(seq -w 1 99 | head -n "$repeat"); do
+for k in $(seq -f %02g 1 "$repeat"); do
   for c in "${cases[@]}"; do
     IFS='|' read -r name ours theirs <<<"$c"
     echo "== $name (pair $k of $repeat)" >&2

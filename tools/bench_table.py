@@ -21,6 +21,7 @@ case has several pairs, a second table gives the median and the range of its rat
 
 import argparse
 import json
+import statistics
 import sys
 
 CASE_ORDER = ["train-lora", "train-full", "decode", "prefill", "whisper"]
@@ -130,8 +131,7 @@ def ratio_ranges(results):
         if len(rs) < 2:
             continue
         rs = sorted(rs)
-        mid = len(rs) // 2
-        median = rs[mid] if len(rs) % 2 else (rs[mid - 1] + rs[mid]) / 2
+        median = statistics.median(rs)
         shape = dict(k[1:]).get("shape") or "-"
         lines.append(f"| {k[0]} | {shape} | {settings(k, None, None) or '-'} | {len(rs)} | "
                      f"{median:.2f}x | {rs[0]:.2f}x - {rs[-1]:.2f}x |")
