@@ -119,7 +119,7 @@ fn softmax_row(row: &mut [f32]) {
 /// Cephes `expf` for `x <= 0` (softmax's range; larger `x` are not reduced correctly), 0 below
 /// -87.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 = LN2_HI + LN2_LO, LN2_HI with few significant bits so `n * LN2_HI` is exact.
     const LN2_HI: f32 = 0.693_359_4;
@@ -128,7 +128,9 @@ fn exp(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0;
     const LOW: f32 = -87.0;
     let xc = if x < LOW { LOW } else { x };
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    // `t`'s bits are ROUND's plus `n`: t is in [2^23, 2^24), where one ulp is 1.
+    let t = xc * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -137,8 +139,10 @@ fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5; // Cephes 5.0000001201e-1, which rounds to 0.5 in f32
     let e = p * (r * r) + r + 1.0;
-    // 2^n: n is in [-126, 0], a normal exponent.
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n: n is in [-126, 0], a normal exponent, read from `t`'s bits with integer
+    // arithmetic (`n as i32` is a saturating conversion the compiler leaves scalar).
+    let biased = t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127);
+    let scale = f32::from_bits(biased << 23);
     if x < LOW { 0.0 } else { e * scale }
 }
 
