@@ -16,6 +16,7 @@
 //!   from safetensors or memory, checked by name and shape; [`format::FormatError`]).
 //! - [`proj`]: a plain or adapted projection, the building block of both models.
 //! - [`head`]: the LM head of a one-row decoding step on two threads on the CPU (Whisper).
+//! - [`host_act`]: GELU and SwiGLU's `silu(gate) * up` in place, vectorised (CPU inference).
 //! - [`host_softmax`]: the attention's softmax in place with a vectorised `exp` (CPU inference).
 //! - [`sdpa`]: attention over blocks of query rows (causal blocks skip hidden keys; on the
 //!   CPU the blocks of one sequence run on two threads).
@@ -27,6 +28,7 @@ pub mod ct2;
 pub mod format;
 pub mod gguf;
 pub mod head;
+pub mod host_act;
 pub mod host_softmax;
 pub mod llama;
 pub mod proj;

@@ -2,10 +2,10 @@
 
 use burn::module::Module;
 use burn::tensor::Tensor;
-use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use flexi_burn::SampleRanks;
 
+use crate::host_act::silu_mul_host;
 use crate::proj::Proj;
 
 /// `down(silu(gate(x)) * up(x))`.
@@ -22,8 +22,8 @@ pub struct Mlp<B: Backend> {
 impl<B: Backend> Mlp<B> {
     /// `x [batch, seq, hidden] -> [batch, seq, hidden]`.
     pub fn forward(&self, x: Tensor<B, 3>, ranks: &SampleRanks) -> Tensor<B, 3> {
-        let gate = silu(self.gate_proj.forward(x.clone(), ranks)); // [b, s, inter]
+        let gate = self.gate_proj.forward(x.clone(), ranks); // [b, s, inter]
         let up = self.up_proj.forward(x, ranks); // [b, s, inter]
-        self.down_proj.forward(gate.mul(up), ranks)
+        self.down_proj.forward(silu_mul_host(gate, up), ranks)
     }
 }

@@ -11,13 +11,13 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, LayerNorm};
-use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use flexi_burn::SampleRanks;
 
 use super::attention::{DecoderCache, LayerCache, WhisperAttention, causal_mask};
 use super::error::{Result, WhisperError};
+use crate::host_act::gelu_host;
 use crate::proj::Proj;
 
 /// One pre-norm decoder block.
@@ -70,7 +70,9 @@ impl<B: Backend> DecoderLayer<B> {
         let x = x.add(self.encoder_attn.attend(h, ck, cv, None, ranks));
 
         let h = self.final_layer_norm.forward(x.clone());
-        let h = self.fc2.forward(gelu(self.fc1.forward(h, ranks)), ranks);
+        let h = self
+            .fc2
+            .forward(gelu_host(self.fc1.forward(h, ranks)), ranks);
         x.add(h)
     }
 }

@@ -16,12 +16,12 @@ use burn::module::{Module, Param};
 use burn::nn::LayerNorm;
 use burn::nn::conv::Conv1d;
 use burn::tensor::Tensor;
-use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use flexi_burn::SampleRanks;
 
 use super::attention::WhisperAttention;
 use super::error::{Result, WhisperError};
+use crate::host_act::gelu_host;
 use crate::proj::Proj;
 use crate::sdpa;
 
@@ -79,7 +79,9 @@ impl<B: Backend> EncoderLayer<B> {
             let h = attn.out_proj.forward(attn.merge_heads(&ctx, &rows), ranks);
             let x = xs[i].clone().add(h);
             let h = self.final_layer_norm.forward(x.clone());
-            let h = self.fc2.forward(gelu(self.fc1.forward(h, ranks)), ranks);
+            let h = self
+                .fc2
+                .forward(gelu_host(self.fc1.forward(h, ranks)), ranks);
             x.add(h)
         })
     }
@@ -146,8 +148,8 @@ impl<B: Backend> WhisperEncoder<B> {
                 2 * max_pos
             )));
         }
-        let x = gelu(self.conv1.forward(mel));
-        Ok(gelu(self.conv2.forward(x))) // [b, d, frames / 2]
+        let x = gelu_host(self.conv1.forward(mel));
+        Ok(gelu_host(self.conv2.forward(x))) // [b, d, frames / 2]
     }
 
     /// Frames `rows` of the stem's convolutions `[b, d, rows]` as `[b, rows, d]` with their
