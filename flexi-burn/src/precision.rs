@@ -108,6 +108,11 @@ pub fn linear_mixed<B: Backend>(
 ) -> Tensor<B, 2> {
     let (x_type, w_type) = (x.dtype(), w.dtype());
     if x_type == w_type {
+        // A decoding step's few rows on the CPU: the host path ([`crate::host`]).
+        #[cfg(feature = "flex")]
+        if let Some(y) = crate::host::linear_few_rows(&x, &w, bias.as_ref()) {
+            return y;
+        }
         return burn::tensor::module::linear(x, w, bias);
     }
     let y = x.cast(w_type).matmul(w).cast(x_type);
