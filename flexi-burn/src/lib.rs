@@ -11,8 +11,9 @@
 //! - [`params`]: trainable and average activated LoRA parameter counts.
 //! - [`precision`]: mixed precision (frozen weights in bf16/f16, training in f32) and f16
 //!   loss scaling.
-//! - `host` (feature `flex`): linear layers of a few rows (a decoding step) on the CPU, in
-//!   registers, without gemm's packing.
+//! - [`host`]: when our own host kernels may run (burn-flex without autodiff), and (feature
+//!   `flex`) linear layers of a few rows (a decoding step) in registers, without gemm's
+//!   packing.
 //! - [`adapters`]: typed access to a model's adapted layers ([`Adapters`]).
 //! - `backend` (feature `runtime`, on by default, off for the workspace's libraries): the
 //!   `--backend` name -> Burn backend type map and device probing, for command-line programs.
@@ -24,7 +25,6 @@ pub mod adapters;
 #[cfg(feature = "runtime")]
 pub mod backend;
 pub mod error;
-#[cfg(feature = "flex")]
 pub mod host;
 pub mod lora;
 pub mod params;

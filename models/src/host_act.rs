@@ -29,7 +29,7 @@ use crate::host_softmax::exp;
 /// host ([`gelu_in_place`]); Burn's `gelu` everywhere else.
 pub fn gelu_host<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let device = x.device();
-    if !crate::sdpa::host_kernels::<B>(&device) || x.dtype() != DType::F32 {
+    if !flexi_burn::host::host_kernels::<B>(&device) || x.dtype() != DType::F32 {
         return gelu(x);
     }
     let mut data = x.into_data();
@@ -47,7 +47,7 @@ pub fn silu_mul_host<B: Backend, const D: usize>(
     up: Tensor<B, D>,
 ) -> Tensor<B, D> {
     let device = gate.device();
-    if !crate::sdpa::host_kernels::<B>(&device)
+    if !flexi_burn::host::host_kernels::<B>(&device)
         || gate.dtype() != DType::F32
         || up.dtype() != DType::F32
         || gate.dims() != up.dims()

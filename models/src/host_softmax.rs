@@ -30,7 +30,7 @@ const LANES: usize = 16;
 /// place on the host ([`softmax_rows`]); Burn's `softmax` everywhere else.
 pub fn softmax_last<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let device = x.device();
-    if !crate::sdpa::host_kernels::<B>(&device) || x.dtype() != DType::F32 {
+    if !flexi_burn::host::host_kernels::<B>(&device) || x.dtype() != DType::F32 {
         return softmax(x, D - 1);
     }
     let n = x.dims()[D - 1];

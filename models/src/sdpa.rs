@@ -38,14 +38,7 @@ const MAX_BLOCKS: usize = 4;
 /// kernels asynchronously and gain nothing from a second submitting thread; an autodiff graph
 /// is recorded by one thread.
 pub fn host_parallel<B: Backend>(device: &B::Device) -> bool {
-    host_kernels::<B>(device) && rayon::current_num_threads() > 1
-}
-
-/// Whether tensors live on the host and no autodiff graph records them (burn-flex without
-/// autodiff), so our own host code may work on their buffers ([`host_parallel`],
-/// [`crate::host_softmax`]).
-pub fn host_kernels<B: Backend>(device: &B::Device) -> bool {
-    !B::ad_enabled(device) && B::name(device) == "flex"
+    flexi_burn::host::host_kernels::<B>(device) && rayon::current_num_threads() > 1
 }
 
 /// Query-row blocks of a causal attention over `new` queries after `past` cached keys, of about
