@@ -2,12 +2,15 @@
 //!
 //! [`host_kernels`] is the one test of when that is allowed, shared with the models' host
 //! kernels (`models::sdpa`, `host_softmax`, `host_act`). With the feature `flex`:
-//! [`linear_few_rows`], the few-row products of a decoding step.
+//! [`linear_few_rows`], the few-row products of a decoding step, and [`try_adamw_host`],
+//! AdamW's update in one pass in place (without the feature it always declines).
 
 use burn::tensor::backend::Backend;
 
+mod adamw;
 #[cfg(feature = "flex")]
 mod few_rows;
+pub use adamw::{AdamWStep, AdamWTensors, AdamWUpdated, try_adamw_host};
 #[cfg(feature = "flex")]
 pub use few_rows::{MAX_ROWS, MIN_ROWS, linear_few_rows};
 

@@ -10,6 +10,8 @@
 //! - [`lm`]: the causal-LM objective for `models::llama` (loss on answer tokens).
 //! - [`asr`]: the seq2seq objective for `models::whisper` (loss on transcript tokens).
 //! - [`lr`]: learning-rate schedules.
+//! - [`optim`]: the trainer's AdamW ([`optim::FusedAdamW`]: Burn's update, fused into one
+//!   in-place pass on the CPU backend).
 //! - [`memory`]: the peak memory of a training step predicted from its configuration.
 //! - [`parallel`]: data-parallel training over burn-collective ([`DataParallel`]: peers on one
 //!   machine or several, gradients all-reduced, peer 0 writes).
@@ -33,6 +35,7 @@ pub mod lm;
 pub mod lock;
 pub mod lr;
 pub mod memory;
+pub mod optim;
 pub mod parallel;
 pub mod params;
 pub mod peft;

@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
+
+use crate::optim::FusedAdamW;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
@@ -267,12 +269,7 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
             decay: c.decay,
             min_lr: c.min_lr,
         };
-        let mut optim = AdamWConfig::new()
-            .with_beta_1(0.9)
-            .with_beta_2(0.999)
-            .with_epsilon(1e-8)
-            .with_weight_decay(c.weight_decay as f32)
-            .init::<B, O::Model>();
+        let mut optim = FusedAdamW::init::<B, O::Model>(0.9, 0.999, 1e-8, c.weight_decay as f32);
         let mut adalora = match &c.method {
             Method::Adalora(a) => Some(AdaLoraAllocator::new(a.clone(), total_steps)),
             _ => None,
