@@ -47,6 +47,12 @@ pub fn silu_mul_host<B: Backend, const D: usize>(
     up: Tensor<B, D>,
 ) -> Tensor<B, D> {
     let device = gate.device();
+    // Training on burn-flex: one autodiff operation with its own backward.
+    #[cfg(feature = "flex")]
+    let (gate, up) = match crate::host_train::silu_mul_autodiff(gate, up) {
+        Ok(h) => return h,
+        Err(operands) => operands,
+    };
     if !flexi_burn::host::host_kernels::<B>(&device)
         || gate.dtype() != DType::F32
         || up.dtype() != DType::F32
@@ -66,84 +72,115 @@ pub fn silu_mul_host<B: Backend, const D: usize>(
     Tensor::from_data(data, &device)
 }
 
-/// Every value `x` of `values` replaced by `gelu(x)`.
-pub fn gelu_in_place(values: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { all_avx512(values) };
+/// `pub fn $name(args)`: `$portable(args)` (an `#[inline(always)]` loop) compiled for
+/// AVX-512F, for AVX2 or for the baseline, the widest the CPU has picked at run time. The
+/// loops use plain multiplies and adds (no fused multiply-add), so every build gives the same
+/// numbers.
+macro_rules! simd_dispatch {
+    ($(#[$doc:meta])* $name:ident($($arg:ident: $ty:ty),*) => $portable:ident) => {
+        $(#[$doc])*
+        pub fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $portable($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $portable($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F (checked just above).
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2 (checked just above).
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $portable($($arg),*)
         }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { all_avx2(values) };
-        }
-    }
-    all_portable(values)
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn all_avx512(values: &mut [f32]) {
-    all_portable(values)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn all_avx2(values: &mut [f32]) {
-    all_portable(values)
+simd_dispatch! {
+    /// Every value `x` of `values` replaced by `gelu(x)`.
+    gelu_in_place(values: &mut [f32]) => gelu_portable
 }
 
 #[inline(always)]
-fn all_portable(values: &mut [f32]) {
+fn gelu_portable(values: &mut [f32]) {
     for x in values.iter_mut() {
         *x = gelu_one(*x);
     }
 }
 
-/// `gate[i] = silu(gate[i]) * up[i]` (`up` as long as `gate`).
-pub fn silu_mul_in_place(gate: &mut [f32], up: &[f32]) {
-    assert_eq!(gate.len(), up.len(), "silu_mul_in_place: lengths differ");
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { silu_mul_avx512(gate, up) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { silu_mul_avx2(gate, up) };
-        }
-    }
-    silu_mul_portable(gate, up)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn silu_mul_avx512(gate: &mut [f32], up: &[f32]) {
-    silu_mul_portable(gate, up)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn silu_mul_avx2(gate: &mut [f32], up: &[f32]) {
-    silu_mul_portable(gate, up)
+simd_dispatch! {
+    /// `gate[i] = silu(gate[i]) * up[i]` (`up` as long as `gate`; panics otherwise).
+    silu_mul_in_place(gate: &mut [f32], up: &[f32]) => silu_mul_portable
 }
 
 #[inline(always)]
 fn silu_mul_portable(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "silu_mul_in_place: lengths differ");
     for (g, &u) in gate.iter_mut().zip(up) {
         *g = silu_one(*g) * u;
     }
 }
 
-/// `g sigmoid(g)`.
+simd_dispatch! {
+    /// `out[i] = silu(gate[i]) * up[i]` (three slices of one length; panics otherwise).
+    silu_mul_to(gate: &[f32], up: &[f32], out: &mut [f32]) => silu_mul_to_portable
+}
+
 #[inline(always)]
-fn silu_one(g: f32) -> f32 {
+fn silu_mul_to_portable(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    assert!(
+        gate.len() == n && up.len() == n,
+        "silu_mul_to: lengths differ"
+    );
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = silu_one(g) * u;
+    }
+}
+
+simd_dispatch! {
+    /// The gradients of `h = silu(g) u` from `dh` (four slices of one length; panics
+    /// otherwise): `dg = dh u s (1 + g (1 - s))` with `s = sigmoid(g)` written over `dh`, and
+    /// `du = dh g s` into `du`.
+    silu_mul_backward(gate: &[f32], up: &[f32], dh: &mut [f32], du: &mut [f32]) => silu_mul_backward_portable
+}
+
+#[inline(always)]
+fn silu_mul_backward_portable(gate: &[f32], up: &[f32], dh: &mut [f32], du: &mut [f32]) {
+    let n = dh.len();
+    assert!(
+        gate.len() == n && up.len() == n && du.len() == n,
+        "silu_mul_backward: lengths differ"
+    );
+    for (((d, o), &g), &u) in dh.iter_mut().zip(du.iter_mut()).zip(gate).zip(up) {
+        let s = sigmoid_one(g);
+        let grad = *d;
+        *o = grad * (g * s);
+        *d = grad * u * (s * (1.0 + g * (1.0 - s)));
+    }
+}
+
+/// `1 / (1 + e^-g)`, from `e = exp(-|g|)` (no overflow for either sign).
+#[inline(always)]
+fn sigmoid_one(g: f32) -> f32 {
     let a = f32::from_bits(g.to_bits() & 0x7fff_ffff);
     let e = exp(-a);
     let num = if g >= 0.0 { 1.0 } else { e };
-    g * (num / (1.0 + e))
+    num / (1.0 + e)
+}
+
+/// `g sigmoid(g)`.
+#[inline(always)]
+fn silu_one(g: f32) -> f32 {
+    g * sigmoid_one(g)
 }
 
 /// `x / 2 (1 + erf(x / sqrt 2))`.

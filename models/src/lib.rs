@@ -17,6 +17,8 @@
 //! - [`proj`]: a plain or adapted projection, the building block of both models.
 //! - [`head`]: the LM head of a one-row decoding step on two threads on the CPU (Whisper).
 //! - [`host_act`]: GELU and SwiGLU's `silu(gate) * up` in place, vectorised (CPU inference).
+//! - `host_train` (feature `flex`): SwiGLU's product as one autodiff operation with its own
+//!   backward on burn-flex (CPU training).
 //! - [`host_softmax`]: the attention's softmax in place with a vectorised `exp` (CPU inference).
 //! - [`sdpa`]: attention over blocks of query rows (causal blocks skip hidden keys; on the
 //!   CPU the blocks of one sequence run on two threads).
@@ -30,6 +32,8 @@ pub mod gguf;
 pub mod head;
 pub mod host_act;
 pub mod host_softmax;
+#[cfg(feature = "flex")]
+pub mod host_train;
 pub mod llama;
 pub mod proj;
 pub mod sdpa;
