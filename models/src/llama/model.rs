@@ -447,11 +447,7 @@ impl<B: Backend> Llama<B> {
         let dtype = self.norm.weight.val().dtype();
         let mut xs: Vec<Tensor<B, 3>> = parts
             .iter()
-            .map(|rows| {
-                self.embed_tokens
-                    .forward(sdpa::narrow_rows(&ids, 1, rows))
-                    .cast(dtype)
-            })
+            .map(|rows| self.embed(sdpa::narrow_rows(&ids, 1, rows)).cast(dtype))
             .collect();
         for (i, layer) in self.layers.iter().enumerate().take(stop) {
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
@@ -462,6 +458,20 @@ impl<B: Backend> Llama<B> {
         }
         let xs = sdpa::map_parts(&parts, |i, _| self.norm.forward(xs[i].clone()));
         Ok(sdpa::cat_parts(xs, 1))
+    }
+
+    /// The token embedding of `ids [b, s]`: `[b, s, hidden]`. Training on burn-flex takes our
+    /// own autodiff operation (its backward adds rows into the tied head's gradient in place).
+    fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        #[cfg(feature = "flex")]
+        {
+            match crate::host_train::embedding_autodiff(self.embed_tokens.weight.val(), ids) {
+                Ok(x) => x,
+                Err((weight, ids)) => burn::tensor::module::embedding(weight, ids),
+            }
+        }
+        #[cfg(not(feature = "flex"))]
+        self.embed_tokens.forward(ids)
     }
 
     /// `h [b, s, hidden] -> logits [b, s, vocab]`, through the untied head or `embed^T`.
