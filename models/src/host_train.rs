@@ -17,8 +17,10 @@
 //! fine-tuning step). Here the rows are added in place into the gradient the weight already
 //! has (the tied head's, computed earlier in the backward pass), or into one zeroed buffer.
 //!
-//! Taken for f32 tensors of one shape on `Autodiff<Flex>` with either checkpointing strategy
-//! Burn ships (none, balanced); anything else gets its tensors back for Burn's own ops. The
+//! Taken for f32 tensors on `Autodiff<Flex>`: the embedding with either checkpointing
+//! strategy Burn ships (none, balanced), SwiGLU without checkpointing (under the balanced
+//! strategy Burn recomputes its own ops' tensors, which holds less); anything else gets its
+//! tensors back for Burn's own ops. The
 //! values are Burn's up to a few ulp (the `exp` of [`crate::host_softmax`], and the order of
 //! a few products; tests against Burn's autodiff).
 
@@ -37,8 +39,9 @@ use burn_flex::FlexTensor;
 
 use crate::host_act::{silu_mul_backward, silu_mul_to};
 
-/// `silu(gate) * up` as one autodiff operation when `B` is burn-flex under autodiff and both
-/// are f32 of one shape; `Err((gate, up))` otherwise (the caller runs Burn's ops).
+/// `silu(gate) * up` as one autodiff operation when `B` is burn-flex under autodiff without
+/// checkpointing and both are f32 of one shape; `Err((gate, up))` otherwise (the caller runs
+/// Burn's ops).
 #[allow(clippy::type_complexity)]
 pub fn silu_mul_autodiff<B: Backend, const D: usize>(
     gate: Tensor<B, D>,
@@ -47,11 +50,11 @@ pub fn silu_mul_autodiff<B: Backend, const D: usize>(
     if gate.dtype() != DType::F32 || up.dtype() != DType::F32 || gate.dims() != up.dims() {
         return Err((gate, up));
     }
-    let strategy = TypeId::of::<B>();
-    if strategy == TypeId::of::<Autodiff<Flex, NoCheckpointing>>() {
+    // Without checkpointing only: Burn's balanced strategy recomputes its sigmoid and products
+    // in the backward pass instead of keeping them, which holds less than our `g` and `u`
+    // (LoRA-8, 8 x 256 tokens: 4542 MiB with Burn's ops against 4939 with ours).
+    if TypeId::of::<B>() == TypeId::of::<Autodiff<Flex, NoCheckpointing>>() {
         Ok(on::<B, NoCheckpointing, D>(gate, up))
-    } else if strategy == TypeId::of::<Autodiff<Flex, BalancedCheckpointing>>() {
-        Ok(on::<B, BalancedCheckpointing, D>(gate, up))
     } else {
         Err((gate, up))
     }
@@ -361,8 +364,11 @@ mod tests {
     }
 
     #[test]
-    fn silu_mul_gradients_equal_burns_under_balanced_checkpointing() {
-        equals_burns::<BalancedCheckpointing>();
+    fn silu_mul_under_balanced_checkpointing_is_burns() {
+        let device = Default::default();
+        let g =
+            Tensor::<Autodiff<Flex, BalancedCheckpointing>, 1>::from_floats([1.0, -2.0], &device);
+        assert!(silu_mul_autodiff(g.clone(), g).is_err());
     }
 
     /// The embedding's output and its weight's gradient against Burn's `embedding` under
