@@ -17,16 +17,18 @@
 //! fine-tuning step). Here the rows are added in place into the gradient the weight already
 //! has (the tied head's, computed earlier in the backward pass), or into one zeroed buffer.
 //!
-//! Taken for f32 tensors on `Autodiff<Flex>`: the embedding with either checkpointing
-//! strategy Burn ships (none, balanced), SwiGLU without checkpointing (under the balanced
-//! strategy Burn recomputes its own ops' tensors, which holds less); anything else gets its
-//! tensors back for Burn's own ops. The
-//! values are Burn's up to a few ulp (the `exp` of [`crate::host_softmax`], and the order of
-//! a few products; tests against Burn's autodiff).
+//! Taken for f32 tensors on `Autodiff<Flex>` with either checkpointing strategy Burn ships
+//! (none, balanced); anything else gets its tensors back for Burn's own ops. SwiGLU is a
+//! memory-bound operation with a retro-forward, as Burn's own elementwise operations are:
+//! under the balanced strategy its output and inputs are recomputed rather than kept for it
+//! (by the same kernels, so the numbers are the same with and without checkpointing).
 
 use std::any::{Any, TypeId};
 
+use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::retro_forward::RetroForward;
+use burn::backend::autodiff::checkpoint::state::BackwardStates;
 use burn::backend::autodiff::checkpoint::strategy::{
     BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
 };
@@ -39,9 +41,8 @@ use burn_flex::FlexTensor;
 
 use crate::host_act::{silu_mul_backward, silu_mul_to};
 
-/// `silu(gate) * up` as one autodiff operation when `B` is burn-flex under autodiff without
-/// checkpointing and both are f32 of one shape; `Err((gate, up))` otherwise (the caller runs
-/// Burn's ops).
+/// `silu(gate) * up` as one autodiff operation when `B` is burn-flex under autodiff and both
+/// are f32 of one shape; `Err((gate, up))` otherwise (the caller runs Burn's ops).
 #[allow(clippy::type_complexity)]
 pub fn silu_mul_autodiff<B: Backend, const D: usize>(
     gate: Tensor<B, D>,
@@ -50,11 +51,11 @@ pub fn silu_mul_autodiff<B: Backend, const D: usize>(
     if gate.dtype() != DType::F32 || up.dtype() != DType::F32 || gate.dims() != up.dims() {
         return Err((gate, up));
     }
-    // Without checkpointing only: Burn's balanced strategy recomputes its sigmoid and products
-    // in the backward pass instead of keeping them, which holds less than our `g` and `u`
-    // (LoRA-8, 8 x 256 tokens: 4542 MiB with Burn's ops against 4939 with ours).
-    if TypeId::of::<B>() == TypeId::of::<Autodiff<Flex, NoCheckpointing>>() {
+    let strategy = TypeId::of::<B>();
+    if strategy == TypeId::of::<Autodiff<Flex, NoCheckpointing>>() {
         Ok(on::<B, NoCheckpointing, D>(gate, up))
+    } else if strategy == TypeId::of::<Autodiff<Flex, BalancedCheckpointing>>() {
+        Ok(on::<B, BalancedCheckpointing, D>(gate, up))
     } else {
         Err((gate, up))
     }
@@ -191,37 +192,70 @@ fn silu_mul<C: CheckpointStrategy, const D: usize>(
     up: Tensor<Autodiff<Flex, C>, D>,
 ) -> Tensor<Autodiff<Flex, C>, D> {
     let (gate, up) = (gate.into_primitive().tensor(), up.into_primitive().tensor());
-    let (g, u) = (
-        contiguous(gate.primitive.clone()),
-        contiguous(up.primitive.clone()),
-    );
-    let shape = g.layout().shape().clone();
-    let mut out = vec![0f32; shape.num_elements()];
-    silu_mul_to(values(&g), values(&u), &mut out);
-    let out = flex(out, shape);
+    let out = silu_mul_forward(gate.primitive.clone(), up.primitive.clone());
     let output = match SiluMul
         .prepare::<C>([gate.node.clone(), up.node.clone()])
-        .compute_bound()
+        .memory_bound()
+        .retro_forward(RetroSiluMul {
+            gate: gate.node.id,
+            up: up.node.id,
+        })
+        .parents([&gate, &up])
         .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish((g, u), out),
+        OpsKind::Tracked(mut prep) => {
+            let state = (prep.checkpoint(&gate), prep.checkpoint(&up));
+            prep.finish(state, out)
+        }
         OpsKind::UnTracked(prep) => prep.finish(out),
     };
     Tensor::from_primitive(TensorPrimitive::Float(output))
 }
 
-/// The backward step of `h = silu(g) u`; its state is `g` and `u` (contiguous).
+/// `silu(g) u` into a new buffer.
+fn silu_mul_forward(g: FlexTensor, u: FlexTensor) -> FlexTensor {
+    let (g, u) = (contiguous(g), contiguous(u));
+    let shape = g.layout().shape().clone();
+    let mut out = vec![0f32; shape.num_elements()];
+    silu_mul_to(values(&g), values(&u), &mut out);
+    flex(out, shape)
+}
+
+/// The output of `h = silu(g) u` recomputed from its inputs (checkpointing).
+#[derive(Debug)]
+struct RetroSiluMul {
+    gate: NodeId,
+    up: NodeId,
+}
+
+impl RetroForward for RetroSiluMul {
+    fn forward(&self, states: &mut BackwardStates, out_node: NodeId) {
+        let g: FlexTensor = states.get_state(&self.gate);
+        let u: FlexTensor = states.get_state(&self.up);
+        states.save(out_node, silu_mul_forward(g, u))
+    }
+}
+
+/// The backward step of `h = silu(g) u`; its state is the nodes of `g` and `u` (kept or
+/// recomputed by the checkpointing strategy).
 #[derive(Debug)]
 struct SiluMul;
 
 impl Backward<Flex, 2> for SiluMul {
-    type State = (FlexTensor, FlexTensor);
+    type State = (NodeId, NodeId);
 
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
         let [gate_node, up_node] = ops.parents;
+        let (g, u) = ops.state;
+        let g = contiguous(checkpointer.retrieve_node_output::<FlexTensor>(g));
+        let u = contiguous(checkpointer.retrieve_node_output::<FlexTensor>(u));
         // dh's buffer becomes dg's (copied first when something else holds it).
         let mut dg = contiguous(grads.consume::<Flex>(&ops.node));
-        let (g, u) = ops.state;
         let shape = g.layout().shape().clone();
         let n = shape.num_elements();
         let mut du = vec![0f32; n];
@@ -364,11 +398,8 @@ mod tests {
     }
 
     #[test]
-    fn silu_mul_under_balanced_checkpointing_is_burns() {
-        let device = Default::default();
-        let g =
-            Tensor::<Autodiff<Flex, BalancedCheckpointing>, 1>::from_floats([1.0, -2.0], &device);
-        assert!(silu_mul_autodiff(g.clone(), g).is_err());
+    fn silu_mul_gradients_equal_burns_under_balanced_checkpointing() {
+        equals_burns::<BalancedCheckpointing>();
     }
 
     /// The embedding's output and its weight's gradient against Burn's `embedding` under
