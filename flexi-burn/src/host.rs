@@ -10,9 +10,13 @@ use burn::tensor::backend::Backend;
 mod adamw;
 #[cfg(feature = "flex")]
 mod few_rows;
+#[cfg(feature = "flex")]
+mod flex_tensor;
 pub use adamw::{AdamWStep, AdamWTensors, AdamWUpdated, try_adamw_host};
 #[cfg(feature = "flex")]
 pub use few_rows::{MAX_ROWS, MIN_ROWS, linear_few_rows};
+#[cfg(feature = "flex")]
+pub use flex_tensor::{contiguous, from_flex, to_flex};
 
 /// Whether tensors live on the host and no autodiff graph records them (burn-flex without
 /// autodiff), so our own host code may work on their buffers.

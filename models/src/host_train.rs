@@ -40,6 +40,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Shape, Tensor, TensorData, TensorPrimitive};
 use burn_flex::FlexTensor;
 
+use flexi_burn::host::contiguous;
+
 use crate::host_act::{silu_mul_backward, silu_mul_to};
 
 /// `silu(gate) * up` as one autodiff operation when `B` is burn-flex under autodiff and both
@@ -128,10 +130,11 @@ impl Backward<Flex, 1> for EmbeddingStep {
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [weight_node] = ops.parents;
-        let dy = contiguous(grads.consume::<Flex>(&ops.node));
+        let dy = grads.consume::<Flex>(&ops.node);
         let Some(node) = weight_node else {
             return;
         };
+        let dy = contiguous(dy);
         let (weight, ids) = ops.state;
         let [vocab, hidden] = weight.primitive.layout().shape().dims::<2>();
         // The gradient the weight already has (a tied LM head's), ours to write, else zeros.
@@ -310,14 +313,6 @@ fn transposed_to_rows(t: FlexTensor) -> Result<FlexTensor, FlexTensor> {
         }
     }
     Ok(flex(out, Shape::new([rows, cols])))
-}
-
-/// `t` contiguous from its first element (copied when it is a strided view).
-fn contiguous(t: FlexTensor) -> FlexTensor {
-    match t.layout().contiguous_offsets() {
-        Some((0, _)) => t,
-        _ => t.to_contiguous(),
-    }
 }
 
 /// The values of a contiguous f32 tensor (`contiguous` made it start at its buffer's start).

@@ -114,14 +114,13 @@ const CHUNK: usize = 1 << 15;
 
 #[cfg(feature = "flex")]
 mod flex_path {
-    use std::any::Any;
-
     use burn::tensor::backend::Backend;
-    use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+    use burn::tensor::{DType, Tensor, TensorData};
     use burn_flex::FlexTensor;
     use rayon::prelude::*;
 
     use super::{AdamWStep, AdamWTensors, AdamWUpdated, CHUNK, Constants};
+    use crate::host::{contiguous, from_flex, to_flex};
 
     pub(super) fn applies<B: Backend, const D: usize>(t: &AdamWTensors<B, D>) -> bool {
         let dims = t.param.dims();
@@ -166,14 +165,6 @@ mod flex_path {
         (tensor(param), tensor(m1), tensor(m2))
     }
 
-    /// `t` contiguous from its first element.
-    fn contiguous(t: FlexTensor) -> FlexTensor {
-        match t.layout().contiguous_offsets() {
-            Some((0, _)) => t,
-            _ => t.to_contiguous(),
-        }
-    }
-
     /// `t` contiguous from its first element and holding the only reference to its buffer,
     /// so that it can be written in place (copied once when it is a view or shared).
     fn owned(t: FlexTensor) -> FlexTensor {
@@ -188,22 +179,11 @@ mod flex_path {
 
     /// The flex tensor behind `t` (checked by [`applies`]: flex, f32).
     fn flex<B: Backend, const D: usize>(t: Tensor<B, D>) -> FlexTensor {
-        match t.into_primitive() {
-            TensorPrimitive::Float(p) => {
-                let any: Box<dyn Any> = Box::new(p);
-                *any.downcast::<FlexTensor>()
-                    .expect("applies() checked that the backend is burn-flex")
-            }
-            TensorPrimitive::QFloat(_) => unreachable!("applies() checked the dtype is f32"),
-        }
+        to_flex(t).expect("applies() checked that the backend is burn-flex and the dtype f32")
     }
 
     fn tensor<B: Backend, const D: usize>(t: FlexTensor) -> Tensor<B, D> {
-        let any: Box<dyn Any> = Box::new(t);
-        let p = *any
-            .downcast::<B::FloatTensorPrimitive>()
-            .expect("applies() checked that the backend is burn-flex");
-        Tensor::from_primitive(TensorPrimitive::Float(p))
+        from_flex(t).expect("applies() checked that the backend is burn-flex")
     }
 }
 

@@ -18,11 +18,11 @@
 //! `k` runs in order with fused multiply-adds, so outputs agree with Burn's to f32 summation
 //! order (tests).
 
-use std::any::Any;
-
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, Tensor, TensorData};
 use burn_flex::FlexTensor;
+
+use super::to_flex;
 
 /// The fewest rows this path takes (one row is gemm's gemv).
 pub const MIN_ROWS: usize = 2;
@@ -58,12 +58,12 @@ pub fn linear_few_rows<B: Backend>(
     {
         return None;
     }
-    let w = flex(w.clone())?;
+    let w = to_flex(w.clone())?;
     let (w_values, w_row_stride) = rows_view(&w, d_in, d_out)?;
-    let x = flex(x.clone())?;
+    let x = to_flex(x.clone())?;
     let (x_values, x_row_stride) = rows_view(&x, rows, d_in)?;
     let bias = match bias {
-        Some(b) => Some(flex(b.clone())?),
+        Some(b) => Some(to_flex(b.clone())?),
         None => None,
     };
     let bias_values = match &bias {
@@ -85,17 +85,6 @@ pub fn linear_few_rows<B: Backend>(
         TensorData::new(out, [rows, d_out]),
         &device,
     ))
-}
-
-/// The flex tensor behind `t`, or `None` on another backend (or a quantized tensor).
-fn flex<B: Backend, const D: usize>(t: Tensor<B, D>) -> Option<FlexTensor> {
-    match t.into_primitive() {
-        TensorPrimitive::Float(p) => {
-            let any: Box<dyn Any> = Box::new(p);
-            any.downcast::<FlexTensor>().ok().map(|b| *b)
-        }
-        TensorPrimitive::QFloat(_) => None,
-    }
 }
 
 /// `t`'s values from its first element and its row stride, when it is `[rows, cols]` (or 1-D
