@@ -45,6 +45,8 @@ Cases
    `clip_grad_norm_(trainable, 1.0)`, `AdamW(trainable, lr 1e-4, betas (0.9, 0.999), eps 1e-8,
    weight_decay 0)` `.step()`, `zero_grad(set_to_none=True)`. tokens = batch * seq.
 2. `train-full`: the same step with every parameter of the plain model trainable (no PEFT).
+   `--precision bf16|f16`: the weights stay f32 and the forward runs under
+   `torch.autocast(dtype)` (PyTorch's AMP; f16 with the same `GradScaler`).
 3. `decode` (`--batch 1` (or 8) `--prompt-len 32 --new-tokens 64`): eval, `inference_mode`,
    the LoRA above attached through PEFT, NOT merged, every lora_B re-initialised normal(0, 0.02)
    (after lora_A, from the same global seed stream) so the adapter is not a no-op. Greedy
@@ -225,7 +227,9 @@ def parse_args(argv=None):
     p.add_argument("--precision", choices=("f32", "bf16", "f16"), default="f32",
                    help="train-lora: frozen base weights stored in bf16/f16 with the forward "
                         "under torch.autocast in that type, LoRA weights and AdamW in f32; "
-                        "f16 with torch.amp.GradScaler (flexi-burn's --precision)")
+                        "train-full: f32 weights with the forward under torch.autocast "
+                        "(PyTorch's AMP); f16 with torch.amp.GradScaler (flexi-burn's "
+                        "--precision)")
     p.add_argument("--tf32", action="store_true",
                    help="cuda: f32 matmuls on TF32 tensor cores, as Burn's cuda backend does")
     a = p.parse_args(argv)
@@ -507,8 +511,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     if args.grad_ckpt and not args.case.startswith("train"):
         sys.exit("--grad-ckpt applies to the train-* cases only")
-    if args.precision != "f32" and args.case != "train-lora":
-        sys.exit("--precision applies to the train-lora case only")
+    if args.precision != "f32" and not args.case.startswith("train"):
+        sys.exit("--precision applies to the train-* cases only")
     if args.device != "cpu" and args.case == "whisper":
         sys.exit("--device: the whisper case runs on the CPU only")
     torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)

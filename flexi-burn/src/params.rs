@@ -223,8 +223,9 @@ pub fn average_activated_params_by_rank(table: &[usize], ranks: &[usize]) -> f64
     ranks.iter().map(|r| at(*r)).sum::<f64>() / ranks.len() as f64
 }
 
-/// `param` with new values `data` (same shape), keeping its id and, on autodiff backends,
-/// whether it requires a gradient (a fresh leaf). Loading checkpoints and seeded
+/// `param` with new values `data` (same shape), keeping its id, its float type (`data` is
+/// converted: an f32 checkpoint loads into a half-stored weight rounded) and, on autodiff
+/// backends, whether it requires a gradient (a fresh leaf). Loading checkpoints and seeded
 /// initialisation both replace parameters this way.
 pub fn with_values<B: Backend, const D: usize>(
     param: Param<Tensor<B, D>>,
@@ -232,7 +233,12 @@ pub fn with_values<B: Backend, const D: usize>(
 ) -> Param<Tensor<B, D>> {
     param.map(|old| {
         let require_grad = old.is_require_grad();
-        let new = Tensor::from_data(data, &old.device());
+        // Converted by the backend's cast (the rounding every other f32 -> half path takes).
+        let new: Tensor<B, D> = Tensor::from_data(data, &old.device());
+        let new = match old.dtype() {
+            dtype if dtype == new.dtype() => new,
+            dtype => new.cast(burn::tensor::FloatDType::from(dtype)),
+        };
         if require_grad {
             new.require_grad()
         } else {

@@ -217,7 +217,8 @@ pub struct TrainConfig {
     pub save_every: usize,
     /// Storage type of the frozen base weights (`f32`, `bf16`, `f16`; see
     /// [`flexi_burn::precision`]): the adapters, their gradients and the optimizer state are
-    /// f32 whatever it is. f16 scales the loss.
+    /// f32 whatever it is. Full fine-tuning stores every matrix in it and trains it on f32
+    /// master copies ([`crate::optim`]). f16 scales the loss.
     #[serde(skip_serializing_if = "is_f32")]
     pub precision: Precision,
     /// Initial loss scale of f16 training (PyTorch's `GradScaler`: 65536).
@@ -370,17 +371,6 @@ impl TrainConfig {
         }
         if self.max_len < 4 {
             return bad("max_len", format!("{} is too short", self.max_len));
-        }
-        if self.precision != Precision::F32 && self.method == Method::Full {
-            return bad(
-                "precision",
-                format!(
-                    "{}: full fine-tuning trains every weight, and trained weights stay f32 \
-                     (mixed precision here stores only frozen weights in a half type); use \
-                     precision = \"f32\" or a LoRA method",
-                    self.precision
-                ),
-            );
         }
         if !(self.loss_scale.is_finite() && self.loss_scale >= 1.0) {
             return bad(

@@ -7,18 +7,22 @@
 //! `(seed, step)`: the batch order of an epoch, the rank draws and the backend seed for
 //! dropout, so a resumed run needs only the step to continue exactly.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use burn::module::ParamId;
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::record::AdaptorRecord;
 use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 
 use crate::optim::FusedAdamW;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
-use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{DType, FloatDType, Tensor};
 use flexi_burn::{LossScale, Phase, RankSampler, SampleRanks};
 use indicatif::ProgressBar;
 use rand::SeedableRng;
@@ -32,7 +36,9 @@ use crate::config::{Method, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::lr::LrSchedule;
 use crate::parallel::DataParallel;
-use crate::params::{load_tensors, read_safetensors, to_safetensors, trainable_tensors};
+use crate::params::{
+    HostTensor, load_tensors, read_safetensors, to_safetensors, trainable_tensors,
+};
 
 /// A model and its loss on a batch: what the loop needs to know about a task.
 pub trait Objective<B: AutodiffBackend>: Sync {
@@ -220,6 +226,32 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
             self.grads.register(param.id, g.mul_scalar(self.factor));
         }
     }
+}
+
+struct Widen<'a> {
+    grads: &'a mut GradientsParams,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Widen<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let half = |g: &Tensor<B::InnerBackend, D>| g.dtype() != DType::F32;
+        if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            let g = if half(&g) { g.cast(FloatDType::F32) } else { g };
+            self.grads.register(param.id, g);
+        }
+    }
+}
+
+/// The parameters' gradients of a backward pass, widened to f32 where a parameter is stored
+/// in a half type (full fine-tuning under mixed precision): the sums over shards and
+/// micro-batches, the loss-scale check, the clipping norm and AdamW all run in f32.
+fn grads_f32<B: AutodiffBackend, M: AutodiffModule<B>>(
+    grads: B::Gradients,
+    model: &M,
+) -> GradientsParams {
+    let mut grads = GradientsParams::from_grads(grads, model);
+    model.visit(&mut Widen { grads: &mut grads });
+    grads
 }
 
 /// Global L2 norm of the gradients; scales them to `max_norm` when above it (`0` = no clip).
@@ -643,7 +675,7 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                 loss = loss.add(a.orth_penalty(model, &self.device));
             }
             let grads = backward_scale(loss, micro_batches, loss_scale).backward();
-            return Ok((value, GradientsParams::from_grads(grads, model)));
+            return Ok((value, grads_f32(grads, model)));
         };
         let total = total as f64;
         let piece_grads = |i: usize,
@@ -660,7 +692,7 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                 loss = loss.add(a.orth_penalty(model, device));
             }
             let grads = backward_scale(loss, micro_batches, loss_scale).backward();
-            Ok((value * weight, GradientsParams::from_grads(grads, model)))
+            Ok((value * weight, grads_f32(grads, model)))
         };
         if pieces.len() <= 1 {
             // Nothing to spread over threads (a peer's slice on one thread, or nothing).
@@ -708,14 +740,22 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
         Ok((value, accumulator.grads()))
     }
 
-    fn save<M: AutodiffModule<B>, Opt: Optimizer<M, B>>(
+    fn save<M: AutodiffModule<B>>(
         &self,
         checkpoints: &Checkpoints,
         model: &M,
-        optim: &Opt,
+        optim: &OptimizerAdaptor<FusedAdamW, M, B>,
         state: &CheckpointState,
     ) -> Result<PathBuf> {
-        let weights = to_safetensors(&trainable_tensors(model))?;
+        // The trained weights; a weight stored in a half type is written as its f32 master.
+        let mut tensors = trainable_tensors(model);
+        let records: HashMap<_, _> = optim.to_record().into_iter().collect();
+        model.visit(&mut Masters {
+            path: Vec::new(),
+            records: &records,
+            out: &mut tensors,
+        });
+        let weights = to_safetensors(&tensors)?;
         let optimizer = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
             .record(optim.to_record(), ())
             .map_err(|e| TrainError::Checkpoint {
@@ -729,6 +769,37 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                 ("optimizer.mpk", optimizer),
             ],
         )
+    }
+}
+
+/// Replaces, in a checkpoint's tensors, each half-stored trainable weight by its f32 master
+/// copy from the optimizer's state ([`crate::optim::FusedAdamWState::master`]).
+struct Masters<'a, B: AutodiffBackend> {
+    path: Vec<String>,
+    records: &'a HashMap<ParamId, AdaptorRecord<FusedAdamW, B>>,
+    out: &'a mut BTreeMap<String, HostTensor>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Masters<'_, B> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if !param.is_require_grad() || param.val().dtype() == DType::F32 {
+            return;
+        }
+        let master = self
+            .records
+            .get(&param.id)
+            .and_then(|r| r.clone().into_state::<D>().master);
+        if let Some(m) = master {
+            self.out.insert(self.path.join("."), HostTensor::of(m));
+        }
     }
 }
 

@@ -208,18 +208,27 @@ fn frozen_weights_are_stored_in_the_half_type_and_the_adapter_in_f32() {
                 .any(|(k, d, tr)| k.contains("lora_a") && *tr && *d == DType::F32)
         );
     }
-    // Full fine-tuning keeps every weight f32: refused with the reason, not silently ignored.
-    let e = TrainConfig {
-        method: Method::Full,
-        ..config(Precision::Bf16, 1)
+    // Full fine-tuning: the same matrices in the half type, now trainable (AdamW keeps their
+    // f32 masters); the norms f32 and trainable.
+    for (precision, half) in [(Precision::Bf16, DType::BF16), (Precision::F16, DType::F16)] {
+        let cfg = full(precision, 1);
+        let model = load_for_training::<B>(&fixture(), &cfg, &Default::default()).unwrap();
+        let t = types(&model);
+        assert!(t.iter().all(|(_, _, trains)| *trains));
+        for (k, dtype, _) in &t {
+            let want = if k.contains("norm") { DType::F32 } else { half };
+            assert_eq!(*dtype, want, "full fine-tuning {precision}: {k}");
+        }
     }
-    .validate()
-    .unwrap_err()
-    .to_string();
-    assert!(
-        e.contains("precision") && e.contains("full fine-tuning"),
-        "{e}"
-    );
+}
+
+/// [`config`] for full fine-tuning (a smaller peak rate: every weight moves).
+fn full(precision: Precision, steps: usize) -> TrainConfig {
+    TrainConfig {
+        method: Method::Full,
+        lr: 2e-3,
+        ..config(precision, steps)
+    }
 }
 
 #[test]
@@ -242,19 +251,19 @@ fn half_precision_gradients_agree_with_f32_within_the_roundoff_bound() {
     }
 }
 
-#[test]
-fn twenty_half_precision_steps_follow_the_f32_loss_curve() {
-    // Each step's loss is a forward pass of the model trained so far: its error is the
-    // forward's (3 u per half matmul, 9 in sequence: <= 27 u relative) plus the drift of the
-    // adapter, whose updates differ by the gradient bound above. AdamW normalises each update
-    // to about lr per component, so the drift is a fraction of it; the bound below allows the
-    // forward error twice over and holds the curves to the same shape.
+/// 20 steps of `make(precision)` at f32, bf16 and f16: the half-precision loss curves within
+/// `bound(u)` of the f32 one (relative, per step).
+fn follow_the_f32_curve(
+    what: &str,
+    make: fn(Precision, usize) -> TrainConfig,
+    bound: fn(f64) -> f64,
+) {
     let data = batches();
     let run = |precision: Precision| {
-        let cfg = config(precision, 20);
+        let cfg = make(precision, 20);
         let trainer = Trainer::<B> {
             config: &cfg,
-            out: tmp(&format!("curve-{precision}")),
+            out: tmp(&format!("curve-{what}-{precision}")),
             device: Default::default(),
             progress: false,
             stop_at: None,
@@ -264,6 +273,14 @@ fn twenty_half_precision_steps_follow_the_f32_loss_curve() {
         };
         let model = load_for_training::<B>(&fixture(), &cfg, &Default::default()).unwrap();
         let (_, summary) = trainer.fit(&CausalLm, model, &data, false).unwrap();
+        let logs = std::fs::read_to_string(trainer.out.join("metrics.jsonl")).unwrap_or_default();
+        let skipped: Vec<usize> = logs
+            .lines()
+            .filter_map(|l| serde_json::from_str::<train::trainer::StepLog>(l).ok())
+            .filter(|l| l.skipped)
+            .map(|l| l.step)
+            .collect();
+        println!("{what} {precision}: skipped steps {skipped:?}");
         summary.losses
     };
     let reference = run(Precision::F32);
@@ -275,21 +292,130 @@ fn twenty_half_precision_steps_follow_the_f32_loss_curve() {
             .zip(&got)
             .map(|(a, b)| (a - b).abs() / a.abs().max(1.0))
             .fold(0f64, f64::max);
-        let bound = 2.0 * 27.0 * precision.unit_roundoff();
+        let bound = bound(precision.unit_roundoff());
         println!(
-            "tiny Llama {precision}, 20 steps: worst relative loss difference {worst:.3e} \
+            "tiny Llama {what} {precision}, 20 steps: worst relative loss difference {worst:.3e} \
              (bound {bound:.3e}); f32 {:.4} -> {:.4}, {precision} {:.4} -> {:.4}",
             reference[0], reference[19], got[0], got[19]
         );
         assert!(
             worst <= bound,
-            "{precision}: {worst:e} > {bound:e}\n{reference:?}\n{got:?}"
+            "{what} {precision}: {worst:e} > {bound:e}\n{reference:?}\n{got:?}"
         );
     }
 }
 
 #[test]
+fn twenty_half_precision_steps_follow_the_f32_loss_curve() {
+    // Each step's loss is a forward pass of the model trained so far: its error is the
+    // forward's (3 u per half matmul, 9 in sequence: <= 27 u relative) plus the drift of the
+    // adapter, whose updates differ by the gradient bound above. AdamW normalises each update
+    // to about lr per component, so the drift is a fraction of it; the bound below allows the
+    // forward error twice over and holds the curves to the same shape.
+    follow_the_f32_curve("LoRA", config, |u| 2.0 * 27.0 * u);
+}
+
+#[test]
+fn full_fine_tuning_in_half_precision_follows_the_f32_loss_curve() {
+    // Full fine-tuning stores every matrix in the half type: the forward error is the same
+    // 27 u, but every weight drifts, not only the adapter. Each step's update is AdamW's on
+    // the f32 master, about lr per component whatever the gradient's rounding, so two runs
+    // part only where a gradient component's sign or size relative to sqrt(v) differs - a
+    // fraction of the steps' lr. Twice the LoRA bound holds the curves to the same shape (the
+    // measured worst is printed; it sits well inside).
+    //
+    // f16 starts from a loss scale of 2^10 here: at the default 2^16 full fine-tuning's larger
+    // gradients (embedding, LM head) overflow on the first two steps, which are skipped (the
+    // scale halves, as PyTorch's GradScaler does; `f16_full_fine_tuning_recovers_...` tests
+    // that), and a curve two steps late is not the comparison this test makes.
+    fn make(precision: Precision, steps: usize) -> TrainConfig {
+        TrainConfig {
+            loss_scale: 1024.0,
+            ..full(precision, steps)
+        }
+    }
+    follow_the_f32_curve("full", make, |u| 4.0 * 27.0 * u);
+}
+
+/// Full fine-tuning in bf16: the checkpoint holds the f32 masters (not the bf16-rounded
+/// weights), and a run resumed from it ends where an uninterrupted one does, bit for bit.
+#[test]
+fn full_fine_tuning_checkpoints_hold_the_masters_and_resume_exactly() {
+    let data = batches();
+    let cfg = TrainConfig {
+        save_every: 2,
+        ..full(Precision::Bf16, 6)
+    };
+    let run = |out: &Path, stop_at: Option<usize>, resume: bool| {
+        let trainer = Trainer::<B> {
+            config: &cfg,
+            out: out.to_path_buf(),
+            device: Default::default(),
+            progress: false,
+            stop_at,
+            save_checkpoints: true,
+            shards: 1,
+            parallel: None,
+        };
+        let model = load_for_training::<B>(&fixture(), &cfg, &Default::default()).unwrap();
+        trainer.fit(&CausalLm, model, &data, resume).unwrap()
+    };
+    let straight = tmp("full-straight");
+    let (m1, _) = run(&straight, None, false);
+    let split = tmp("full-split");
+    let _ = run(&split, Some(3), false);
+    let (m2, rest) = run(&split, None, true);
+    assert_eq!(rest.start_step, 3);
+    let (a, b) = (params(&m1), params(&m2));
+    assert_eq!(a.len(), b.len());
+    for ((k, da, _, va), (_, db, _, vb)) in a.iter().zip(&b) {
+        assert_eq!(da, db, "{k}");
+        let differ = va.iter().zip(vb).filter(|(x, y)| x != y).count();
+        assert_eq!(
+            differ,
+            0,
+            "{k}: {differ} of {} values differ after resume",
+            va.len()
+        );
+    }
+    // The last checkpoint's weights are f32 values that bf16 cannot hold (masters), and
+    // rounding them to bf16 gives the trained model's weights.
+    let ckpt = straight.join("checkpoints/step-000006/weights.safetensors");
+    let saved = infer::weights::read_safetensors(&ckpt).unwrap();
+    let q = &saved["layers.0.self_attn.q_proj.Plain.weight"];
+    let off_grid = q
+        .values
+        .iter()
+        .filter(|v| half::bf16::from_f32(**v).to_f32() != **v)
+        .count();
+    assert!(
+        off_grid > q.values.len() / 2,
+        "{off_grid} of {}",
+        q.values.len()
+    );
+    let (_, _, _, trained) = a
+        .iter()
+        .find(|(k, ..)| k == "layers.0.self_attn.q_proj.Plain.weight")
+        .unwrap();
+    let rounded: Vec<f32> = q
+        .values
+        .iter()
+        .map(|v| half::bf16::from_f32(*v).to_f32())
+        .collect();
+    assert!(&rounded == trained);
+}
+
+#[test]
 fn f16_recovers_from_overflowing_steps_without_nan_in_the_adapter() {
+    recovers_from_overflow("lora", config);
+}
+
+#[test]
+fn f16_full_fine_tuning_recovers_from_overflowing_steps_without_nan_in_the_weights() {
+    recovers_from_overflow("full", full);
+}
+
+fn recovers_from_overflow(what: &str, make: fn(Precision, usize) -> TrainConfig) {
     // A loss scale of 2^30 makes the scaled gradient of the logits (about 2^30 / tokens)
     // overflow f16's 65504 in the half backward of the LM head: those steps are skipped and
     // the scale halves until the gradients fit; then training proceeds.
@@ -297,9 +423,9 @@ fn f16_recovers_from_overflowing_steps_without_nan_in_the_adapter() {
     let cfg = TrainConfig {
         loss_scale: 2f64.powi(30),
         loss_scale_growth: 4,
-        ..config(Precision::F16, 30)
+        ..make(Precision::F16, 30)
     };
-    let out = tmp("overflow");
+    let out = tmp(&format!("overflow-{what}"));
     let trainer = Trainer::<B> {
         config: &cfg,
         out: out.clone(),
@@ -315,7 +441,7 @@ fn f16_recovers_from_overflowing_steps_without_nan_in_the_adapter() {
     // Three overflowing steps change nothing.
     let first = Trainer::<B> {
         config: &cfg,
-        out: tmp("overflow-3"),
+        out: tmp(&format!("overflow-3-{what}")),
         device: Default::default(),
         progress: false,
         stop_at: Some(3),

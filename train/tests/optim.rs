@@ -194,3 +194,110 @@ fn host_update_declines_what_it_does_not_cover() {
     };
     assert!(try_adamw_host(odd, &step).is_err());
 }
+
+/// A parameter stored in a half type (full fine-tuning under mixed precision) trains on an
+/// f32 master: the master follows Burn's AdamW on f32 bit for bit (from the stored weight
+/// widened, with the gradients widened), and the parameter is the master rounded.
+#[test]
+fn half_parameters_train_on_an_f32_master() {
+    use burn::optim::{AdamWState, SimpleOptimizer};
+    use burn::tensor::FloatDType;
+    let device = Default::default();
+    let ours = FusedAdamW::new(0.9, 0.999, 1e-8, 0.01);
+    let burn = AdamWConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.999)
+        .with_epsilon(1e-8)
+        .with_weight_decay(0.01)
+        .build();
+    for half in [FloatDType::BF16, FloatDType::F16] {
+        Flex::seed(&device, 3);
+        let w = Tensor::<Flex, 2>::random([48, 40], Distribution::Normal(0.0, 0.5), &device);
+        let mut param = w.cast(half);
+        let mut reference = param.clone().cast(FloatDType::F32);
+        let mut state = None;
+        let mut burn_state: Option<AdamWState<Flex, 2>> = None;
+        for step in 0..4 {
+            let g = Tensor::<Flex, 2>::random([48, 40], Distribution::Normal(0.0, 1e-2), &device);
+            let lr = 1e-2 * (step + 1) as f64;
+            // The gradient arrives in f32 (the trainer widens it); a half one is widened here.
+            let grad = if step % 2 == 0 {
+                g.clone()
+            } else {
+                g.clone().cast(half)
+            };
+            let g = if step % 2 == 0 {
+                g
+            } else {
+                g.cast(half).cast(FloatDType::F32)
+            };
+            (param, state) = ours.step(lr, param, grad, state);
+            (reference, burn_state) = burn.step(lr, reference, g, burn_state);
+            let s = state.as_ref().expect("state");
+            let master = s
+                .master
+                .clone()
+                .expect("a half parameter keeps an f32 master");
+            assert_eq!(master.dtype(), DType::F32);
+            assert_eq!(param.dtype(), DType::from(half));
+            same(
+                &[bits(master.clone())],
+                &[bits(reference.clone())],
+                &format!("{half:?} step {step}"),
+            );
+            same(
+                &[bits(param.clone().cast(FloatDType::F32))],
+                &[bits(master.cast(half).cast(FloatDType::F32))],
+                &format!("{half:?} rounded step {step}"),
+            );
+        }
+        let (s, b) = (state.unwrap().momentum, burn_state.unwrap().momentum);
+        assert_eq!(s.time, 4);
+        same(
+            &[bits(s.moment_1), bits(s.moment_2)],
+            &[bits(b.moment_1), bits(b.moment_2)],
+            &format!("{half:?} moments"),
+        );
+    }
+    // An f32 parameter keeps no master.
+    let p = Tensor::<Flex, 1>::from_data([1.0f32, 2.0], &device);
+    let g = Tensor::<Flex, 1>::from_data([0.5f32, -0.5], &device);
+    let (_, s) = ours.step(1e-3, p, g, None);
+    assert!(s.unwrap().master.is_none());
+}
+
+/// Optimizer checkpoints written with Burn's own AdamW (and by this trainer before the
+/// master copies existed) load: same moments, no master.
+#[test]
+fn burn_adamw_records_load_into_the_fused_optimizer() {
+    use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+    let device = Default::default();
+    let mut net = Net::<B>::new(&device);
+    let mut burn_opt = AdamWConfig::new().init::<B, Net<B>>();
+    for _ in 0..2 {
+        let x = Tensor::<B, 2>::random([8, 64], Distribution::Normal(0.0, 1.0), &device);
+        let g = GradientsParams::from_grads(net.loss(x).backward(), &net);
+        net = burn_opt.step(1e-3, net, g);
+    }
+    let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
+    let bytes = recorder.record(burn_opt.to_record(), ()).unwrap();
+    let ours = FusedAdamW::init::<B, Net<B>>(0.9, 0.999, 1e-8, 0.0);
+    let record = recorder
+        .load(bytes, &device)
+        .expect("Burn's AdamW record loads");
+    let ours = ours.load_record(record);
+    let mut a = burn_opt.to_record();
+    let mut b = ours.to_record();
+    let (ra, rb) = (
+        a.remove(&net.a.weight.id).unwrap(),
+        b.remove(&net.a.weight.id).unwrap(),
+    );
+    let (sa, sb) = (ra.into_state::<2>(), rb.into_state::<2>());
+    assert!(sb.master.is_none());
+    assert_eq!(sb.momentum.time, 2);
+    same(
+        &[bits(sa.momentum.moment_1), bits(sa.momentum.moment_2)],
+        &[bits(sb.momentum.moment_1), bits(sb.momentum.moment_2)],
+        "loaded moments",
+    );
+}

@@ -1167,10 +1167,43 @@ fn mixed_precision_trains_evaluates_and_generates_from_the_command_line() {
         "f8",
     ]);
     assert!(err.contains("f32, bf16 or f16"), "{err}");
-    let args = train("bf16", "full", &dir.join("full"));
-    let err = xtask_fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    // Full fine-tuning in bf16: the matrices train in bf16 on f32 masters; the checkpoint
+    // holds the masters (f32), and eval of the run loads them in its precision.
+    let full_run = dir.join("full");
+    let args = train("bf16", "full", &full_run);
+    xtask(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let metrics = std::fs::read_to_string(full_run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 3, "{metrics}");
+    let ckpt = std::fs::read_dir(full_run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    let weights = infer::weights::read_safetensors(&ckpt.join("weights.safetensors")).unwrap();
+    let q = &weights["layers.0.self_attn.q_proj.Plain.weight"];
     assert!(
-        err.contains("precision") && err.contains("full fine-tuning"),
-        "{err}"
+        q.values
+            .iter()
+            .any(|v| half::bf16::from_f32(*v).to_f32() != *v),
+        "the checkpoint holds bf16-rounded weights, not the f32 masters"
     );
+    let eval_full = dir.join("eval-full");
+    let args = [
+        "eval",
+        "--run",
+        full_run.to_str().unwrap(),
+        "--data",
+        data,
+        "--max-new-tokens",
+        "4",
+        "--eval-batch",
+        "4",
+        "--out",
+        eval_full.to_str().unwrap(),
+    ];
+    xtask(&args);
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(eval_full.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(v["precision"], "bf16", "{v}");
+    assert_eq!(n(&v), 8);
 }
