@@ -1,48 +1,56 @@
 //! Peak host memory of a training step, predicted from the configuration (issue 19's
 //! planner, `cargo xtask plan`).
 //!
-//! The prediction has an analytic structure and four constants measured once on this
-//! project's CPU backend (flex, f32):
+//! The prediction has an analytic structure ([`plan_terms`]: exact counts) and constants
+//! measured on this project's CPU backend (flex, f32; [`plan`] scales and adds):
 //!
 //! ```text
 //! peak = RUNTIME + weights (+ BF16_LM_HEAD_COPIES x vocab x hidden x 4 B under bf16)
-//!        + STATE x trainable x 4 B
+//!        + STATE x trainable x 4 B (+ MASTERS x half-stored trained matrices x 4 B)
 //!        + (ACT x saved per token x tokens + ACT_ATTENTION x 2 x heads x scores) x layers x 4 B
 //!        + LM_HEAD x answer tokens x vocab x 4 B
 //! ```
 //!
 //! - *weights*: every parameter of the model in f32 (frozen and trainable alike); under mixed
-//!   precision (`TrainConfig::precision` bf16 / f16) the frozen matrices (projections,
-//!   embedding, untied LM head) at 2 bytes and norms and biases at 4, plus under bf16
+//!   precision (`TrainConfig::precision` bf16 / f16) the matrices (projections, embedding,
+//!   untied LM head) at 2 bytes and norms and biases at 4, plus under bf16
 //!   [`BF16_LM_HEAD_COPIES`] f32 copies of the LM head's matrix (flex's bf16 matmul). The
 //!   activation constants are the f32 ones: the saved activations stay f32 (half-precision
 //!   runs return freed pages to the kernel, `xtask::alloc`, which the measured rows include).
 //! - *trainable state*: AdamW's two moments plus the gradients of the concurrent shards; the
 //!   peak holds about [`STATE`] copies of the trainable parameters (gradients of late layers
-//!   accumulate while activations of early layers are still held).
+//!   accumulate while activations of early layers are still held). Full fine-tuning under
+//!   mixed precision adds the f32 masters of the half-stored matrices ([`MASTERS`]).
 //! - *saved activations*: what Burn's autodiff keeps for the backward pass, counted op by op
 //!   from the decoder layer (`models::llama`), f32 elements per token and layer:
 //!   the layer input and the input of the post-attention norm (2 x hidden), the rotated
 //!   queries (heads x head_dim) and the keys and values (2 x kv_heads x head_dim) that the
-//!   score and value products keep, the gate projection, its sigmoid, the SiLU and the up
-//!   projection that SwiGLU's products keep (4 x intermediate), the softmax's exponentials
-//!   and probabilities (2 x heads per score entry: attention runs in causal query blocks,
-//!   `models::sdpa::causal_blocks`, so a sequence has `scores` = seq^2 entries below 128
-//!   tokens, 0.77 seq^2 at 128, 0.64 seq^2 from 256 on, per sequence of the micro-batch);
-//!   plus, where a projection trains (an adapter or full fine-tuning), the input its
-//!   weight's gradient needs (the normed input of q/k/v, the attention output before o, the
-//!   normed input of gate/up, the SwiGLU product before down) and each adapter's `x A`
-//!   (r_max). [`ACT`] and [`ACT_ATTENTION`] scale these counts to the measured peak:
-//!   the backward pass's transient gradients and the allocator's slack ride on them.
+//!   score and value products keep, the gate and up projections that the SwiGLU operation
+//!   keeps (2 x intermediate: `models::host_train` on flex, which this planner describes;
+//!   Burn's own ops on another backend keep also the sigmoid and the SiLU), the softmax's
+//!   exponentials and probabilities (2 x heads per score entry: attention runs in causal
+//!   query blocks, `models::sdpa::causal_blocks`, so a sequence has `scores` = seq^2 entries
+//!   below 128 tokens, 0.77 seq^2 at 128, 0.64 seq^2 from 256 on, per sequence of the
+//!   micro-batch); plus, where a projection trains (an adapter or full fine-tuning), the
+//!   input its weight's gradient needs (the normed input of q/k/v, the attention output
+//!   before o, the normed input of gate/up, the SwiGLU product before down) and each
+//!   adapter's `x A` (r_max). [`ACT`] and [`ACT_ATTENTION`] scale these counts to the
+//!   measured peak: the backward pass's transient gradients and the allocator's slack ride
+//!   on them.
 //! - *LM head*: the loss reads only answer positions (`train::lm`), so the logits are
 //!   `[answer tokens, vocab]`.
 //!
 //! With `--checkpoint-activations` (Burn's `BalancedCheckpointing`) the factors are
-//! [`ACT_CHECKPOINTED`] and [`ACT_ATTENTION_CHECKPOINTED`]. The constants were fitted (least
-//! squares of the relative error) on SmolLM2-135M-shaped LoRA steps and checked on shapes and
-//! settings they were not fitted on (Llama-3.2-1B, full fine-tuning, Flexi, AdaLoRA, DyLoRA):
-//! BENCHMARKS.md has the table of predicted against measured peaks, and
-//! `tests/memory_plan.rs` holds every one of those measurements to 15 %.
+//! [`ACT_CHECKPOINTED`] and [`ACT_ATTENTION_CHECKPOINTED`]: the strategy recomputes most of
+//! the score-sized tensors (0.46 against 1.55) but holds more of the per-token ones at the
+//! peak (2.38 against 1.70: recomputed tensors and the kept ones overlap in the backward
+//! pass), so it lowers the peak only where the attention's scores dominate (long sequences).
+//! The constants were fitted (least squares of the relative error) on the rows of
+//! `tests/memory_plan.rs` marked `fit` - SmolLM2-135M-shaped steps, one group of constants
+//! at a time - and checked on shapes and settings they were not fitted on (Llama-3.2-1B/3B,
+//! Flexi, AdaLoRA, other lengths, half precision): BENCHMARKS.md has the table of predicted
+//! against measured peaks, and `tests/memory_plan.rs` holds every one of those measurements
+//! to 15 % (its ignored test `terms` prints the counts the fit starts from).
 
 use models::llama::{AdapterConfig, LlamaConfig, Target};
 use serde::Serialize;
@@ -54,27 +62,31 @@ use crate::error::{Result, TrainError};
 /// thread pools and the allocator keep (MiB, measured).
 pub const RUNTIME_MIB: f64 = 150.0;
 /// Copies of the trainable parameters at the peak (AdamW's two moments and the gradients).
-pub const STATE: f64 = 3.1;
+pub const STATE: f64 = 2.96;
 /// Measured peak of the activations over the op-by-op count of what autodiff saves: the
 /// per-token tensors (hidden, intermediate and key/value sized).
-pub const ACT: f64 = 1.58;
+pub const ACT: f64 = 1.70;
 /// The same for the attention's score-sized tensors (softmax exponentials and
 /// probabilities of each causal query block).
-pub const ACT_ATTENTION: f64 = 1.46;
+pub const ACT_ATTENTION: f64 = 1.55;
 /// [`ACT`] with Burn's `BalancedCheckpointing`.
-pub const ACT_CHECKPOINTED: f64 = 1.55;
+pub const ACT_CHECKPOINTED: f64 = 2.38;
 /// [`ACT_ATTENTION`] with Burn's `BalancedCheckpointing` (fitted: the checkpointing
-/// strategy recomputes part of the score-sized tensors in the backward pass instead of
+/// strategy recomputes most of the score-sized tensors in the backward pass instead of
 /// keeping them).
-pub const ACT_ATTENTION_CHECKPOINTED: f64 = 0.61;
+pub const ACT_ATTENTION_CHECKPOINTED: f64 = 0.46;
+/// Copies of the f32 masters of half-stored trained matrices at the peak (full fine-tuning
+/// under mixed precision: the masters themselves plus the f32 gradients of the matrices,
+/// which [`STATE`] counts for f32 parameters).
+pub const MASTERS: f64 = 0.92;
 /// Copies of the answer positions' logits at the peak.
-pub const LM_HEAD: f64 = 0.12;
+pub const LM_HEAD: f64 = 0.22;
 /// Under bf16 (`precision = "bf16"`), f32 copies of the LM head's `[vocab, hidden]` matrix at
 /// the peak: burn-flex multiplies bf16 by converting both operands to f32 on every call, and
 /// the LM head's is the largest (f16 multiplies natively, through gemm's f16 path). Fitted
 /// on the bf16 rows of `tests/memory_plan.rs` (forward and backward products each convert
 /// it; about three copies are alive at once).
-pub const BF16_LM_HEAD_COPIES: f64 = 2.53;
+pub const BF16_LM_HEAD_COPIES: f64 = 2.70;
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -193,7 +205,7 @@ pub fn saved_per_token_layer(c: &LlamaConfig, train: &TrainConfig) -> Result<usi
     let kv = c.num_key_value_heads * c.head_dim;
     let targets = adapted(train)?;
     let has = |t: &[Target]| targets.iter().any(|x| t.contains(x));
-    let mut n = 2 * h + q + 2 * kv + 4 * i;
+    let mut n = 2 * h + q + 2 * kv + 2 * i;
     if has(&[Target::Q, Target::K, Target::V]) {
         n += h;
     }
@@ -212,8 +224,35 @@ pub fn saved_per_token_layer(c: &LlamaConfig, train: &TrainConfig) -> Result<usi
     Ok(n)
 }
 
-/// The predicted peak resident memory of one training step.
-pub fn plan(p: &PlanInput) -> Result<MemoryPlan> {
+/// The planner's counts for one step before its fitted constants, in MiB (f32 elements at 4
+/// bytes unless said): what [`plan`] scales and adds, and what the constants are fitted on.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PlanTerms {
+    /// Parameters of the model.
+    pub params: usize,
+    /// Trainable parameters.
+    pub trainable: usize,
+    /// Tokens of one micro-batch.
+    pub tokens: usize,
+    /// Every weight in its stored type (exact).
+    pub weights_mib: f64,
+    /// Under bf16, one f32 copy of the LM head's `[vocab, hidden]` matrix (0 otherwise).
+    pub bf16_lm_head_mib: f64,
+    /// One f32 copy of the trainable parameters.
+    pub trainable_mib: f64,
+    /// The f32 master copies of trained half-stored matrices (full fine-tuning under mixed
+    /// precision; 0 otherwise).
+    pub masters_mib: f64,
+    /// Per-token tensors autodiff keeps, all layers ([`saved_per_token_layer`]).
+    pub saved_mib: f64,
+    /// Score-sized tensors of the attention (2 x heads per score entry), all layers.
+    pub attention_mib: f64,
+    /// Logits of the answer positions.
+    pub logits_mib: f64,
+}
+
+/// The planner's counts for `p` (see [`PlanTerms`]).
+pub fn plan_terms(p: &PlanInput) -> Result<PlanTerms> {
     let bad = |key: &str, message: String| {
         Err(TrainError::Config {
             key: key.into(),
@@ -241,39 +280,58 @@ pub fn plan(p: &PlanInput) -> Result<MemoryPlan> {
     // Score entries of one sequence's causal query blocks (models::sdpa), per head.
     let scores = models::sdpa::blocks_work(0, &models::sdpa::causal_blocks(0, p.seq));
     let attention = (2 * c.num_attention_heads * scores * micro * c.num_hidden_layers) as f64;
+    // Mixed precision: every matrix (projections, embedding, LM head) in the half type; under
+    // full fine-tuning they train, on f32 masters.
+    let half = p.train.precision.half().is_some();
+    let matrices = if half { llama_matrix_params(c) } else { 0 };
+    let masters = if p.train.method == Method::Full {
+        matrices
+    } else {
+        0
+    };
+    let bf16 = p.train.precision == flexi_burn::Precision::Bf16;
+    Ok(PlanTerms {
+        params,
+        trainable,
+        tokens,
+        weights_mib: ((params - matrices) as f64 * 4.0 + matrices as f64 * 2.0) / MIB,
+        bf16_lm_head_mib: if bf16 {
+            (c.vocab_size * c.hidden_size) as f64 * 4.0 / MIB
+        } else {
+            0.0
+        },
+        trainable_mib: trainable as f64 * 4.0 / MIB,
+        masters_mib: masters as f64 * 4.0 / MIB,
+        saved_mib: saved * 4.0 / MIB,
+        attention_mib: attention * 4.0 / MIB,
+        logits_mib: (answer * c.vocab_size) as f64 * 4.0 / MIB,
+    })
+}
+
+/// The predicted peak resident memory of one training step.
+pub fn plan(p: &PlanInput) -> Result<MemoryPlan> {
+    let t = plan_terms(p)?;
     let (act, act_attention) = if p.checkpoint_activations {
         (ACT_CHECKPOINTED, ACT_ATTENTION_CHECKPOINTED)
     } else {
         (ACT, ACT_ATTENTION)
     };
-    // Mixed precision: the frozen matrices in the half type (full fine-tuning refuses a half
-    // precision in `validate`, so every trained weight here is f32).
-    let matrices = match p.train.precision.half() {
-        Some(_) => llama_matrix_params(c),
-        None => 0,
-    };
-    let weights_mib = ((params - matrices) as f64 * 4.0 + matrices as f64 * 2.0) / MIB;
-    let half_transient_mib = match p.train.precision {
-        flexi_burn::Precision::Bf16 => {
-            BF16_LM_HEAD_COPIES * (c.vocab_size * c.hidden_size) as f64 * 4.0 / MIB
-        }
-        _ => 0.0,
-    };
-    let trainable_state_mib = STATE * trainable as f64 * 4.0 / MIB;
-    let activations_mib = (act * saved + act_attention * attention) * 4.0 / MIB;
-    let lm_head_mib = LM_HEAD * (answer * c.vocab_size) as f64 * 4.0 / MIB;
+    let half_transient_mib = BF16_LM_HEAD_COPIES * t.bf16_lm_head_mib;
+    let trainable_state_mib = STATE * t.trainable_mib + MASTERS * t.masters_mib;
+    let activations_mib = act * t.saved_mib + act_attention * t.attention_mib;
+    let lm_head_mib = LM_HEAD * t.logits_mib;
     Ok(MemoryPlan {
-        params,
-        trainable,
-        tokens,
+        params: t.params,
+        trainable: t.trainable,
+        tokens: t.tokens,
         runtime_mib: RUNTIME_MIB,
-        weights_mib,
+        weights_mib: t.weights_mib,
         half_transient_mib,
         trainable_state_mib,
         activations_mib,
         lm_head_mib,
         total_mib: RUNTIME_MIB
-            + weights_mib
+            + t.weights_mib
             + half_transient_mib
             + trainable_state_mib
             + activations_mib
