@@ -233,7 +233,11 @@ pub fn with_values<B: Backend, const D: usize>(
 ) -> Param<Tensor<B, D>> {
     param.map(|old| {
         let require_grad = old.is_require_grad();
-        // Converted by the backend's cast (the rounding every other f32 -> half path takes).
+        // Converted by the backend's cast, the rounding the trainer gives a half-stored weight
+        // from its f32 master (`train::optim`), so a resumed run continues bit for bit.
+        // burn-flex's cast goes through f64 and `half`'s `from_f64`, which misrounds values
+        // just above a tie by one ulp; `TensorData`'s conversion (`from_f32`) does not, so the
+        // two differ there (docs/upstream/flex-cast-rounding.md).
         let new: Tensor<B, D> = Tensor::from_data(data, &old.device());
         let new = match old.dtype() {
             dtype if dtype == new.dtype() => new,

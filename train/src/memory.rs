@@ -121,8 +121,12 @@ pub struct MemoryPlan {
     pub weights_mib: f64,
     /// bf16 on the CPU backend: flex's f32 copies of the LM head's operands (0 otherwise).
     pub half_transient_mib: f64,
-    /// Optimizer moments and gradients.
+    /// Optimizer moments and gradients (and, under full fine-tuning in a half type, the f32
+    /// masters).
     pub trainable_state_mib: f64,
+    /// The f32 masters' part of `trainable_state_mib` (0 unless full fine-tuning in a half
+    /// type).
+    pub masters_mib: f64,
     /// Activations kept for the backward pass, decoder layers.
     pub activations_mib: f64,
     /// Logits of the answer positions.
@@ -317,7 +321,8 @@ pub fn plan(p: &PlanInput) -> Result<MemoryPlan> {
         (ACT, ACT_ATTENTION)
     };
     let half_transient_mib = BF16_LM_HEAD_COPIES * t.bf16_lm_head_mib;
-    let trainable_state_mib = STATE * t.trainable_mib + MASTERS * t.masters_mib;
+    let masters_mib = MASTERS * t.masters_mib;
+    let trainable_state_mib = STATE * t.trainable_mib + masters_mib;
     let activations_mib = act * t.saved_mib + act_attention * t.attention_mib;
     let lm_head_mib = LM_HEAD * t.logits_mib;
     Ok(MemoryPlan {
@@ -328,6 +333,7 @@ pub fn plan(p: &PlanInput) -> Result<MemoryPlan> {
         weights_mib: t.weights_mib,
         half_transient_mib,
         trainable_state_mib,
+        masters_mib,
         activations_mib,
         lm_head_mib,
         total_mib: RUNTIME_MIB

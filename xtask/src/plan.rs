@@ -46,8 +46,8 @@ pub struct PlanArgs {
     /// Plan for `train --checkpoint-activations`.
     #[arg(long)]
     checkpoint_activations: bool,
-    /// Plan for `train --precision`: f32, or the frozen matrices stored in bf16 / f16
-    /// (overrides the configuration).
+    /// Plan for `train --precision`: f32, or the matrices stored in bf16 / f16 (frozen, or
+    /// trained on f32 masters under full fine-tuning; overrides the configuration).
     #[arg(long)]
     precision: Option<flexi_burn::Precision>,
     /// Memory available, GiB (default: this machine's `MemTotal`).
@@ -94,7 +94,11 @@ pub fn plan_table(p: &MemoryPlan, precision: flexi_burn::Precision) -> String {
     }
     row(
         &mut out,
-        "optimizer state + gradients",
+        if p.masters_mib > 0.0 {
+            "optimizer state + gradients + f32 masters"
+        } else {
+            "optimizer state + gradients"
+        },
         p.trainable_state_mib,
     );
     row(&mut out, "activations (decoder layers)", p.activations_mib);
@@ -164,9 +168,10 @@ pub fn run(a: PlanArgs) -> Result<()> {
         } else {
             ""
         },
-        match cfg.precision {
-            flexi_burn::Precision::F32 => "f32".to_string(),
-            half => format!("mixed precision ({half} frozen matrices)"),
+        match (cfg.precision, cfg.method == train::Method::Full) {
+            (flexi_burn::Precision::F32, _) => "f32".to_string(),
+            (half, false) => format!("mixed precision ({half} frozen matrices)"),
+            (half, true) => format!("mixed precision ({half} matrices on f32 masters)"),
         }
     );
     print!("{}", plan_table(&p, cfg.precision));

@@ -903,6 +903,23 @@ fn plan_predicts_a_training_step_and_the_batch_that_fits() {
         "8",
     ]);
     assert!(out.contains("does NOT fit in 8.0 GiB"), "{out}");
+    // Full fine-tuning in bf16 trains the half-stored matrices on f32 masters: planned so.
+    let out = xtask(&[
+        "plan",
+        "--method",
+        "full",
+        "--precision",
+        "bf16",
+        "--batch",
+        "1",
+        "--seq",
+        "128",
+    ]);
+    assert!(
+        out.contains("bf16 matrices on f32 masters")
+            && out.contains("optimizer state + gradients + f32 masters"),
+        "{out}"
+    );
     let largest = |ckpt: bool| {
         let mut args = vec![
             "plan",
