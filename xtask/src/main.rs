@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// The main job: SmolLM2-135M, Flexi-LoRA (2,8) against LoRA-8 and DyLoRA on a small
-    /// math set, ending in the comparison table (about 15 minutes on a 2-core CPU).
+    /// math set, ending in the comparison table (about 3 minutes on a 2-core CPU once built).
     Demo(demo::DemoArgs),
     /// The speech study: Whisper tiny.en on a synthetic espeak-ng set, every method against
     /// Flexi-LoRA (1,8) and (2,8), ending in the WER table.
