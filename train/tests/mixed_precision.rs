@@ -1,5 +1,6 @@
 //! Mixed precision (`precision = "bf16" | "f16"`): the frozen weights of the tiny Llama and the
-//! tiny Whisper stored in a half type, the adapters, their gradients and AdamW in f32.
+//! tiny Whisper stored in a half type, the adapters, their gradients and AdamW in f32; under
+//! full fine-tuning the half-stored matrices train on f32 masters (`train::optim`).
 //!
 //! The bounds. Storing a weight in a half type with unit roundoff `u` (bf16 `2^-8`, f16
 //! `2^-11`) perturbs it by at most `u` relative, and each matmul against it rounds its input
@@ -505,53 +506,72 @@ fn recovers_from_overflow(what: &str, make: fn(Precision, usize) -> TrainConfig)
     );
 }
 
-#[test]
-fn whisper_half_precision_gradients_agree_with_f32_within_the_roundoff_bound() {
+/// The trainable parameters' gradients of the tiny Whisper on two clips at `precision`
+/// (`full`: full fine-tuning; else LoRA-4 on q, v, fc1, fc2 with nonzero `B`).
+fn whisper_grads(precision: Precision, full: bool) -> Vec<(String, HostTensor)> {
     use models::whisper::WhisperTokenizer;
     use train::asr::{AsrBatch, Seq2Seq, load_whisper_for_training, transcribe_prompt};
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/whisper_tiny");
-    let grads = |precision: Precision| {
-        let cfg = TrainConfig {
-            adapter: train::config::AdapterSettings {
-                targets: ["q_proj", "v_proj", "fc1", "fc2"]
-                    .map(String::from)
-                    .to_vec(),
-                ..Default::default()
-            },
-            ..config(precision, 1)
-        };
-        let model = load_whisper_for_training::<B>(&dir, &cfg, &Default::default()).unwrap();
-        let model = nonzero_b(model);
-        let tok = WhisperTokenizer::from_dir(&dir).unwrap();
-        let prompt = transcribe_prompt(&model.config, &tok).unwrap();
-        let (wav, flac) = (dir.join("audio_1s.wav"), dir.join("audio_1s.flac"));
-        let items = vec![
-            ("a".to_string(), wav.as_path(), "hello there".to_string()),
-            ("b".to_string(), flac.as_path(), "good morning".to_string()),
-        ];
-        let batch = AsrBatch::from_files(&items, &tok, &prompt, model.config.num_mel_bins).unwrap();
-        let loss = Seq2Seq
-            .loss(&model, &batch, &SampleRanks::uniform(2, 4))
-            .unwrap();
-        let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &model);
-        let mut g = Grads(&grads, Vec::new(), Vec::new());
-        model.visit(&mut g);
-        g.1
+    let cfg = TrainConfig {
+        adapter: train::config::AdapterSettings {
+            targets: ["q_proj", "v_proj", "fc1", "fc2"]
+                .map(String::from)
+                .to_vec(),
+            ..Default::default()
+        },
+        method: if full {
+            Method::Full
+        } else {
+            Method::Lora { rank: 4 }
+        },
+        ..config(precision, 1)
     };
-    let reference = grads(Precision::F32);
-    for precision in [Precision::Bf16, Precision::F16] {
-        let (diff, scale) = compare(&reference, &grads(precision));
-        let bound = 3.0 * precision.unit_roundoff() * 42.0 * scale;
-        println!(
-            "tiny Whisper {precision}: max |grad diff| {diff:.3e}, max |grad| {scale:.3e}, \
-             {:.2} % of the bound {bound:.3e}",
-            100.0 * diff / bound
-        );
-        assert!(
-            diff > 0.0,
-            "{precision}: nothing was computed in the half type"
-        );
-        assert!(diff <= bound, "{precision}: {diff:e} > {bound:e}");
+    let model = load_whisper_for_training::<B>(&dir, &cfg, &Default::default()).unwrap();
+    if full && precision != Precision::F32 {
+        // Every matrix half and trainable; convolutions, positions and norms f32.
+        let t = types(&model);
+        assert!(t.iter().all(|(_, _, trains)| *trains));
+        assert!(t.iter().any(|(_, d, _)| *d != DType::F32), "{t:?}");
+    }
+    let model = nonzero_b(model);
+    let tok = WhisperTokenizer::from_dir(&dir).unwrap();
+    let prompt = transcribe_prompt(&model.config, &tok).unwrap();
+    let (wav, flac) = (dir.join("audio_1s.wav"), dir.join("audio_1s.flac"));
+    let items = vec![
+        ("a".to_string(), wav.as_path(), "hello there".to_string()),
+        ("b".to_string(), flac.as_path(), "good morning".to_string()),
+    ];
+    let batch = AsrBatch::from_files(&items, &tok, &prompt, model.config.num_mel_bins).unwrap();
+    let rank = if full { 0 } else { 4 };
+    let loss = Seq2Seq
+        .loss(&model, &batch, &SampleRanks::uniform(2, rank))
+        .unwrap();
+    let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &model);
+    let mut g = Grads(&grads, Vec::new(), Vec::new());
+    model.visit(&mut g);
+    g.1
+}
+
+#[test]
+fn whisper_half_precision_gradients_agree_with_f32_within_the_roundoff_bound() {
+    // LoRA and full fine-tuning (every matrix half-stored and trained): the same D = 42 bound.
+    for full in [false, true] {
+        let what = if full { "full" } else { "LoRA" };
+        let reference = whisper_grads(Precision::F32, full);
+        for precision in [Precision::Bf16, Precision::F16] {
+            let (diff, scale) = compare(&reference, &whisper_grads(precision, full));
+            let bound = 3.0 * precision.unit_roundoff() * 42.0 * scale;
+            println!(
+                "tiny Whisper {what} {precision}: max |grad diff| {diff:.3e}, max |grad| \
+                 {scale:.3e}, {:.2} % of the bound {bound:.3e}",
+                100.0 * diff / bound
+            );
+            assert!(
+                diff > 0.0,
+                "{what} {precision}: nothing was computed in the half type"
+            );
+            assert!(diff <= bound, "{what} {precision}: {diff:e} > {bound:e}");
+        }
     }
 }
 
