@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! peak = RUNTIME + weights (+ BF16_LM_HEAD_COPIES x vocab x hidden x 4 B under bf16)
-//!        + STATE x trainable x 4 B (+ MASTERS x half-stored trained matrices x 4 B)
+//!        + (STATE + shards) x trainable x 4 B (+ MASTERS x half-stored trained matrices x 4 B)
 //!        + (ACT x saved per token x tokens + ACT_ATTENTION x 2 x heads x scores) x layers x 4 B
 //!        + LM_HEAD x answer tokens x vocab x 4 B
 //! ```
@@ -18,8 +18,11 @@
 //!   activation constants are the f32 ones: the saved activations stay f32 (half-precision
 //!   runs return freed pages to the kernel, `xtask::alloc`, which the measured rows include).
 //! - *trainable state*: AdamW's two moments plus the gradients of the concurrent shards; the
-//!   peak holds about [`STATE`] copies of the trainable parameters (gradients of late layers
-//!   accumulate while activations of early layers are still held). Full fine-tuning under
+//!   peak holds one copy of the trainable parameters per shard (each shard's backward pass
+//!   makes its own gradients; `Trainer::shards`, every core on the CPU by default) and about
+//!   [`STATE`] more (moments, the sum, slack; gradients of late layers accumulate while
+//!   activations of early layers are still held). For full fine-tuning on a many-core CPU
+//!   the per-shard copies dominate: fewer threads plan (and use) less. Full fine-tuning under
 //!   mixed precision adds the f32 masters of the half-stored matrices ([`MASTERS`]).
 //! - *saved activations*: what Burn's autodiff keeps for the backward pass, counted op by op
 //!   from the decoder layer (`models::llama`), f32 elements per token and layer:
@@ -36,14 +39,14 @@
 //!   before o, the normed input of gate/up, the SwiGLU product before down) and each
 //!   adapter's `x A` (r_max). [`ACT`] and [`ACT_ATTENTION`] scale these counts to the
 //!   measured peak: the backward pass's transient gradients and the allocator's slack ride
-//!   on them.
+//!   on them ([`ACT_FULL`] for full fine-tuning).
 //! - *LM head*: the loss reads only answer positions (`train::lm`), so the logits are
 //!   `[answer tokens, vocab]`.
 //!
 //! With `--checkpoint-activations` (Burn's `BalancedCheckpointing`) the factors are
 //! [`ACT_CHECKPOINTED`] and [`ACT_ATTENTION_CHECKPOINTED`]: the strategy recomputes most of
-//! the score-sized tensors (0.46 against 1.55) but holds more of the per-token ones at the
-//! peak (2.38 against 1.70: recomputed tensors and the kept ones overlap in the backward
+//! the score-sized tensors (0.47 against 1.55) but holds more of the per-token ones at the
+//! peak (2.37 against 1.70: recomputed tensors and the kept ones overlap in the backward
 //! pass), so it lowers the peak only where the attention's scores dominate (long sequences).
 //! The constants were fitted (least squares of the relative error) on the rows of
 //! `tests/memory_plan.rs` marked `fit` - SmolLM2-135M-shaped steps, one group of constants
@@ -61,24 +64,30 @@ use crate::error::{Result, TrainError};
 /// Resident memory of the process before any model exists, and what the runtime, the
 /// thread pools and the allocator keep (MiB, measured).
 pub const RUNTIME_MIB: f64 = 150.0;
-/// Copies of the trainable parameters at the peak (AdamW's two moments and the gradients).
-pub const STATE: f64 = 2.96;
+/// Copies of the trainable parameters at the peak besides one gradient per shard (AdamW's
+/// two moments, the gradients' sum and slack): fitted on the full fine-tuning rows (2 shards,
+/// 4.19 copies in all), where it matters.
+pub const STATE: f64 = 2.19;
 /// Measured peak of the activations over the op-by-op count of what autodiff saves: the
 /// per-token tensors (hidden, intermediate and key/value sized).
 pub const ACT: f64 = 1.70;
+/// [`ACT`] for full fine-tuning (fitted with [`STATE`] on its rows): its count adds the
+/// inputs of all seven products' weight gradients, tensors that other operations partly keep
+/// anyway, so the peak grows by less per counted element.
+pub const ACT_FULL: f64 = 0.80;
 /// The same for the attention's score-sized tensors (softmax exponentials and
 /// probabilities of each causal query block).
 pub const ACT_ATTENTION: f64 = 1.55;
 /// [`ACT`] with Burn's `BalancedCheckpointing`.
-pub const ACT_CHECKPOINTED: f64 = 2.38;
+pub const ACT_CHECKPOINTED: f64 = 2.37;
 /// [`ACT_ATTENTION`] with Burn's `BalancedCheckpointing` (fitted: the checkpointing
 /// strategy recomputes most of the score-sized tensors in the backward pass instead of
 /// keeping them).
-pub const ACT_ATTENTION_CHECKPOINTED: f64 = 0.46;
+pub const ACT_ATTENTION_CHECKPOINTED: f64 = 0.47;
 /// Copies of the f32 masters of half-stored trained matrices at the peak (full fine-tuning
 /// under mixed precision: the masters themselves plus the f32 gradients of the matrices,
 /// which [`STATE`] counts for f32 parameters).
-pub const MASTERS: f64 = 0.92;
+pub const MASTERS: f64 = 0.56;
 /// Copies of the answer positions' logits at the peak.
 pub const LM_HEAD: f64 = 0.22;
 /// Under bf16 (`precision = "bf16"`), f32 copies of the LM head's `[vocab, hidden]` matrix at
@@ -86,7 +95,7 @@ pub const LM_HEAD: f64 = 0.22;
 /// the LM head's is the largest (f16 multiplies natively, through gemm's f16 path). Fitted
 /// on the bf16 rows of `tests/memory_plan.rs` (forward and backward products each convert
 /// it; about three copies are alive at once).
-pub const BF16_LM_HEAD_COPIES: f64 = 2.70;
+pub const BF16_LM_HEAD_COPIES: f64 = 2.68;
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -103,6 +112,9 @@ pub struct PlanInput<'a> {
     pub answer_frac: f64,
     /// Burn's `BalancedCheckpointing` on.
     pub checkpoint_activations: bool,
+    /// Shards of each micro-batch computed at once (`Trainer::shards`: every core on the CPU
+    /// by default): each holds a whole copy of the trainable parameters' gradients.
+    pub shards: usize,
 }
 
 /// A predicted peak, by component (MiB).
@@ -244,6 +256,8 @@ pub struct PlanTerms {
     pub bf16_lm_head_mib: f64,
     /// One f32 copy of the trainable parameters.
     pub trainable_mib: f64,
+    /// Shards computed at once (each holds one copy of the gradients).
+    pub shards: usize,
     /// The f32 master copies of trained half-stored matrices (full fine-tuning under mixed
     /// precision; 0 otherwise).
     pub masters_mib: f64,
@@ -305,6 +319,7 @@ pub fn plan_terms(p: &PlanInput) -> Result<PlanTerms> {
             0.0
         },
         trainable_mib: trainable as f64 * 4.0 / MIB,
+        shards: p.shards.max(1),
         masters_mib: masters as f64 * 4.0 / MIB,
         saved_mib: saved * 4.0 / MIB,
         attention_mib: attention * 4.0 / MIB,
@@ -315,14 +330,14 @@ pub fn plan_terms(p: &PlanInput) -> Result<PlanTerms> {
 /// The predicted peak resident memory of one training step.
 pub fn plan(p: &PlanInput) -> Result<MemoryPlan> {
     let t = plan_terms(p)?;
-    let (act, act_attention) = if p.checkpoint_activations {
-        (ACT_CHECKPOINTED, ACT_ATTENTION_CHECKPOINTED)
-    } else {
-        (ACT, ACT_ATTENTION)
+    let (act, act_attention) = match (p.checkpoint_activations, p.train.method == Method::Full) {
+        (true, _) => (ACT_CHECKPOINTED, ACT_ATTENTION_CHECKPOINTED),
+        (false, true) => (ACT_FULL, ACT_ATTENTION),
+        (false, false) => (ACT, ACT_ATTENTION),
     };
     let half_transient_mib = BF16_LM_HEAD_COPIES * t.bf16_lm_head_mib;
     let masters_mib = MASTERS * t.masters_mib;
-    let trainable_state_mib = STATE * t.trainable_mib + masters_mib;
+    let trainable_state_mib = (STATE + t.shards as f64) * t.trainable_mib + masters_mib;
     let activations_mib = act * t.saved_mib + act_attention * t.attention_mib;
     let lm_head_mib = LM_HEAD * t.logits_mib;
     Ok(MemoryPlan {

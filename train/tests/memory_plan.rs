@@ -52,6 +52,7 @@ fn weights_component_is_four_bytes_per_parameter() {
         seq: 128,
         answer_frac: 0.5,
         checkpoint_activations: false,
+        shards: 2,
     })
     .unwrap();
     assert!((p.weights_mib - 134_515_008.0 * 4.0 / 1048576.0).abs() < 1e-9);
@@ -69,6 +70,7 @@ fn weights_component_is_four_bytes_per_parameter() {
             seq: 128,
             answer_frac: 0.5,
             checkpoint_activations: false,
+            shards: 2,
         })
         .unwrap();
         let want = ((134_515_008.0 - 35_136.0) * 2.0 + 35_136.0 * 4.0) / 1048576.0;
@@ -78,6 +80,22 @@ fn weights_component_is_four_bytes_per_parameter() {
         assert!((p.total_mib - h.total_mib - (p.weights_mib - want - lm_head)).abs() < 1e-6);
     }
     assert_eq!(p.tokens, 512);
+    // Each further shard holds one more copy of the trainable gradients: full fine-tuning of
+    // SmolLM2 on 4 shards plans 2 x 134,515,008 x 4 B more than on 2.
+    let full = config(Method::Full, 4);
+    let on = |shards| {
+        plan(&PlanInput {
+            model: &model,
+            train: &full,
+            seq: 128,
+            answer_frac: 0.5,
+            checkpoint_activations: false,
+            shards,
+        })
+        .unwrap()
+        .total_mib
+    };
+    assert!((on(4) - on(2) - 2.0 * 134_515_008.0 * 4.0 / 1048576.0).abs() < 1e-6);
     let sum =
         p.runtime_mib + p.weights_mib + p.trainable_state_mib + p.activations_mib + p.lm_head_mib;
     assert!((p.total_mib - sum).abs() < 1e-9);
@@ -100,7 +118,7 @@ type Case = (
 /// 7 Dec 2026 after the SwiGLU and embedding operations, AMD EPYC Zen 4, 2 cores, random
 /// weights, LoRA rank 8 / Flexi (2,8) / DyLoRA r_max 8 / AdaLoRA init_r 12 on q,k,v,o). The
 /// planner's constants were fitted on the rows marked `fit`, one group at a time (activations
-/// and logits, then STATE, the checkpointed factors, the bf16 copies, the masters); the
+/// and logits, then STATE and ACT_FULL, the checkpointed factors, the bf16 copies, the masters); the
 /// others check it.
 const MEASURED: &[Case] = &[
     ("smollm2-135m", "lora", 1, 128, false, "f32", 846.0), // fit
@@ -117,8 +135,8 @@ const MEASURED: &[Case] = &[
     ("smollm2-135m", "lora", 2, 1024, false, "f32", 7558.0), // fit
     ("smollm2-135m", "adalora", 4, 128, false, "f32", 1518.0),
     ("smollm2-135m", "flexi", 4, 128, false, "f32", 1460.0),
-    ("smollm2-135m", "full", 4, 128, false, "f32", 3382.0), // fit (STATE)
-    ("smollm2-135m", "full", 8, 128, false, "f32", 3949.0), // fit (STATE)
+    ("smollm2-135m", "full", 4, 128, false, "f32", 3382.0), // fit (STATE, ACT_FULL)
+    ("smollm2-135m", "full", 8, 128, false, "f32", 3949.0), // fit (STATE, ACT_FULL)
     ("smollm2-135m", "lora", 4, 128, true, "f32", 1678.0),  // fit (checkpointed)
     ("smollm2-135m", "lora", 8, 256, true, "f32", 4520.0),  // fit (checkpointed)
     ("smollm2-135m", "dylora", 8, 128, true, "f32", 2538.0), // fit (checkpointed)
@@ -193,6 +211,7 @@ fn predictions_are_within_15_percent_of_measured_peaks() {
             seq,
             answer_frac: 0.5,
             checkpoint_activations: ckpt,
+            shards: 2,
         })
         .unwrap();
         let err = p.total_mib / measured - 1.0;
@@ -219,6 +238,7 @@ fn bad_inputs_are_refused_with_the_field_named() {
             seq,
             answer_frac: frac,
             checkpoint_activations: false,
+            shards: 2,
         })
         .map(|_| ())
         .unwrap_err()
@@ -251,6 +271,7 @@ fn terms() {
             seq,
             answer_frac: 0.5,
             checkpoint_activations: ckpt,
+            shards: 2,
         })
         .unwrap();
         println!(

@@ -393,6 +393,11 @@ pub struct TrainArgs {
     /// gradients, less memory, some extra compute.
     #[arg(long)]
     pub(crate) checkpoint_activations: bool,
+    /// Shards of each batch computed at once on the CPU (default: every core, divided among
+    /// data-parallel peers). Each shard holds a whole copy of the trainable gradients: fewer
+    /// shards lower full fine-tuning's peak (`plan --shards`), at the cost of idle cores.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) shards: Option<u64>,
     #[command(flatten)]
     pub(crate) parallel: ParallelArgs,
     /// No progress bar or summary lines (callers that print their own).
@@ -560,7 +565,9 @@ impl BackendJob for TrainJob {
             resume: a.resume,
             progress: !a.quiet,
             // CPU peers share the cores.
-            shards: (train::trainer::default_shards(on_cpu) / peers.len().max(1)).max(1),
+            shards: a.shards.map(|n| n as usize).unwrap_or_else(|| {
+                (train::trainer::default_shards(on_cpu) / peers.len().max(1)).max(1)
+            }),
             parallel: None,
         };
         let fitted = if peers.is_empty() {
@@ -956,6 +963,7 @@ impl TrainArgs {
             resume_from_adapter: None,
             allow_upcast: false,
             checkpoint_activations: false,
+            shards: None,
             parallel: ParallelArgs::default(),
             quiet: false,
         }

@@ -46,6 +46,10 @@ pub struct PlanArgs {
     /// Plan for `train --checkpoint-activations`.
     #[arg(long)]
     checkpoint_activations: bool,
+    /// Shards computed at once (default: the trainer's, every core of this machine); each
+    /// holds a copy of the trainable parameters' gradients.
+    #[arg(long)]
+    shards: Option<usize>,
     /// Plan for `train --precision`: f32, or the matrices stored in bf16 / f16 (frozen, or
     /// trained on f32 masters under full fine-tuning; overrides the configuration).
     #[arg(long)]
@@ -149,6 +153,9 @@ pub fn run(a: PlanArgs) -> Result<()> {
             seq,
             answer_frac: a.answer_frac,
             checkpoint_activations: a.checkpoint_activations,
+            shards: a
+                .shards
+                .unwrap_or_else(|| train::trainer::default_shards(true)),
         }
     }
     let p = plan(&input(&model, &cfg, seq, &a))?;

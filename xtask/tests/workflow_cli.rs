@@ -1187,7 +1187,13 @@ fn mixed_precision_trains_evaluates_and_generates_from_the_command_line() {
     // Full fine-tuning in bf16: the matrices train in bf16 on f32 masters; the checkpoint
     // holds the masters (f32), and eval of the run loads them in its precision.
     let full_run = dir.join("full");
-    let args = train("bf16", "full", &full_run);
+    let mut args = train("bf16", "full", &full_run);
+    // One shard (one copy of the gradients); zero shards is refused.
+    args.extend(["--shards", "0"].map(String::from));
+    let err = xtask_fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("--shards"), "{err}");
+    args.pop();
+    args.push("1".into());
     xtask(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let metrics = std::fs::read_to_string(full_run.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 3, "{metrics}");
