@@ -93,6 +93,7 @@ fn main() -> Result<()> {
         progress: false,
         shards: 1,
         parallel: None,
+        recompute_layers: false,
     };
     let fitted = workflow::fit::<Ad>(&spec, &examples, device).context("fine-tuning")?;
     println!(

@@ -387,3 +387,54 @@ impl TrainConfig {
         Ok(())
     }
 }
+
+/// How a training step trades compute for activation memory (`train
+/// --checkpoint-activations`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivationCheckpointing {
+    /// Every activation the backward pass reads is kept from the forward pass.
+    #[default]
+    Off,
+    /// Per-layer recomputation ([`crate::Trainer::recompute_layers`], transformers'
+    /// `gradient_checkpointing`): only each decoder layer's input is kept; each layer's
+    /// forward runs again just before its backward. Llama models.
+    Layers,
+    /// Burn's `BalancedCheckpointing` autodiff strategy: the outputs of memory-bound
+    /// operations (elementwise, softmax, norms) are recomputed, those of matmuls kept. Every
+    /// model.
+    Balanced,
+}
+
+impl ActivationCheckpointing {
+    /// The name `--checkpoint-activations` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Layers => "layers",
+            Self::Balanced => "balanced",
+        }
+    }
+}
+
+impl std::fmt::Display for ActivationCheckpointing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ActivationCheckpointing {
+    type Err = TrainError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "off" | "none" => Ok(Self::Off),
+            "layers" => Ok(Self::Layers),
+            "balanced" => Ok(Self::Balanced),
+            other => Err(TrainError::Config {
+                key: "checkpoint_activations".into(),
+                message: format!("{other:?}: expected layers, balanced or off"),
+            }),
+        }
+    }
+}

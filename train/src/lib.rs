@@ -6,7 +6,8 @@
 //! - [`config`]: [`TrainConfig`] and [`Method`], from TOML/JSON plus `key=value` overrides.
 //! - [`trainer`]: the loop ([`Trainer::fit`]) over any [`Objective`]: AdamW, warm-up + decay,
 //!   global-norm clipping, gradient accumulation, seeded order/ranks/dropout, NaN stop,
-//!   checkpoints and exact resume.
+//!   checkpoints and exact resume; per-layer recomputation ([`Trainer::recompute_layers`],
+//!   [`ActivationCheckpointing`]) for activation memory.
 //! - [`lm`]: the causal-LM objective for `models::llama` (loss on answer tokens).
 //! - [`asr`]: the seq2seq objective for `models::whisper` (loss on transcript tokens).
 //! - [`lr`]: learning-rate schedules.
@@ -44,7 +45,7 @@ pub mod run;
 pub mod trainer;
 pub mod workflow;
 
-pub use config::{Method, TrainConfig};
+pub use config::{ActivationCheckpointing, Method, TrainConfig};
 pub use error::{Result, TrainError};
 pub use lock::RunLock;
 pub use parallel::{DataParallel, NodeSetup};

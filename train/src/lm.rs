@@ -3,14 +3,17 @@
 
 use std::path::Path;
 
-use burn::tensor::Tensor;
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor};
 use flexi_burn::SampleRanks;
+use flexi_burn::schedule::mix;
 use models::llama::{AdapterConfig, Llama, PaddedBatch, causal_lm_loss_from_hidden};
 
 use crate::config::{Method, TrainConfig};
 use crate::error::{Result, TrainError};
-use crate::params::{seeded_adapter_init, stable_param_ids};
+use crate::params::{fresh_leaves, seeded_adapter_init, stable_param_ids};
 use crate::trainer::Objective;
 
 /// HF's ignore index for labels.
@@ -117,6 +120,83 @@ impl<B: AutodiffBackend> Objective<B> for CausalLm {
 
     fn loss_targets(&self, batch: &LmBatch) -> usize {
         shifted_targets(&batch.labels, batch.batch.seq_len())
+    }
+
+    fn recompute_layers(
+        &self,
+        model: &Llama<B>,
+        batch: &LmBatch,
+        ranks: &SampleRanks,
+        scale: &dyn Fn(Tensor<B, 1>) -> Tensor<B, 1>,
+        reseed: Option<u64>,
+    ) -> Result<(f64, GradientsParams)> {
+        let model_err = |e: models::llama::LlamaError| TrainError::Model(e.to_string());
+        let device = model.embed_tokens.weight.device();
+        let seed_layer = |l: usize| {
+            if let Some(seed) = reseed {
+                B::seed(&device, mix(seed, l as u64));
+            }
+        };
+        let ctx = model
+            .layer_context(&batch.batch, ranks)
+            .map_err(model_err)?;
+        // Forward with every parameter detached (no graph is recorded): each layer's input
+        // `[b, s, hidden]` is all that stays.
+        let detached = model.clone().no_grad();
+        let mut x = detached.layer_input(&ctx);
+        let mut inputs = Vec::with_capacity(model.layers.len());
+        for (l, layer) in detached.layers.iter().enumerate() {
+            seed_layer(l);
+            inputs.push(x.clone().inner());
+            x = layer.forward_in(x, &ctx, ranks);
+        }
+        drop(detached);
+
+        // Everything but the layers, as its own leaves: the final norm and the loss (the LM
+        // head, or the tied embedding), then the embedding's backward.
+        let outer = fresh_leaves(Llama {
+            layers: Vec::new(),
+            ..model.clone()
+        });
+        let mut sum = GradientsAccumulator::<Llama<B>>::new();
+        let h = Tensor::<B, 3>::from_inner(x.inner()).require_grad();
+        let loss = causal_lm_loss_from_hidden(
+            &outer,
+            outer.norm.forward(h.clone()),
+            &batch.labels,
+            IGNORE_INDEX,
+        )
+        .map_err(model_err)?;
+        let value: f64 = loss.clone().into_scalar().elem();
+        let grads = scale(loss).backward();
+        let mut dy = h.grad(&grads);
+        sum.accumulate(model, GradientsParams::from_grads(grads, &outer));
+
+        // Layer by layer from the top: the layer's forward again, now with autodiff, and its
+        // backward from the gradient of its output (`sum(y * dy)` has exactly `dy` as the
+        // gradient of `y`).
+        let embedding_trains = model.embed_tokens.weight.is_require_grad();
+        for (l, input) in inputs.into_iter().enumerate().rev() {
+            let Some(dy_l) = dy.take() else { break };
+            let layer = fresh_leaves(model.layers[l].clone());
+            let x = Tensor::<B, 3>::from_inner(input);
+            let x = if l > 0 || embedding_trains {
+                x.require_grad()
+            } else {
+                x
+            };
+            seed_layer(l);
+            let y = layer.forward_in(x.clone(), &ctx, ranks);
+            let grads = y.mul(Tensor::from_inner(dy_l)).sum().backward();
+            dy = x.grad(&grads);
+            sum.accumulate(model, GradientsParams::from_grads(grads, &layer));
+        }
+        if let (Some(dy), true) = (dy, embedding_trains) {
+            let e = outer.layer_input(&ctx);
+            let grads = e.mul(Tensor::from_inner(dy)).sum().backward();
+            sum.accumulate(model, GradientsParams::from_grads(grads, &outer));
+        }
+        Ok((value, sum.grads()))
     }
 }
 

@@ -43,7 +43,13 @@
 //! - *LM head*: the loss reads only answer positions (`train::lm`), so the logits are
 //!   `[answer tokens, vocab]`.
 //!
-//! With `--checkpoint-activations` (Burn's `BalancedCheckpointing`) the factors are
+//! With per-layer recomputation (`--checkpoint-activations`, [`ActivationCheckpointing::Layers`])
+//! the saved activations are one layer's (the counts above over `layers`, same factors) plus
+//! [`LAYER_INPUTS`] x every layer's input `[tokens, hidden]`, and the LM head's term is
+//! [`LM_HEAD_RECOMPUTED`]: the loss's backward pass then runs alone and is the peak of a
+//! LoRA step.
+//!
+//! With `--checkpoint-activations balanced` (Burn's `BalancedCheckpointing`) the factors are
 //! [`ACT_CHECKPOINTED`] and [`ACT_ATTENTION_CHECKPOINTED`]: the strategy recomputes most of
 //! the score-sized tensors (0.47 against 1.55) but holds more of the per-token ones at the
 //! peak (2.37 against 1.70: recomputed tensors and the kept ones overlap in the backward
@@ -58,7 +64,7 @@
 use models::llama::{AdapterConfig, LlamaConfig, Target};
 use serde::Serialize;
 
-use crate::config::{Method, TrainConfig};
+use crate::config::{ActivationCheckpointing, Method, TrainConfig};
 use crate::error::{Result, TrainError};
 
 /// Resident memory of the process before any model exists, and what the runtime, the
@@ -84,12 +90,20 @@ pub const ACT_CHECKPOINTED: f64 = 2.37;
 /// strategy recomputes most of the score-sized tensors in the backward pass instead of
 /// keeping them).
 pub const ACT_ATTENTION_CHECKPOINTED: f64 = 0.47;
+/// Copies of the layers' inputs at the peak of per-layer recomputation
+/// ([`ActivationCheckpointing::Layers`]).
+pub const LAYER_INPUTS: f64 = 1.0;
 /// Copies of the f32 masters of half-stored trained matrices at the peak (full fine-tuning
 /// under mixed precision: the masters themselves plus the f32 gradients of the matrices,
 /// which [`STATE`] counts for f32 parameters).
 pub const MASTERS: f64 = 0.56;
 /// Copies of the answer positions' logits at the peak.
 pub const LM_HEAD: f64 = 0.22;
+/// [`LM_HEAD`] under per-layer recomputation: the loss's backward pass runs on its own there
+/// (before any layer's), so the logits, their log-softmax and its gradient are all alive at
+/// the step's peak instead of overlapping with freed activations. Fitted on the per-layer
+/// rows of `tests/memory_plan.rs` (the only constant fitted on them).
+pub const LM_HEAD_RECOMPUTED: f64 = 3.55;
 /// Under bf16 (`precision = "bf16"`), f32 copies of the LM head's `[vocab, hidden]` matrix at
 /// the peak: burn-flex multiplies bf16 by converting both operands to f32 on every call, and
 /// the LM head's is the largest (f16 multiplies natively, through gemm's f16 path). Fitted
@@ -110,8 +124,8 @@ pub struct PlanInput<'a> {
     pub seq: usize,
     /// Fraction of each sequence that carries a label (the answer).
     pub answer_frac: f64,
-    /// Burn's `BalancedCheckpointing` on.
-    pub checkpoint_activations: bool,
+    /// Activation checkpointing: off, per-layer recomputation or Burn's balanced strategy.
+    pub checkpointing: ActivationCheckpointing,
     /// Shards of each micro-batch computed at once (`Trainer::shards`: every core on the CPU
     /// by default): each holds a whole copy of the trainable parameters' gradients.
     pub shards: usize,
@@ -267,6 +281,10 @@ pub struct PlanTerms {
     pub attention_mib: f64,
     /// Logits of the answer positions.
     pub logits_mib: f64,
+    /// Decoder layers.
+    pub layers: usize,
+    /// Every decoder layer's input `[tokens, hidden]` (what per-layer recomputation keeps).
+    pub layer_inputs_mib: f64,
 }
 
 /// The planner's counts for `p` (see [`PlanTerms`]).
@@ -324,22 +342,35 @@ pub fn plan_terms(p: &PlanInput) -> Result<PlanTerms> {
         saved_mib: saved * 4.0 / MIB,
         attention_mib: attention * 4.0 / MIB,
         logits_mib: (answer * c.vocab_size) as f64 * 4.0 / MIB,
+        layers: c.num_hidden_layers.max(1),
+        layer_inputs_mib: (layers * c.hidden_size) as f64 * 4.0 / MIB,
     })
 }
 
 /// The predicted peak resident memory of one training step.
 pub fn plan(p: &PlanInput) -> Result<MemoryPlan> {
     let t = plan_terms(p)?;
-    let (act, act_attention) = match (p.checkpoint_activations, p.train.method == Method::Full) {
-        (true, _) => (ACT_CHECKPOINTED, ACT_ATTENTION_CHECKPOINTED),
-        (false, true) => (ACT_FULL, ACT_ATTENTION),
-        (false, false) => (ACT, ACT_ATTENTION),
+    let full = p.train.method == Method::Full;
+    let (act, act_attention) = match (p.checkpointing, full) {
+        (ActivationCheckpointing::Balanced, _) => (ACT_CHECKPOINTED, ACT_ATTENTION_CHECKPOINTED),
+        (_, true) => (ACT_FULL, ACT_ATTENTION),
+        (_, false) => (ACT, ACT_ATTENTION),
     };
     let half_transient_mib = BF16_LM_HEAD_COPIES * t.bf16_lm_head_mib;
     let masters_mib = MASTERS * t.masters_mib;
     let trainable_state_mib = (STATE + t.shards as f64) * t.trainable_mib + masters_mib;
-    let activations_mib = act * t.saved_mib + act_attention * t.attention_mib;
-    let lm_head_mib = LM_HEAD * t.logits_mib;
+    let activations_mib = match p.checkpointing {
+        // One layer's activations at a time, besides every layer's input.
+        ActivationCheckpointing::Layers => {
+            (act * t.saved_mib + act_attention * t.attention_mib) / t.layers as f64
+                + LAYER_INPUTS * t.layer_inputs_mib
+        }
+        _ => act * t.saved_mib + act_attention * t.attention_mib,
+    };
+    let lm_head_mib = match p.checkpointing {
+        ActivationCheckpointing::Layers => LM_HEAD_RECOMPUTED * t.logits_mib,
+        _ => LM_HEAD * t.logits_mib,
+    };
     Ok(MemoryPlan {
         params: t.params,
         trainable: t.trainable,

@@ -78,6 +78,30 @@ pub trait Objective<B: AutodiffBackend>: Sync {
     fn loss_targets(&self, _batch: &Self::Batch) -> usize {
         0
     }
+
+    /// The loss value of `batch` and the gradients of `scale(loss)` by **per-layer
+    /// recomputation** ([`Trainer::recompute_layers`]; activation checkpointing as transformers'
+    /// `gradient_checkpointing` does it): a forward pass without autodiff keeps only each
+    /// layer's input, then the backward pass runs layer by layer from the loss down, each
+    /// layer's forward recomputed with autodiff just before its backward. Only one layer's
+    /// activations are alive at a time. With `reseed` (adapter dropout), the backend is seeded
+    /// with `flexi_burn::schedule::mix(reseed, layer)` before a layer runs, so a recomputed
+    /// layer draws the dropout masks its first forward drew. The default: this objective cannot.
+    fn recompute_layers(
+        &self,
+        _model: &Self::Model,
+        _batch: &Self::Batch,
+        _ranks: &SampleRanks,
+        _scale: &dyn Fn(Tensor<B, 1>) -> Tensor<B, 1>,
+        _reseed: Option<u64>,
+    ) -> Result<(f64, GradientsParams)> {
+        Err(TrainError::Config {
+            key: "checkpoint_activations".into(),
+            message: "per-layer recomputation is built for the Llama objective only; \
+                      Burn's balanced checkpointing works for every model"
+                .into(),
+        })
+    }
 }
 
 /// One line of `metrics.jsonl`.
@@ -160,6 +184,11 @@ pub struct Trainer<'a, B: AutodiffBackend> {
     /// every batch and sums the gradients with the others before each optimizer step
     /// ([`crate::parallel`]). `None`: one process trains on the whole batch.
     pub parallel: Option<DataParallel>,
+    /// Per-layer recomputation ([`Objective::recompute_layers`]): every micro-batch (or
+    /// shard) keeps only its layers' inputs from the forward pass and recomputes each layer
+    /// during the backward pass. The same gradients, about one more forward pass of compute,
+    /// a fraction of the activation memory.
+    pub recompute_layers: bool,
 }
 
 /// What every micro-batch of one optimizer step shares.
@@ -171,6 +200,16 @@ struct StepShared<'a, B: AutodiffBackend, O: Objective<B>> {
     pool: Option<&'a rayon::ThreadPool>,
     /// Factor on the loss before backward (f16 loss scaling; 1 otherwise).
     loss_scale: f64,
+    /// Seed of the micro-batch's recomputed dropout masks ([`Trainer::recompute_layers`]).
+    dropout_seed: u64,
+}
+
+/// The scalars of [`StepShared`] a piece of a micro-batch needs (on any shard thread).
+#[derive(Clone, Copy)]
+struct Knobs {
+    micro_batches: usize,
+    loss_scale: f64,
+    dropout_seed: u64,
 }
 
 /// `loss / micro_batches`, times the f16 loss scale when there is one (with none, exactly the
@@ -465,6 +504,7 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                     micro_batches: micro.len(),
                     pool: pool.as_ref(),
                     loss_scale: scaler.as_ref().map_or(1.0, |s| s.scale),
+                    dropout_seed: mix(mix(c.seed ^ 0x2e, step as u64), mi as u64),
                 };
                 let (value, grads) = self.micro_batch(&shared, batch, &ranks)?;
                 // A data-parallel peer holds part of the loss: the sum is checked below.
@@ -609,10 +649,16 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
             objective,
             model,
             adalora,
-            micro_batches,
             pool,
+            micro_batches,
             loss_scale,
+            dropout_seed,
         } = *step;
+        let knobs = Knobs {
+            micro_batches,
+            loss_scale,
+            dropout_seed,
+        };
         let n = objective.batch_len(batch);
         let threads = if self.config.adapter.dropout > 0.0 {
             1
@@ -669,13 +715,16 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
         };
         let Some(pieces) = pieces else {
             // One thread: the whole batch.
-            let mut loss = objective.loss(model, batch, ranks)?;
-            let value: f64 = burn::tensor::ElementConversion::elem(loss.clone().into_scalar());
-            if let Some(a) = adalora {
-                loss = loss.add(a.orth_penalty(model, &self.device));
-            }
-            let grads = backward_scale(loss, micro_batches, loss_scale).backward();
-            return Ok((value, grads_f32(grads, model)));
+            return self.piece_grads(
+                objective,
+                knobs,
+                model,
+                batch,
+                ranks,
+                None,
+                adalora,
+                &self.device,
+            );
         };
         let total = total as f64;
         let piece_grads = |i: usize,
@@ -685,14 +734,17 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                            device: &B::Device|
          -> Result<(f64, GradientsParams)> {
             let weight = objective.loss_targets(piece) as f64 / total;
-            let mut loss = objective.loss(model, piece, piece_ranks)?;
-            let value: f64 = burn::tensor::ElementConversion::elem(loss.clone().into_scalar());
-            loss = loss.mul_scalar(weight);
-            if let (0, true, Some(a)) = (i, penalty, adalora) {
-                loss = loss.add(a.orth_penalty(model, device));
-            }
-            let grads = backward_scale(loss, micro_batches, loss_scale).backward();
-            Ok((value * weight, grads_f32(grads, model)))
+            let adalora = if i == 0 && penalty { adalora } else { None };
+            self.piece_grads(
+                objective,
+                knobs,
+                model,
+                piece,
+                piece_ranks,
+                Some(weight),
+                adalora,
+                device,
+            )
         };
         if pieces.len() <= 1 {
             // Nothing to spread over threads (a peer's slice on one thread, or nothing).
@@ -738,6 +790,65 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
             accumulator.accumulate(model, grads);
         }
         Ok((value, accumulator.grads()))
+    }
+
+    /// The loss value (times `weight`) and the f32 gradients of one piece of a micro-batch
+    /// (the whole of it, a shard, a data-parallel peer's slice): the loss times `weight` (the
+    /// piece's share of the batch's targets; `None` = the whole batch) plus, with `adalora`,
+    /// its orthogonality penalty, scaled by [`backward_scale`], through one backward pass or
+    /// by per-layer recomputation ([`Trainer::recompute_layers`]).
+    #[allow(clippy::too_many_arguments)]
+    fn piece_grads<O: Objective<B>>(
+        &self,
+        objective: &O,
+        knobs: Knobs,
+        model: &O::Model,
+        piece: &O::Batch,
+        ranks: &SampleRanks,
+        weight: Option<f64>,
+        adalora: Option<&AdaLoraAllocator>,
+        device: &B::Device,
+    ) -> Result<(f64, GradientsParams)> {
+        let Knobs {
+            micro_batches,
+            loss_scale,
+            dropout_seed,
+        } = knobs;
+        let weighted = |loss: Tensor<B, 1>| match weight {
+            Some(w) => loss.mul_scalar(w),
+            None => loss,
+        };
+        let w = weight.unwrap_or(1.0);
+        if self.recompute_layers {
+            let scale =
+                |loss: Tensor<B, 1>| backward_scale(weighted(loss), micro_batches, loss_scale);
+            // Adapter dropout draws from the backend's RNG, seeded per step by `fit`: one more
+            // seed from the step's for the layers' recomputed masks.
+            let reseed = (self.config.adapter.dropout > 0.0).then_some(dropout_seed);
+            let (value, mut grads) =
+                objective.recompute_layers(model, piece, ranks, &scale, reseed)?;
+            if let Some(a) = adalora {
+                let penalty =
+                    backward_scale(a.orth_penalty(model, device), micro_batches, loss_scale);
+                let mut sum = GradientsAccumulator::<O::Model>::new();
+                sum.accumulate(model, grads);
+                sum.accumulate(
+                    model,
+                    GradientsParams::from_grads(penalty.backward(), model),
+                );
+                grads = sum.grads();
+            }
+            model.visit(&mut Widen { grads: &mut grads });
+            return Ok((value * w, grads));
+        }
+        let mut loss = objective.loss(model, piece, ranks)?;
+        let value: f64 = burn::tensor::ElementConversion::elem(loss.clone().into_scalar());
+        loss = weighted(loss);
+        if let Some(a) = adalora {
+            loss = loss.add(a.orth_penalty(model, device));
+        }
+        let grads = backward_scale(loss, micro_batches, loss_scale).backward();
+        Ok((value * w, grads_f32(grads, model)))
     }
 
     fn save<M: AutodiffModule<B>>(

@@ -565,6 +565,8 @@ pub struct FitSpec {
     /// Data-parallel training: this call is one peer of several ([`crate::parallel`]); peer
     /// 0 writes the run directory. `None`: this process trains alone.
     pub parallel: Option<crate::parallel::DataParallel>,
+    /// Per-layer recomputation ([`Trainer::recompute_layers`]; Llama only).
+    pub recompute_layers: bool,
 }
 
 /// What [`fit`] did.
@@ -610,6 +612,14 @@ pub fn fit<B: AutodiffBackend>(
         None
     };
     let speech = models::auto::is_whisper(&spec.model);
+    if speech && spec.recompute_layers {
+        return Err(TrainError::Config {
+            key: "checkpoint_activations".into(),
+            message: "per-layer recomputation is built for Llama models; Whisper trains with \
+                      Burn's balanced checkpointing (`--checkpoint-activations balanced`)"
+                .into(),
+        });
+    }
     let router = match (&cfg.method, &spec.router) {
         (Method::Flexi { .. }, Some(dir)) => {
             let router = TrainedRouter::<B::InnerBackend>::load(dir, &device)?;
@@ -637,6 +647,7 @@ pub fn fit<B: AutodiffBackend>(
         save_checkpoints: true,
         shards: spec.shards,
         parallel: spec.parallel.clone(),
+        recompute_layers: spec.recompute_layers,
     };
     let (summary, batches, params, chat) = if speech {
         let mut model = load_whisper_for_training::<B>(&spec.model, cfg, &device)?;

@@ -7,7 +7,7 @@
 
 use models::llama::LlamaConfig;
 use train::memory::{PlanInput, llama_params, plan, trainable_params};
-use train::{Method, TrainConfig};
+use train::{ActivationCheckpointing, Method, TrainConfig};
 
 fn config(method: Method, batch: usize) -> TrainConfig {
     TrainConfig {
@@ -51,7 +51,7 @@ fn weights_component_is_four_bytes_per_parameter() {
         train: &train,
         seq: 128,
         answer_frac: 0.5,
-        checkpoint_activations: false,
+        checkpointing: ActivationCheckpointing::Off,
         shards: 2,
     })
     .unwrap();
@@ -69,7 +69,7 @@ fn weights_component_is_four_bytes_per_parameter() {
             train: &half,
             seq: 128,
             answer_frac: 0.5,
-            checkpoint_activations: false,
+            checkpointing: ActivationCheckpointing::Off,
             shards: 2,
         })
         .unwrap();
@@ -89,7 +89,7 @@ fn weights_component_is_four_bytes_per_parameter() {
             train: &full,
             seq: 128,
             answer_frac: 0.5,
-            checkpoint_activations: false,
+            checkpointing: ActivationCheckpointing::Off,
             shards,
         })
         .unwrap()
@@ -108,10 +108,14 @@ type Case = (
     &'static str,
     usize,
     usize,
-    bool,
+    ActivationCheckpointing,
     &'static str,
     f64,
 );
+
+const OFF: ActivationCheckpointing = ActivationCheckpointing::Off;
+const BALANCED: ActivationCheckpointing = ActivationCheckpointing::Balanced;
+const LAYERS: ActivationCheckpointing = ActivationCheckpointing::Layers;
 
 /// Peaks measured by `cargo xtask bench train --iters 1 --warmup 1 --threads 2 --shape S
 /// --method M --batch B --seq T [--checkpoint-activations] [--precision P]` (re-measured
@@ -121,56 +125,73 @@ type Case = (
 /// and logits, then STATE and ACT_FULL, the checkpointed factors, the bf16 copies, the masters); the
 /// others check it.
 const MEASURED: &[Case] = &[
-    ("smollm2-135m", "lora", 1, 128, false, "f32", 846.0), // fit
-    ("smollm2-135m", "lora", 2, 128, false, "f32", 1098.0), // fit
-    ("smollm2-135m", "lora", 4, 128, false, "f32", 1510.0), // fit
-    ("smollm2-135m", "lora", 1, 512, false, "f32", 1894.0),
-    ("smollm2-135m", "lora", 16, 64, false, "f32", 2166.0), // fit
-    ("smollm2-135m", "lora", 8, 128, false, "f32", 2266.0), // fit
-    ("smollm2-135m", "lora", 4, 256, false, "f32", 2494.0), // fit
-    ("smollm2-135m", "lora", 2, 512, false, "f32", 3144.0),
-    ("smollm2-135m", "lora", 1, 1024, false, "f32", 4059.0),
-    ("smollm2-135m", "lora", 8, 256, false, "f32", 4352.0), // fit
-    ("smollm2-135m", "lora", 4, 512, false, "f32", 5376.0), // fit
-    ("smollm2-135m", "lora", 2, 1024, false, "f32", 7558.0), // fit
-    ("smollm2-135m", "adalora", 4, 128, false, "f32", 1518.0),
-    ("smollm2-135m", "flexi", 4, 128, false, "f32", 1460.0),
-    ("smollm2-135m", "full", 4, 128, false, "f32", 3382.0), // fit (STATE, ACT_FULL)
-    ("smollm2-135m", "full", 8, 128, false, "f32", 3949.0), // fit (STATE, ACT_FULL)
-    ("smollm2-135m", "lora", 4, 128, true, "f32", 1678.0),  // fit (checkpointed)
-    ("smollm2-135m", "lora", 8, 256, true, "f32", 4520.0),  // fit (checkpointed)
-    ("smollm2-135m", "dylora", 8, 128, true, "f32", 2538.0), // fit (checkpointed)
-    ("smollm2-135m", "lora", 2, 1024, true, "f32", 5563.0), // fit (checkpointed)
-    ("llama-3.2-1b", "lora", 2, 128, false, "f32", 5792.0),
-    ("llama-3.2-1b", "lora", 1, 256, false, "f32", 5976.0),
-    ("llama-3.2-1b", "lora", 2, 256, false, "f32", 7000.0),
-    ("llama-3.2-1b", "lora", 1, 512, false, "f32", 7360.0),
-    ("llama-3.2-1b", "lora", 4, 256, false, "f32", 8870.0),
-    ("llama-3.2-1b", "lora", 4, 256, true, "f32", 8992.0),
+    ("smollm2-135m", "lora", 1, 128, OFF, "f32", 846.0), // fit
+    ("smollm2-135m", "lora", 2, 128, OFF, "f32", 1098.0), // fit
+    ("smollm2-135m", "lora", 4, 128, OFF, "f32", 1510.0), // fit
+    ("smollm2-135m", "lora", 1, 512, OFF, "f32", 1894.0),
+    ("smollm2-135m", "lora", 16, 64, OFF, "f32", 2166.0), // fit
+    ("smollm2-135m", "lora", 8, 128, OFF, "f32", 2266.0), // fit
+    ("smollm2-135m", "lora", 4, 256, OFF, "f32", 2494.0), // fit
+    ("smollm2-135m", "lora", 2, 512, OFF, "f32", 3144.0),
+    ("smollm2-135m", "lora", 1, 1024, OFF, "f32", 4059.0),
+    ("smollm2-135m", "lora", 8, 256, OFF, "f32", 4352.0), // fit
+    ("smollm2-135m", "lora", 4, 512, OFF, "f32", 5376.0), // fit
+    ("smollm2-135m", "lora", 2, 1024, OFF, "f32", 7558.0), // fit
+    ("smollm2-135m", "adalora", 4, 128, OFF, "f32", 1518.0),
+    ("smollm2-135m", "flexi", 4, 128, OFF, "f32", 1460.0),
+    ("smollm2-135m", "full", 4, 128, OFF, "f32", 3382.0), // fit (STATE, ACT_FULL)
+    ("smollm2-135m", "full", 8, 128, OFF, "f32", 3949.0), // fit (STATE, ACT_FULL)
+    ("smollm2-135m", "lora", 4, 128, BALANCED, "f32", 1678.0), // fit (checkpointed)
+    ("smollm2-135m", "lora", 8, 256, BALANCED, "f32", 4520.0), // fit (checkpointed)
+    ("smollm2-135m", "dylora", 8, 128, BALANCED, "f32", 2538.0), // fit (checkpointed)
+    ("smollm2-135m", "lora", 2, 1024, BALANCED, "f32", 5563.0), // fit (checkpointed)
+    ("llama-3.2-1b", "lora", 2, 128, OFF, "f32", 5792.0),
+    ("llama-3.2-1b", "lora", 1, 256, OFF, "f32", 5976.0),
+    ("llama-3.2-1b", "lora", 2, 256, OFF, "f32", 7000.0),
+    ("llama-3.2-1b", "lora", 1, 512, OFF, "f32", 7360.0),
+    ("llama-3.2-1b", "lora", 4, 256, OFF, "f32", 8870.0),
+    ("llama-3.2-1b", "lora", 4, 256, BALANCED, "f32", 8992.0),
     // Mixed precision (`--precision`, freed pages returned as `train --precision` sets them);
     // the weights term and the bf16 copies are exact counts, the f32 constants unchanged;
     // BF16_LM_HEAD_COPIES fitted on the rows so marked.
-    ("smollm2-135m", "lora", 1, 128, false, "f16", 555.0),
-    ("smollm2-135m", "lora", 4, 128, false, "f16", 1201.0),
-    ("smollm2-135m", "lora", 16, 64, false, "f16", 1952.0),
-    ("smollm2-135m", "lora", 8, 256, false, "f16", 4006.0),
-    ("smollm2-135m", "lora", 2, 512, false, "f16", 2791.0),
-    ("smollm2-135m", "lora", 8, 256, true, "f16", 4228.0),
-    ("smollm2-135m", "flexi", 4, 128, false, "f16", 1263.0),
-    ("smollm2-135m", "lora", 4, 128, false, "bf16", 1427.0), // fit (bf16 copies)
-    ("smollm2-135m", "lora", 8, 256, false, "bf16", 4014.0), // fit (bf16 copies)
-    ("llama-3.2-1b", "lora", 2, 128, false, "f16", 3657.0),
-    ("llama-3.2-1b", "lora", 2, 256, false, "f16", 4880.0),
-    ("llama-3.2-1b", "lora", 4, 256, false, "f16", 6809.0),
-    ("llama-3.2-1b", "lora", 1, 512, false, "f16", 5248.0),
-    ("llama-3.2-1b", "lora", 4, 256, true, "f16", 6812.0),
-    ("llama-3.2-1b", "lora", 2, 256, false, "bf16", 7649.0), // fit (bf16 copies)
-    ("llama-3.2-3b", "lora", 1, 256, false, "f16", 8431.0),
+    ("smollm2-135m", "lora", 1, 128, OFF, "f16", 555.0),
+    ("smollm2-135m", "lora", 4, 128, OFF, "f16", 1201.0),
+    ("smollm2-135m", "lora", 16, 64, OFF, "f16", 1952.0),
+    ("smollm2-135m", "lora", 8, 256, OFF, "f16", 4006.0),
+    ("smollm2-135m", "lora", 2, 512, OFF, "f16", 2791.0),
+    ("smollm2-135m", "lora", 8, 256, BALANCED, "f16", 4228.0),
+    ("smollm2-135m", "flexi", 4, 128, OFF, "f16", 1263.0),
+    ("smollm2-135m", "lora", 4, 128, OFF, "bf16", 1427.0), // fit (bf16 copies)
+    ("smollm2-135m", "lora", 8, 256, OFF, "bf16", 4014.0), // fit (bf16 copies)
+    ("llama-3.2-1b", "lora", 2, 128, OFF, "f16", 3657.0),
+    ("llama-3.2-1b", "lora", 2, 256, OFF, "f16", 4880.0),
+    ("llama-3.2-1b", "lora", 4, 256, OFF, "f16", 6809.0),
+    ("llama-3.2-1b", "lora", 1, 512, OFF, "f16", 5248.0),
+    ("llama-3.2-1b", "lora", 4, 256, BALANCED, "f16", 6812.0),
+    ("llama-3.2-1b", "lora", 2, 256, OFF, "bf16", 7649.0), // fit (bf16 copies)
+    ("llama-3.2-3b", "lora", 1, 256, OFF, "f16", 8431.0),
     // Full fine-tuning under mixed precision (every matrix half-stored and trained on f32
     // masters); MASTERS fitted on the 4 x 128 rows.
-    ("smollm2-135m", "full", 4, 128, false, "bf16", 3615.0), // fit (masters)
-    ("smollm2-135m", "full", 4, 128, false, "f16", 3490.0),  // fit (masters)
-    ("smollm2-135m", "full", 8, 128, false, "bf16", 4200.0),
+    ("smollm2-135m", "full", 4, 128, OFF, "bf16", 3615.0), // fit (masters)
+    ("smollm2-135m", "full", 4, 128, OFF, "f16", 3490.0),  // fit (masters)
+    ("smollm2-135m", "full", 8, 128, OFF, "bf16", 4200.0),
+    // Per-layer recomputation (`--checkpoint-activations`, 7 Dec 2026): one layer's
+    // activations at a time plus every layer's input; LM_HEAD_RECOMPUTED fitted on all of
+    // these rows (its only group).
+    ("smollm2-135m", "lora", 4, 128, LAYERS, "f32", 870.0),
+    ("smollm2-135m", "lora", 16, 64, LAYERS, "f32", 1056.0),
+    ("smollm2-135m", "lora", 8, 256, LAYERS, "f32", 1492.0),
+    ("smollm2-135m", "lora", 4, 512, LAYERS, "f32", 1518.0),
+    ("smollm2-135m", "lora", 1, 1024, LAYERS, "f32", 1082.0),
+    ("smollm2-135m", "lora", 2, 1024, LAYERS, "f32", 1556.0),
+    ("smollm2-135m", "dylora", 8, 128, LAYERS, "f32", 1072.0),
+    ("smollm2-135m", "flexi", 4, 128, LAYERS, "f32", 872.0),
+    ("smollm2-135m", "full", 4, 128, LAYERS, "f32", 3412.0),
+    ("smollm2-135m", "full", 8, 128, LAYERS, "f32", 3421.0),
+    ("smollm2-135m", "lora", 8, 256, LAYERS, "f16", 1434.0),
+    ("llama-3.2-1b", "lora", 4, 256, LAYERS, "f32", 6080.0),
+    ("llama-3.2-1b", "lora", 4, 256, LAYERS, "f16", 4182.0),
+    ("llama-3.2-1b", "lora", 2, 1024, LAYERS, "f16", 5345.0),
 ];
 
 fn method_of(name: &str) -> Method {
@@ -210,7 +231,7 @@ fn predictions_are_within_15_percent_of_measured_peaks() {
             train: &train,
             seq,
             answer_frac: 0.5,
-            checkpoint_activations: ckpt,
+            checkpointing: ckpt,
             shards: 2,
         })
         .unwrap();
@@ -237,7 +258,7 @@ fn bad_inputs_are_refused_with_the_field_named() {
             train,
             seq,
             answer_frac: frac,
-            checkpoint_activations: false,
+            checkpointing: ActivationCheckpointing::Off,
             shards: 2,
         })
         .map(|_| ())
@@ -270,7 +291,7 @@ fn terms() {
             train: &train,
             seq,
             answer_frac: 0.5,
-            checkpoint_activations: ckpt,
+            checkpointing: ckpt,
             shards: 2,
         })
         .unwrap();

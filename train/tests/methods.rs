@@ -104,6 +104,7 @@ fn trainer<'a, Bk: burn::tensor::backend::AutodiffBackend>(
         save_checkpoints: true,
         shards,
         parallel,
+        recompute_layers: false,
     }
 }
 

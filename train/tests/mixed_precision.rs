@@ -271,6 +271,7 @@ fn follow_the_f32_curve(
             save_checkpoints: false,
             shards: 1,
             parallel: None,
+            recompute_layers: false,
         };
         let model = load_for_training::<B>(&fixture(), &cfg, &Default::default()).unwrap();
         let (_, summary) = trainer.fit(&CausalLm, model, &data, false).unwrap();
@@ -357,6 +358,7 @@ fn full_fine_tuning_checkpoints_hold_the_masters_and_resume_exactly() {
             save_checkpoints: true,
             shards: 1,
             parallel: None,
+            recompute_layers: false,
         };
         let model = load_for_training::<B>(&fixture(), &cfg, &Default::default()).unwrap();
         trainer.fit(&CausalLm, model, &data, resume).unwrap()
@@ -436,6 +438,7 @@ fn recovers_from_overflow(what: &str, make: fn(Precision, usize) -> TrainConfig)
         save_checkpoints: true,
         shards: 1,
         parallel: None,
+        recompute_layers: false,
     };
     let model = load_for_training::<B>(&fixture(), &cfg, &Default::default()).unwrap();
     let initial = infer::weights::trainable_tensors(&model);
@@ -449,6 +452,7 @@ fn recovers_from_overflow(what: &str, make: fn(Precision, usize) -> TrainConfig)
         save_checkpoints: false,
         shards: 1,
         parallel: None,
+        recompute_layers: false,
     };
     let (after3, _) = first.fit(&CausalLm, model.clone(), &data, false).unwrap();
     assert_eq!(infer::weights::trainable_tensors(&after3), initial);

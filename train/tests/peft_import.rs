@@ -323,6 +323,7 @@ fn fit(config: TrainConfig, out: PathBuf, init: Option<PathBuf>, examples: &[dat
         progress: false,
         shards: 1,
         parallel: None,
+        recompute_layers: false,
     };
     workflow::fit::<Ad>(&spec, examples, Default::default()).unwrap();
 }
@@ -414,6 +415,7 @@ fn export_import_export_is_byte_identical_and_training_resumes_from_the_adapter(
         progress: false,
         shards: 1,
         parallel: None,
+        recompute_layers: false,
     };
     let err = workflow::fit::<Ad>(&spec, &examples, Default::default())
         .unwrap_err()

@@ -76,6 +76,7 @@ fn whisper_methods_lower_the_transcript_loss() {
             save_checkpoints: true,
             shards: 1,
             parallel: None,
+            recompute_layers: false,
         };
         let (_, s) = trainer.fit(&Seq2Seq, model, &data, false).unwrap();
         let (first, last) = (s.losses[0], *s.losses.last().unwrap());

@@ -114,6 +114,7 @@ fn fit(
         progress: false,
         shards: 1,
         parallel: None,
+        recompute_layers: false,
     };
     workflow::fit::<Ad>(&spec, examples, Default::default())
 }

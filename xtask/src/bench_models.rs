@@ -97,10 +97,10 @@ pub struct TrainBench {
     /// trainer's default for the backend, every core on flex).
     #[arg(long)]
     shards: Option<usize>,
-    /// Activation checkpointing (Burn's `BalancedCheckpointing`): memory-bound activations
-    /// are recomputed in the backward pass instead of kept.
-    #[arg(long)]
-    checkpoint_activations: bool,
+    /// Activation checkpointing as `train --checkpoint-activations`: `layers` (per-layer
+    /// recomputation, the default of the bare flag) or `balanced` (Burn's strategy).
+    #[arg(long, num_args = 0..=1, default_missing_value = "layers", value_name = "layers|balanced")]
+    checkpoint_activations: Option<train::ActivationCheckpointing>,
     /// Storage type of the frozen weights: f32, bf16 or f16 (mixed precision; see
     /// `train --precision`).
     #[arg(long, default_value = "f32")]
@@ -350,8 +350,10 @@ pub fn run_train(a: TrainBench) -> Result<()> {
         Method::Flexi { .. } => format!("train-{}", method.label()),
         _ => format!("train-{}", a.method),
     };
-    if a.checkpoint_activations {
-        case.push_str("+ckpt");
+    match a.checkpoint_activations {
+        Some(train::ActivationCheckpointing::Layers) => case.push_str("+ckpt"),
+        Some(train::ActivationCheckpointing::Balanced) => case.push_str("+balanced"),
+        _ => {}
     }
     push_precision(&mut case, a.precision);
     let params = case_params(&case, &a);
@@ -374,11 +376,12 @@ pub fn run_train(a: TrainBench) -> Result<()> {
     let kind = a.common.backend.parse()?;
     crate::alloc::for_precision(cfg.precision);
     let job = TrainJob(a.clone(), cfg);
-    let (ms, loss, step_peak) = if a.checkpoint_activations {
-        backend::run_checkpointed(kind, job)??
-    } else {
-        backend::run(kind, job)??
-    };
+    let (ms, loss, step_peak) =
+        if a.checkpoint_activations == Some(train::ActivationCheckpointing::Balanced) {
+            backend::run_checkpointed(kind, job)??
+        } else {
+            backend::run(kind, job)??
+        };
     let mut extra = serde_json::Map::new();
     extra.insert("last_loss".into(), loss.into());
     if let Some(mb) = step_peak {
@@ -446,6 +449,8 @@ impl BackendJob for TrainJob {
                     })
             }),
             parallel: None,
+            recompute_layers: a.checkpoint_activations
+                == Some(train::ActivationCheckpointing::Layers),
         };
         // The peak of the training steps alone: the model is built (the random weights'
         // host copy, and under mixed precision the f32 tensors before their cast, are gone).

@@ -388,11 +388,14 @@ pub struct TrainArgs {
     /// Accept a half-precision adapter (`--resume-from-adapter`) on an f32 base.
     #[arg(long)]
     pub(crate) allow_upcast: bool,
-    /// Activation checkpointing (Burn's `BalancedCheckpointing`): activations of
-    /// memory-bound operations are recomputed in the backward pass instead of kept; same
-    /// gradients, less memory, some extra compute.
-    #[arg(long)]
-    pub(crate) checkpoint_activations: bool,
+    /// Activation checkpointing: `layers` (the default when the flag is given without a
+    /// value; Llama models) keeps only each decoder layer's input and recomputes the layer in
+    /// the backward pass, as transformers' gradient checkpointing does (about one more forward
+    /// pass of compute, a fraction of the activation memory); `balanced` uses Burn's
+    /// `BalancedCheckpointing` (outputs of memory-bound operations recomputed; every model;
+    /// pays only for long sequences). Same gradients either way.
+    #[arg(long, num_args = 0..=1, default_missing_value = "layers", value_name = "layers|balanced")]
+    pub(crate) checkpoint_activations: Option<train::ActivationCheckpointing>,
     /// Shards of each batch computed at once on the CPU (default: every core, divided among
     /// data-parallel peers). Each shard holds a whole copy of the trainable gradients: fewer
     /// shards lower full fine-tuning's peak (`plan --shards`), at the cost of idle cores.
@@ -569,6 +572,7 @@ impl BackendJob for TrainJob {
                 (train::trainer::default_shards(on_cpu) / peers.len().max(1)).max(1)
             }),
             parallel: None,
+            recompute_layers: a.recompute_layers(),
         };
         let fitted = if peers.is_empty() {
             workflow::fit::<B>(&spec, &examples, device)
@@ -674,6 +678,13 @@ pub fn run_orchestrator(args: OrchestratorArgs) -> Result<()> {
     Ok(())
 }
 
+impl TrainArgs {
+    /// `--checkpoint-activations layers`.
+    pub(crate) fn recompute_layers(&self) -> bool {
+        self.checkpoint_activations == Some(train::ActivationCheckpointing::Layers)
+    }
+}
+
 /// Runs `train`.
 pub fn run_train(args: TrainArgs) -> Result<()> {
     let cfg = train_config(&args)?;
@@ -684,7 +695,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
 pub fn train_with(args: TrainArgs, cfg: TrainConfig) -> Result<RunInfo> {
     let kind = args.common.backend()?;
     crate::alloc::for_precision(cfg.precision);
-    if args.checkpoint_activations {
+    if args.checkpoint_activations == Some(train::ActivationCheckpointing::Balanced) {
         backend::run_checkpointed(kind, TrainJob(args, cfg))?
     } else {
         backend::run(kind, TrainJob(args, cfg))?
@@ -962,7 +973,7 @@ impl TrainArgs {
             precision: None,
             resume_from_adapter: None,
             allow_upcast: false,
-            checkpoint_activations: false,
+            checkpoint_activations: None,
             shards: None,
             parallel: ParallelArgs::default(),
             quiet: false,

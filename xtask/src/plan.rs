@@ -43,9 +43,9 @@ pub struct PlanArgs {
     /// Fraction of each sequence that carries a label.
     #[arg(long, default_value_t = 0.5)]
     answer_frac: f64,
-    /// Plan for `train --checkpoint-activations`.
-    #[arg(long)]
-    checkpoint_activations: bool,
+    /// Plan for `train --checkpoint-activations [layers|balanced]` (the bare flag: layers).
+    #[arg(long, num_args = 0..=1, default_missing_value = "layers", value_name = "layers|balanced")]
+    checkpoint_activations: Option<train::ActivationCheckpointing>,
     /// Shards computed at once (default: the trainer's, every core of this machine); each
     /// holds a copy of the trainable parameters' gradients.
     #[arg(long)]
@@ -152,7 +152,7 @@ pub fn run(a: PlanArgs) -> Result<()> {
             train,
             seq,
             answer_frac: a.answer_frac,
-            checkpoint_activations: a.checkpoint_activations,
+            checkpointing: a.checkpoint_activations.unwrap_or_default(),
             shards: a
                 .shards
                 .unwrap_or_else(|| train::trainer::default_shards(true)),
@@ -170,10 +170,10 @@ pub fn run(a: PlanArgs) -> Result<()> {
         p.trainable,
         cfg.batch_size / cfg.grad_accum.max(1),
         seq,
-        if a.checkpoint_activations {
-            ", activation checkpointing"
-        } else {
-            ""
+        match a.checkpoint_activations.unwrap_or_default() {
+            train::ActivationCheckpointing::Off => "",
+            train::ActivationCheckpointing::Layers => ", per-layer recomputation",
+            train::ActivationCheckpointing::Balanced => ", balanced activation checkpointing",
         },
         match (cfg.precision, cfg.method == train::Method::Full) {
             (flexi_burn::Precision::F32, _) => "f32".to_string(),

@@ -299,9 +299,10 @@ fn two_nodes_on_loopback_take_the_same_step_as_one_process() {
 }
 
 /// Not data-parallel, but the other flag that changes how a step is computed, not what it
-/// computes: `--checkpoint-activations` (Burn's `BalancedCheckpointing`) trains the same
-/// adapter (the library test `balanced_activation_checkpointing_trains_identically` covers
-/// every method).
+/// computes: `--checkpoint-activations` (bare: per-layer recomputation) and
+/// `--checkpoint-activations balanced` (Burn's `BalancedCheckpointing`) train the same adapter
+/// (the library tests `train/tests/recompute.rs` and
+/// `balanced_activation_checkpointing_trains_identically` cover every method).
 #[test]
 fn checkpoint_activations_trains_the_same_adapter() {
     let dir = scratch("ckpt");
@@ -314,13 +315,14 @@ fn checkpoint_activations_trains_the_same_adapter() {
             .unwrap(),
         "train",
     );
-    let ckpt = dir.join("ckpt");
-    let mut args = train_args(&data, &ckpt, 3, 0);
-    args.push("--checkpoint-activations".into());
-    ok(
-        xtask().args(&args).output().unwrap(),
-        "train --checkpoint-activations",
-    );
-    let d = max_diff(&adapter(&ckpt), &adapter(&plain));
-    assert!(d <= 1e-6, "--checkpoint-activations: max |diff| {d:e}");
+    for mode in [None, Some("balanced")] {
+        let out = dir.join(format!("ckpt-{}", mode.unwrap_or("layers")));
+        let mut args = train_args(&data, &out, 3, 0);
+        args.push("--checkpoint-activations".into());
+        args.extend(mode.map(String::from));
+        let what = format!("train --checkpoint-activations {}", mode.unwrap_or(""));
+        ok(xtask().args(&args).output().unwrap(), &what);
+        let d = max_diff(&adapter(&out), &adapter(&plain));
+        assert!(d <= 1e-6, "{what}: max |diff| {d:e}");
+    }
 }

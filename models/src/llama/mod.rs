@@ -47,7 +47,8 @@ pub use load::{
     load_peft_adapter,
 };
 pub use model::{
-    DecoderLayer, Llama, PaddedBatch, RmsNorm, causal_lm_loss, causal_lm_loss_from_hidden,
+    DecoderLayer, LayerContext, Llama, PaddedBatch, RmsNorm, causal_lm_loss,
+    causal_lm_loss_from_hidden,
 };
 pub use rope::RotaryEmbedding;
 pub use tokenizer::{ChatTemplate, JinjaChat, Message, Tokenizer};

@@ -62,6 +62,24 @@ pub struct DecoderLayer<B: Backend> {
 }
 
 impl<B: Backend> DecoderLayer<B> {
+    /// The hidden states `x [b, s, hidden]` of the forward pass `ctx` describes
+    /// ([`Llama::layer_context`]) through this block, without a cache: what
+    /// [`Llama::hidden`] computes layer by layer, one layer at a time.
+    pub fn forward_in(
+        &self,
+        x: Tensor<B, 3>,
+        ctx: &LayerContext<B>,
+        ranks: &SampleRanks,
+    ) -> Tensor<B, 3> {
+        let xs = ctx
+            .parts
+            .iter()
+            .map(|rows| sdpa::narrow_rows(&x, 1, rows))
+            .collect();
+        let xs = self.forward(xs, &ctx.parts, &ctx.ropes, &ctx.bias, None, ranks);
+        sdpa::cat_parts(xs, 1)
+    }
+
     /// The hidden states of the rows `parts` of the sequence (`xs[i]` holds rows `parts[i]`,
     /// `[batch, rows, hidden]`) through the block, in the same parts.
     ///
@@ -108,6 +126,17 @@ impl<B: Backend> DecoderLayer<B> {
             x.add(h)
         })
     }
+}
+
+/// What every decoder layer of one forward pass shares: the rows the sequence is split into
+/// (one part under autodiff, see [`DecoderLayer::forward`]), their RoPE tables, the attention
+/// bias (causal and padding masks) and the token ids. Built by [`Llama::layer_context`].
+#[derive(Clone, Debug)]
+pub struct LayerContext<B: Backend> {
+    parts: Vec<Range<usize>>,
+    ropes: Vec<RopeTables<B>>,
+    bias: AttentionBias<B>,
+    ids: Tensor<B, 2, Int>,
 }
 
 /// A Llama-family causal language model whose targeted projections are Flexi-LoRA layers.
@@ -381,9 +410,45 @@ impl<B: Backend> Llama<B> {
         ranks: &SampleRanks,
         stop: usize,
     ) -> Result<Tensor<B, 3>> {
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let ctx = self.context(batch, key_mask, positions, past, ranks)?;
+        if let Some(cache) = cache.as_deref_mut() {
+            cache
+                .check_ranks(ranks.as_slice())
+                .map_err(|cached| LlamaError::CacheRanks {
+                    cached,
+                    given: ranks.as_slice().to_vec(),
+                })?;
+        }
+        let parts = &ctx.parts;
+        let dtype = self.norm.weight.val().dtype();
+        let mut xs: Vec<Tensor<B, 3>> = parts
+            .iter()
+            .map(|rows| self.embed(sdpa::narrow_rows(&ctx.ids, 1, rows)).cast(dtype))
+            .collect();
+        for (i, layer) in self.layers.iter().enumerate().take(stop) {
+            let layer_cache = cache.as_deref_mut().map(|c| (c, i));
+            xs = layer.forward(xs, parts, &ctx.ropes, &ctx.bias, layer_cache, ranks);
+        }
+        if stop < self.layers.len() {
+            return Ok(sdpa::cat_parts(xs, 1));
+        }
+        let xs = sdpa::map_parts(parts, |i, _| self.norm.forward(xs[i].clone()));
+        Ok(sdpa::cat_parts(xs, 1))
+    }
+
+    /// Checks a forward pass's inputs (`past` cached positions before the new ones) and
+    /// builds what every layer of it shares.
+    fn context(
+        &self,
+        batch: &PaddedBatch,
+        key_mask: &[Vec<bool>],
+        positions: &[Vec<usize>],
+        past: usize,
+        ranks: &SampleRanks,
+    ) -> Result<LayerContext<B>> {
         let device = self.embed_tokens.weight.device();
         let (b, new) = (batch.batch(), batch.seq_len());
-        let past = cache.as_ref().map_or(0, |c| c.len());
         let total = past + new;
         if key_mask.len() != b || key_mask.iter().any(|r| r.len() != total) {
             return Err(LlamaError::InvalidInput(format!(
@@ -418,14 +483,6 @@ impl<B: Backend> Llama<B> {
             r => r,
         };
         ranks.validate(b, r_max)?;
-        if let Some(cache) = cache.as_deref_mut() {
-            cache
-                .check_ranks(ranks.as_slice())
-                .map_err(|cached| LlamaError::CacheRanks {
-                    cached,
-                    given: ranks.as_slice().to_vec(),
-                })?;
-        }
 
         let c = &self.config;
         let (heads, kv_heads) = (c.num_attention_heads, c.num_key_value_heads);
@@ -443,21 +500,32 @@ impl<B: Backend> Llama<B> {
                 self.rope.tables::<B>(&pos, heads, kv_heads, &device)
             })
             .collect();
-        let ids = batch.ids_tensor(&device);
+        Ok(LayerContext {
+            parts,
+            ropes,
+            bias,
+            ids: batch.ids_tensor(&device),
+        })
+    }
+
+    /// What the decoder layers of one forward pass over a left-padded batch (no cache) share:
+    /// for running the layers one at a time ([`Llama::layer_input`],
+    /// [`DecoderLayer::forward_in`], [`Llama::norm`]) as per-layer recomputation does. The
+    /// same checks as [`Llama::hidden`].
+    pub fn layer_context(
+        &self,
+        batch: &PaddedBatch,
+        ranks: &SampleRanks,
+    ) -> Result<LayerContext<B>> {
+        batch.check()?;
+        self.context(batch, &batch.mask, &batch.positions(), 0, ranks)
+    }
+
+    /// The first layer's input `[b, s, hidden]`: the token embedding of the context's batch,
+    /// in the residual stream's type.
+    pub fn layer_input(&self, ctx: &LayerContext<B>) -> Tensor<B, 3> {
         let dtype = self.norm.weight.val().dtype();
-        let mut xs: Vec<Tensor<B, 3>> = parts
-            .iter()
-            .map(|rows| self.embed(sdpa::narrow_rows(&ids, 1, rows)).cast(dtype))
-            .collect();
-        for (i, layer) in self.layers.iter().enumerate().take(stop) {
-            let layer_cache = cache.as_deref_mut().map(|c| (c, i));
-            xs = layer.forward(xs, &parts, &ropes, &bias, layer_cache, ranks);
-        }
-        if stop < self.layers.len() {
-            return Ok(sdpa::cat_parts(xs, 1));
-        }
-        let xs = sdpa::map_parts(&parts, |i, _| self.norm.forward(xs[i].clone()));
-        Ok(sdpa::cat_parts(xs, 1))
+        self.embed(ctx.ids.clone()).cast(dtype)
     }
 
     /// The token embedding of `ids [b, s]`: `[b, s, hidden]`. Training on burn-flex takes our
