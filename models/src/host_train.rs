@@ -96,7 +96,7 @@ fn embedding_on<B: Backend, C: CheckpointStrategy>(
 }
 
 /// The autodiff tensor type of `Autodiff<Flex, C>` (the same for every strategy).
-type AdTensor = burn::tensor::ops::FloatTensor<Autodiff<Flex>>;
+pub(crate) type AdTensor = burn::tensor::ops::FloatTensor<Autodiff<Flex>>;
 
 fn embedding<C: CheckpointStrategy>(
     weight: Tensor<Autodiff<Flex, C>, 2>,
@@ -186,7 +186,7 @@ fn on<B: Backend, C: CheckpointStrategy, const D: usize>(
 }
 
 /// `x` as the type it is (`A` and `T` are the same type; checked by the caller's `TypeId`).
-fn cast<A: 'static, T: 'static>(x: A) -> T {
+pub(crate) fn cast<A: 'static, T: 'static>(x: A) -> T {
     let any: Box<dyn Any> = Box::new(x);
     *any.downcast::<T>()
         .expect("silu_mul_autodiff checked the backend type")
@@ -316,12 +316,12 @@ fn transposed_to_rows(t: FlexTensor) -> Result<FlexTensor, FlexTensor> {
 }
 
 /// The values of a contiguous f32 tensor (`contiguous` made it start at its buffer's start).
-fn values(t: &FlexTensor) -> &[f32] {
+pub(crate) fn values(t: &FlexTensor) -> &[f32] {
     let n = t.layout().shape().num_elements();
     &t.storage::<f32>()[..n]
 }
 
-fn flex(values: Vec<f32>, shape: Shape) -> FlexTensor {
+pub(crate) fn flex(values: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 

@@ -19,6 +19,8 @@
 //! - [`host_act`]: GELU and SwiGLU's `silu(gate) * up` in place, vectorised (CPU inference).
 //! - `host_train` (feature `flex`): SwiGLU's product as one autodiff operation with its own
 //!   backward on burn-flex (CPU training).
+//! - `host_loss` (feature `flex`): the LM head and its cross-entropy as one autodiff operation
+//!   over chunks of rows, no `[rows, vocab]` tensor kept (CPU training).
 //! - [`host_softmax`]: the attention's softmax in place with a vectorised `exp` (CPU inference).
 //! - [`sdpa`]: attention over blocks of query rows (causal blocks skip hidden keys; on the
 //!   CPU the blocks of one sequence run on two threads).
@@ -31,6 +33,8 @@ pub mod format;
 pub mod gguf;
 pub mod head;
 pub mod host_act;
+#[cfg(feature = "flex")]
+pub mod host_loss;
 pub mod host_softmax;
 #[cfg(feature = "flex")]
 pub mod host_train;

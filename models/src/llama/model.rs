@@ -550,6 +550,16 @@ impl<B: Backend> Llama<B> {
         logits.reshape([b, s, v])
     }
 
+    /// The LM head as one matrix `[hidden, vocab]` (`logits = h W`): the tied embedding's
+    /// transposed view or the untied head's weight; `None` for a head with a bias.
+    pub fn head_weight(&self) -> Option<Tensor<B, 2>> {
+        match &self.lm_head {
+            Some(head) if head.bias.is_none() => Some(head.weight.val()),
+            Some(_) => None,
+            None => Some(self.embed_tokens.weight.val().transpose()),
+        }
+    }
+
     /// `h [rows, hidden] -> logits [rows, vocab]` as one 2-D matmul. The tied head multiplies
     /// by the strided view `embed^T` directly (the CPU gemm reads any strides; a 3-D input
     /// would make Burn copy the whole transposed embedding on every call).
@@ -679,8 +689,20 @@ pub fn causal_lm_loss_from_hidden<B: Backend>(
     }
     let device = hidden.device();
     let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &device);
-    let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, 1]), &device);
     let h = hidden.reshape([b * s, d]).select(0, rows); // [n, hidden]
+    // Training on burn-flex: the head and the loss as one operation over chunks of rows.
+    #[cfg(feature = "flex")]
+    let h = match model.head_weight() {
+        Some(w) => {
+            let t: Vec<usize> = targets.iter().map(|&t| t as usize).collect();
+            match crate::host_loss::linear_cross_entropy_autodiff(h, w, &t) {
+                Ok(loss) => return Ok(loss),
+                Err((h, _)) => h,
+            }
+        }
+        None => h,
+    };
+    let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, 1]), &device);
     let logits = model.lm_head_rows(h); // [n, vocab]
     let logp = log_softmax(logits, 1).gather(1, targets); // [n, 1]
     Ok(logp.mean().neg())
