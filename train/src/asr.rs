@@ -3,10 +3,16 @@
 
 use std::path::Path;
 
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use flexi_burn::SampleRanks;
+use flexi_burn::schedule::mix;
 use models::llama::causal_lm_loss;
+use models::whisper::attention::{DecoderCache, causal_mask};
+use models::whisper::decoder::WhisperDecoder;
+use models::whisper::encoder::WhisperEncoder;
 use models::whisper::{
     LogMel, MelExtractor, Padding, Task, Whisper, WhisperAdapter, WhisperTokenizer, load_audio,
 };
@@ -14,7 +20,7 @@ use models::whisper::{
 use crate::config::{Method, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::lm::IGNORE_INDEX;
-use crate::params::{seeded_adapter_init, stable_param_ids};
+use crate::params::{fresh_leaves, has_trainable, seeded_adapter_init, stable_param_ids};
 use crate::trainer::Objective;
 
 /// Spectrograms, decoder ids `prompt + transcript + <|endoftext|>` (right-padded) and labels
@@ -147,6 +153,177 @@ impl<B: AutodiffBackend> Objective<B> for Seq2Seq {
     fn loss_targets(&self, batch: &AsrBatch) -> usize {
         crate::lm::shifted_targets(&batch.labels, batch.ids.first().map_or(0, Vec::len))
     }
+
+    /// Per-layer recomputation through encoder and decoder: a forward pass without autodiff
+    /// keeps every encoder layer's input (as the encoder's frame parts), the encoder output and
+    /// every decoder layer's input. The backward pass then runs the loss, the decoder layers
+    /// from the top (each one's gradient with respect to the encoder output summed over the
+    /// layers), the encoder's final norm and the encoder layers from the top, each layer's
+    /// forward recomputed with autodiff just before its backward. Dropout seeds: encoder layer
+    /// `l` `mix(reseed, l)`, decoder layer `l` `mix(reseed, encoder layers + l)`.
+    fn recompute_layers(
+        &self,
+        model: &Whisper<B>,
+        batch: &AsrBatch,
+        ranks: &SampleRanks,
+        scale: &dyn Fn(Tensor<B, 1>) -> Tensor<B, 1>,
+        reseed: Option<u64>,
+    ) -> Result<(f64, GradientsParams)> {
+        let err = |e: models::whisper::WhisperError| TrainError::Model(e.to_string());
+        let device = model.decoder.embed_tokens.weight.device();
+        let seed_layer = |l: usize| {
+            if let Some(seed) = reseed {
+                B::seed(&device, mix(seed, l as u64));
+            }
+        };
+        let n_enc = model.encoder.layers.len();
+        let mel = model.mel_batch(&batch.mels, &device).map_err(err)?;
+        let ids = model.ids_tensor(&batch.ids, &device).map_err(err)?;
+        let [b, n] = ids.dims();
+        model.check_ranks(b, ranks).map_err(err)?;
+        if mel.dims()[0] != b {
+            return Err(TrainError::Model(format!(
+                "{b} decoder sequences for {} spectrograms",
+                mel.dims()[0]
+            )));
+        }
+        let mask = causal_mask::<B>(0, n, &device);
+
+        // Forward with every parameter detached: the layers' inputs are all that stays.
+        let detached = model.clone().no_grad();
+        let (mut xs, parts) = detached.encoder.stem_parts(mel.clone()).map_err(err)?;
+        let mut enc_inputs = Vec::with_capacity(n_enc);
+        for (l, layer) in detached.encoder.layers.iter().enumerate() {
+            seed_layer(l);
+            enc_inputs.push(xs.iter().map(|x| x.clone().inner()).collect::<Vec<_>>());
+            xs = layer.forward_parts(xs, &parts, ranks);
+        }
+        let enc_last: Vec<_> = xs.iter().map(|x| x.clone().inner()).collect();
+        let enc_out = detached.encoder.norm_parts(xs, &parts); // [b, frames, d]
+        let mut x = detached.decoder.embed(ids.clone(), 0).map_err(err)?;
+        let mut dec_inputs = Vec::with_capacity(model.decoder.layers.len());
+        for (l, layer) in detached.decoder.layers.iter().enumerate() {
+            seed_layer(n_enc + l);
+            dec_inputs.push(x.clone().inner());
+            let mut cache = DecoderCache::<B>::new(1);
+            x = layer.forward(x, &enc_out, &mut cache.layers[0], mask.clone(), ranks);
+        }
+        drop(detached);
+        let enc_out = enc_out.inner();
+
+        // Everything but the layers as its own leaves: the stem, the encoder's final norm, the
+        // decoder's embeddings, final norm and tied head.
+        let outer = fresh_leaves(Whisper {
+            encoder: WhisperEncoder {
+                layers: Vec::new(),
+                ..model.encoder.clone()
+            },
+            decoder: WhisperDecoder {
+                layers: Vec::new(),
+                ..model.decoder.clone()
+            },
+            ..model.clone()
+        });
+        let mut sum = GradientsAccumulator::<Whisper<B>>::new();
+        let h = Tensor::<B, 3>::from_inner(x.inner()).require_grad();
+        let logits = outer.decoder.head(h.clone());
+        let labels =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(batch.labels.clone(), [b, n]), &device);
+        let loss = causal_lm_loss(logits, labels, IGNORE_INDEX);
+        let value: f64 = loss.clone().into_scalar().elem();
+        let grads = scale(loss).backward();
+        let mut dy = h.grad(&grads);
+        sum.accumulate(model, GradientsParams::from_grads(grads, &outer));
+
+        // Decoder layers from the top; each adds its share of the encoder output's gradient.
+        let encoder_trains = has_trainable(&model.encoder);
+        let dec_embedding_trains = model.decoder.embed_tokens.weight.is_require_grad()
+            || model.decoder.embed_positions.is_require_grad();
+        let mut d_enc: Option<Tensor<B::InnerBackend, 3>> = None;
+        for (l, input) in dec_inputs.into_iter().enumerate().rev() {
+            let Some(dy_l) = dy.take() else { break };
+            let layer = fresh_leaves(model.decoder.layers[l].clone());
+            let x = Tensor::<B, 3>::from_inner(input);
+            let x = if l > 0 || dec_embedding_trains {
+                x.require_grad()
+            } else {
+                x
+            };
+            let e = Tensor::<B, 3>::from_inner(enc_out.clone());
+            let e = if encoder_trains { e.require_grad() } else { e };
+            seed_layer(n_enc + l);
+            let mut cache = DecoderCache::<B>::new(1);
+            let y = layer.forward(x.clone(), &e, &mut cache.layers[0], mask.clone(), ranks);
+            let grads = y.mul(Tensor::from_inner(dy_l)).sum().backward();
+            dy = x.grad(&grads);
+            if let Some(g) = e.grad(&grads) {
+                d_enc = Some(match d_enc {
+                    Some(acc) => acc.add(g),
+                    None => g,
+                });
+            }
+            sum.accumulate(model, GradientsParams::from_grads(grads, &layer));
+        }
+        if let (Some(dy), true) = (dy, dec_embedding_trains) {
+            let e = outer.decoder.embed(ids, 0).map_err(err)?;
+            let grads = e.mul(Tensor::from_inner(dy)).sum().backward();
+            sum.accumulate(model, GradientsParams::from_grads(grads, &outer));
+        }
+
+        // The encoder: its final norm, then its layers from the top, frame part by part.
+        let stem_trains = has_trainable(&model.encoder.conv1)
+            || has_trainable(&model.encoder.conv2)
+            || model.encoder.embed_positions.is_require_grad();
+        let (Some(d_enc), true) = (d_enc, encoder_trains) else {
+            return Ok((value, sum.grads()));
+        };
+        let last: Vec<_> = enc_last
+            .into_iter()
+            .map(|x| Tensor::<B, 3>::from_inner(x).require_grad())
+            .collect();
+        let out = outer.encoder.norm_parts(last.clone(), &parts);
+        let grads = out.mul(Tensor::from_inner(d_enc)).sum().backward();
+        let mut dys: Option<Vec<_>> = last.iter().map(|x| x.grad(&grads)).collect();
+        sum.accumulate(model, GradientsParams::from_grads(grads, &outer));
+        for (l, inputs) in enc_inputs.into_iter().enumerate().rev() {
+            let Some(dy_l) = dys.take() else { break };
+            let layer = fresh_leaves(model.encoder.layers[l].clone());
+            let xs: Vec<_> = inputs
+                .into_iter()
+                .map(|x| {
+                    let x = Tensor::<B, 3>::from_inner(x);
+                    if l > 0 || stem_trains {
+                        x.require_grad()
+                    } else {
+                        x
+                    }
+                })
+                .collect();
+            seed_layer(l);
+            let ys = layer.forward_parts(xs.clone(), &parts, ranks);
+            let grads = weighted_sum(ys, dy_l).backward();
+            dys = xs.iter().map(|x| x.grad(&grads)).collect();
+            sum.accumulate(model, GradientsParams::from_grads(grads, &layer));
+        }
+        if let (Some(dys), true) = (dys, stem_trains) {
+            let (xs, _) = outer.encoder.stem_parts(mel).map_err(err)?;
+            let grads = weighted_sum(xs, dys).backward();
+            sum.accumulate(model, GradientsParams::from_grads(grads, &outer));
+        }
+        Ok((value, sum.grads()))
+    }
+}
+
+/// `sum_i sum(ys[i] * dys[i])`: its gradient with respect to `ys[i]` is exactly `dys[i]`.
+fn weighted_sum<B: AutodiffBackend>(
+    ys: Vec<Tensor<B, 3>>,
+    dys: Vec<Tensor<B::InnerBackend, 3>>,
+) -> Tensor<B, 1> {
+    ys.into_iter()
+        .zip(dys)
+        .map(|(y, dy)| y.mul(Tensor::from_inner(dy)).sum())
+        .reduce(|a, b| a.add(b))
+        .expect("the encoder has at least one frame part")
 }
 
 /// The decoder prompt for transcription (English; no language/task tokens for `.en` models).

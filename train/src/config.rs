@@ -397,8 +397,8 @@ pub enum ActivationCheckpointing {
     #[default]
     Off,
     /// Per-layer recomputation ([`crate::Trainer::recompute_layers`], transformers'
-    /// `gradient_checkpointing`): only each decoder layer's input is kept; each layer's
-    /// forward runs again just before its backward. Llama models.
+    /// `gradient_checkpointing`): only each layer's input is kept; each layer's forward runs
+    /// again just before its backward. Llama and Whisper models.
     Layers,
     /// Burn's `BalancedCheckpointing` autodiff strategy: the outputs of memory-bound
     /// operations (elementwise, softmax, norms) are recomputed, those of matmuls kept. Every

@@ -1,7 +1,7 @@
 //! Parameter utilities by module path: stable ids, freezing, and saving/loading the trainable
 //! tensors (an adapter, or every weight for full fine-tuning) as safetensors.
 
-use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use flexi_burn::Adapters;
@@ -92,6 +92,21 @@ impl<B: AutodiffBackend> ModuleMapper<B> for FreshLeaves {
 /// parameters through the ids.
 pub fn fresh_leaves<B: AutodiffBackend, M: Module<B>>(model: M) -> M {
     model.map(&mut FreshLeaves)
+}
+
+struct AnyTrainable(bool);
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for AnyTrainable {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.0 |= param.is_require_grad();
+    }
+}
+
+/// Whether any float parameter of `module` trains (requires a gradient).
+pub fn has_trainable<B: AutodiffBackend, M: Module<B>>(module: &M) -> bool {
+    let mut v = AnyTrainable(false);
+    module.visit(&mut v);
+    v.0
 }
 
 pub use infer::weights::{

@@ -97,7 +97,7 @@ pub trait Objective<B: AutodiffBackend>: Sync {
     ) -> Result<(f64, GradientsParams)> {
         Err(TrainError::Config {
             key: "checkpoint_activations".into(),
-            message: "per-layer recomputation is built for the Llama objective only; \
+            message: "per-layer recomputation is built for the Llama and Whisper objectives only; \
                       Burn's balanced checkpointing works for every model"
                 .into(),
         })

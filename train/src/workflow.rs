@@ -565,7 +565,7 @@ pub struct FitSpec {
     /// Data-parallel training: this call is one peer of several ([`crate::parallel`]); peer
     /// 0 writes the run directory. `None`: this process trains alone.
     pub parallel: Option<crate::parallel::DataParallel>,
-    /// Per-layer recomputation ([`Trainer::recompute_layers`]; Llama only).
+    /// Per-layer recomputation ([`Trainer::recompute_layers`]; Llama and Whisper).
     pub recompute_layers: bool,
 }
 
@@ -612,14 +612,6 @@ pub fn fit<B: AutodiffBackend>(
         None
     };
     let speech = models::auto::is_whisper(&spec.model);
-    if speech && spec.recompute_layers {
-        return Err(TrainError::Config {
-            key: "checkpoint_activations".into(),
-            message: "per-layer recomputation is built for Llama models; Whisper trains with \
-                      Burn's balanced checkpointing (`--checkpoint-activations balanced`)"
-                .into(),
-        });
-    }
     let router = match (&cfg.method, &spec.router) {
         (Method::Flexi { .. }, Some(dir)) => {
             let router = TrainedRouter::<B::InnerBackend>::load(dir, &device)?;

@@ -389,8 +389,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub(crate) allow_upcast: bool,
     /// Activation checkpointing: `layers` (the default when the flag is given without a
-    /// value; Llama models) keeps only each decoder layer's input and recomputes the layer in
-    /// the backward pass, as transformers' gradient checkpointing does (about one more forward
+    /// value; Llama and Whisper) keeps only each layer's input and recomputes the layer in the
+    /// backward pass, as transformers' gradient checkpointing does (about one more forward
     /// pass of compute, a fraction of the activation memory); `balanced` uses Burn's
     /// `BalancedCheckpointing` (outputs of memory-bound operations recomputed; every model;
     /// pays only for long sequences). Same gradients either way.

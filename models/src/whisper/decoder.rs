@@ -103,9 +103,8 @@ impl<B: Backend> WhisperDecoder<B> {
         cache: &mut DecoderCache<B>,
         ranks: &SampleRanks,
     ) -> Result<Tensor<B, 3>> {
-        let [b, n] = ids.dims();
+        let [b, _] = ids.dims();
         let [eb, _, _] = encoder_out.dims();
-        let [max_pos, d] = self.embed_positions.dims();
         if b != eb {
             return Err(WhisperError::InvalidInput(format!(
                 "{b} decoder sequences for {eb} encoder outputs"
@@ -119,6 +118,21 @@ impl<B: Backend> WhisperDecoder<B> {
             )));
         }
         let past = cache.len;
+        let mut x = self.embed(ids, past)?;
+        let n = x.dims()[1];
+        let mask = causal_mask::<B>(past, n, &x.device());
+        for (layer, c) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = layer.forward(x, encoder_out, c, mask.clone(), ranks);
+        }
+        cache.len = past + n;
+        Ok(self.head(x))
+    }
+
+    /// The first layer's input `[b, n, d]`: token embeddings of `ids [b, n]` (times
+    /// `embed_scale`) plus the learned positions `past .. past + n`.
+    pub fn embed(&self, ids: Tensor<B, 2, Int>, past: usize) -> Result<Tensor<B, 3>> {
+        let [_, n] = ids.dims();
+        let [max_pos, d] = self.embed_positions.dims();
         if n == 0 {
             return Err(WhisperError::InvalidInput("no decoder tokens".into()));
         }
@@ -128,7 +142,6 @@ impl<B: Backend> WhisperDecoder<B> {
                 max: max_pos,
             });
         }
-        let device = ids.device();
         // In the positions' type: the token table may be stored in a half type (mixed
         // precision), the residual stream is not.
         let mut x = self
@@ -143,12 +156,14 @@ impl<B: Backend> WhisperDecoder<B> {
             .val()
             .slice([past..past + n, 0..d])
             .unsqueeze::<3>();
-        x = x.add(pos);
-        let mask = causal_mask::<B>(past, n, &device);
-        for (layer, c) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(x, encoder_out, c, mask.clone(), ranks);
-        }
-        cache.len = past + n;
+        Ok(x.add(pos))
+    }
+
+    /// Logits `[b, n, vocab]` of the last layer's output `x [b, n, d]`: the final norm and the
+    /// tied output projection.
+    pub fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, n, d] = x.dims();
+        let device = x.device();
         let x = self.layer_norm.forward(x);
         let embed = self.embed_tokens.weight.val(); // [vocab, d]
         let vocab = embed.dims()[0];
@@ -165,6 +180,6 @@ impl<B: Backend> WhisperDecoder<B> {
         } else {
             h.matmul(embed.transpose())
         };
-        Ok(logits.cast(x_type).reshape([b, n, vocab]))
+        logits.cast(x_type).reshape([b, n, vocab])
     }
 }

@@ -87,6 +87,10 @@ impl<B: Backend> EncoderLayer<B> {
     }
 }
 
+/// The encoder's frames in parts: `xs[i]` `[b, parts[i].len(), d_model]` holds frames
+/// `parts[i]` ([`WhisperEncoder::stem_parts`]).
+pub type FrameParts<B> = (Vec<Tensor<B, 3>>, Vec<Range<usize>>);
+
 #[derive(Module, Debug)]
 pub struct WhisperEncoder<B: Backend> {
     /// First convolution (kernel 3, padding 1).
@@ -107,19 +111,32 @@ impl<B: Backend> WhisperEncoder<B> {
     /// one 30 s window; transformers refuses anything else, this accepts shorter input as
     /// well, e.g. for tests).
     pub fn forward(&self, mel: Tensor<B, 3>, ranks: &SampleRanks) -> Result<Tensor<B, 3>> {
-        // The frames in two parts on two threads on the CPU (sdpa::parallel_halves), each its
-        // own buffer from the stem on; one part otherwise.
-        let conv = self.stem_conv(mel)?; // [b, d, frames / 2]
-        let parts = sdpa::parallel_halves::<B>(conv.dims()[2], &conv.device());
-        let mut xs: Vec<_> = parts
-            .iter()
-            .map(|rows| self.add_positions(sdpa::narrow_rows(&conv, 2, rows), rows))
-            .collect();
+        let (mut xs, parts) = self.stem_parts(mel)?;
         for layer in &self.layers {
             xs = layer.forward_parts(xs, &parts, ranks);
         }
-        let xs = sdpa::map_parts(&parts, |i, _| self.layer_norm.forward(xs[i].clone()));
-        Ok(sdpa::cat_parts(xs, 1))
+        Ok(self.norm_parts(xs, &parts))
+    }
+
+    /// The stem's output as [`WhisperEncoder::forward`] splits it: the frames in two parts on
+    /// two threads on the CPU (`sdpa::parallel_halves`), each its own buffer, one part
+    /// otherwise; `xs[i]` `[b, parts[i].len(), d_model]` holds frames `parts[i]`. The layers
+    /// take them through [`EncoderLayer::forward_parts`] (per-layer recomputation runs the
+    /// layers one by one this way).
+    pub fn stem_parts(&self, mel: Tensor<B, 3>) -> Result<FrameParts<B>> {
+        let conv = self.stem_conv(mel)?; // [b, d, frames / 2]
+        let parts = sdpa::parallel_halves::<B>(conv.dims()[2], &conv.device());
+        let xs = parts
+            .iter()
+            .map(|rows| self.add_positions(sdpa::narrow_rows(&conv, 2, rows), rows))
+            .collect();
+        Ok((xs, parts))
+    }
+
+    /// The final norm over the last layer's parts, joined: `[b, frames / 2, d_model]`.
+    pub fn norm_parts(&self, xs: Vec<Tensor<B, 3>>, parts: &[Range<usize>]) -> Tensor<B, 3> {
+        let xs = sdpa::map_parts(parts, |i, _| self.layer_norm.forward(xs[i].clone()));
+        sdpa::cat_parts(xs, 1)
     }
 
     /// The frozen stem: both convolutions and the positions,

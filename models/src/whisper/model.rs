@@ -31,7 +31,9 @@ pub struct Whisper<B: Backend> {
 }
 
 impl<B: Backend> Whisper<B> {
-    fn check_ranks(&self, batch: usize, ranks: &SampleRanks) -> Result<()> {
+    /// Checks that `ranks` holds one rank per sample of a batch of `batch`, none above the
+    /// adapter's `r_max` (what [`Whisper::encode`] and [`Whisper::decode`] check first).
+    pub fn check_ranks(&self, batch: usize, ranks: &SampleRanks) -> Result<()> {
         ranks.validate(batch, self.max_rank)?;
         Ok(())
     }
