@@ -1,4 +1,8 @@
-//! The one place that maps a backend name (`--backend flex|wgpu|cuda`) to a Burn backend type.
+//! The one place that maps a backend name (`--backend flex|wgpu|cuda|ndarray`) to a Burn
+//! backend type. `ndarray` is Burn's other CPU backend, compiled in only to be measured against
+//! flex (`cargo xtask bench ... --backend ndarray`, BENCHMARKS.md); the models' fast CPU paths
+//! (`models::host_*`) are written for flex and are skipped on it. (burn-candle, the third, is
+//! deprecated in Burn 0.21 and cannot run the models' attention: BENCHMARKS.md.)
 //!
 //! Workflows are written once as a [`BackendJob`], generic over `B: AutodiffBackend`
 //! (inference uses `B::InnerBackend`), and [`run`] instantiates them for the backend that was
@@ -29,6 +33,9 @@ pub type CudaBackend = burn::backend::Cuda;
 /// The CUDA backend with autodiff.
 #[cfg(feature = "cuda")]
 pub type CudaAutodiff = burn::backend::Autodiff<CudaBackend>;
+/// Burn's ndarray CPU backend (f32).
+#[cfg(feature = "ndarray")]
+pub type NdArrayBackend = burn::backend::NdArray;
 
 /// A backend that can be asked for by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -39,11 +46,18 @@ pub enum BackendKind {
     Wgpu,
     /// NVIDIA CUDA (cargo feature `cuda`).
     Cuda,
+    /// CPU, burn-ndarray (cargo feature `ndarray`; for comparison with flex).
+    NdArray,
 }
 
 impl BackendKind {
     /// All backends, compiled in or not.
-    pub const ALL: [BackendKind; 3] = [BackendKind::Flex, BackendKind::Wgpu, BackendKind::Cuda];
+    pub const ALL: [BackendKind; 4] = [
+        BackendKind::Flex,
+        BackendKind::Wgpu,
+        BackendKind::Cuda,
+        BackendKind::NdArray,
+    ];
 
     /// The cargo feature that compiles this backend in.
     pub fn feature(&self) -> &'static str {
@@ -51,6 +65,7 @@ impl BackendKind {
             BackendKind::Flex => "flex",
             BackendKind::Wgpu => "wgpu",
             BackendKind::Cuda => "cuda",
+            BackendKind::NdArray => "ndarray",
         }
     }
 
@@ -60,6 +75,7 @@ impl BackendKind {
             BackendKind::Flex => cfg!(feature = "flex"),
             BackendKind::Wgpu => cfg!(feature = "wgpu"),
             BackendKind::Cuda => cfg!(feature = "cuda"),
+            BackendKind::NdArray => cfg!(feature = "ndarray"),
         }
     }
 
@@ -83,8 +99,9 @@ impl FromStr for BackendKind {
             "flex" | "cpu" => Ok(BackendKind::Flex),
             "wgpu" => Ok(BackendKind::Wgpu),
             "cuda" => Ok(BackendKind::Cuda),
+            "ndarray" => Ok(BackendKind::NdArray),
             other => Err(FlexiError::Backend(format!(
-                "unknown backend {other:?}: expected one of flex, wgpu, cuda"
+                "unknown backend {other:?}: expected one of flex, wgpu, cuda, ndarray"
             ))),
         }
     }
@@ -111,6 +128,10 @@ pub fn run<J: BackendJob>(kind: BackendKind, job: J) -> Result<J::Output> {
         BackendKind::Wgpu => Ok(job.run::<WgpuAutodiff>(Default::default())),
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => Ok(job.run::<CudaAutodiff>(Default::default())),
+        #[cfg(feature = "ndarray")]
+        BackendKind::NdArray => {
+            Ok(job.run::<burn::backend::Autodiff<NdArrayBackend>>(Default::default()))
+        }
         #[allow(unreachable_patterns)]
         other => {
             drop(job);
@@ -141,6 +162,10 @@ pub fn run_checkpointed<J: BackendJob>(kind: BackendKind, job: J) -> Result<J::O
         BackendKind::Cuda => {
             Ok(job.run::<Autodiff<CudaBackend, BalancedCheckpointing>>(Default::default()))
         }
+        #[cfg(feature = "ndarray")]
+        BackendKind::NdArray => {
+            Ok(job.run::<Autodiff<NdArrayBackend, BalancedCheckpointing>>(Default::default()))
+        }
         #[allow(unreachable_patterns)]
         other => {
             drop(job);
@@ -156,7 +181,7 @@ fn not_compiled(kind: BackendKind) -> FlexiError {
         match kind {
             BackendKind::Wgpu => " (and a Vulkan driver, e.g. Debian's mesa-vulkan-drivers)",
             BackendKind::Cuda => " (and an NVIDIA driver providing libcuda)",
-            BackendKind::Flex => "",
+            BackendKind::Flex | BackendKind::NdArray => "",
         }
     ))
 }
@@ -191,6 +216,15 @@ pub fn probe(kind: BackendKind) -> Result<DeviceInfo> {
                 std::thread::available_parallelism().map_or(1, |n| n.get())
             ),
             // burn-flex computes in f32 (half-precision weights are cast on load).
+            f16: false,
+            bf16: false,
+        }),
+        BackendKind::NdArray => Ok(DeviceInfo {
+            kind,
+            name: format!(
+                "CPU ({} threads)",
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            ),
             f16: false,
             bf16: false,
         }),

@@ -43,7 +43,8 @@ enum BenchTarget {
 
 #[derive(Args, Clone, Debug, Serialize)]
 struct FlexiArgs {
-    /// Backend: flex (CPU), wgpu or cuda (the latter two need their cargo feature).
+    /// Backend: flex (CPU), wgpu or cuda, or ndarray (Burn's other CPU backend, for comparison);
+    /// all but flex need their cargo feature.
     #[arg(long, default_value = "flex")]
     backend: String,
     /// Input features of the layer.

@@ -44,7 +44,8 @@ use train::{Method, TrainConfig, Trainer};
 /// Options every model case shares.
 #[derive(Args, Clone, Debug, Serialize)]
 pub struct CommonBench {
-    /// Backend: flex (CPU), wgpu or cuda (the latter two need their cargo feature).
+    /// Backend: flex (CPU), wgpu or cuda, or ndarray (Burn's other CPU backend, for comparison);
+    /// all but flex need their cargo feature.
     #[arg(long, default_value = "flex")]
     backend: String,
     /// Model shape with random weights: smollm2-135m, llama-3.2-1b, llama-3.2-3b.
