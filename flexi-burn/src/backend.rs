@@ -209,22 +209,13 @@ pub fn probe(kind: BackendKind) -> Result<DeviceInfo> {
         return Err(not_compiled(kind));
     }
     match kind {
-        BackendKind::Flex => Ok(DeviceInfo {
+        BackendKind::Flex | BackendKind::NdArray => Ok(DeviceInfo {
             kind,
             name: format!(
                 "CPU ({} threads)",
                 std::thread::available_parallelism().map_or(1, |n| n.get())
             ),
-            // burn-flex computes in f32 (half-precision weights are cast on load).
-            f16: false,
-            bf16: false,
-        }),
-        BackendKind::NdArray => Ok(DeviceInfo {
-            kind,
-            name: format!(
-                "CPU ({} threads)",
-                std::thread::available_parallelism().map_or(1, |n| n.get())
-            ),
+            // The CPU backends compute in f32 (half-precision weights are cast on load).
             f16: false,
             bf16: false,
         }),

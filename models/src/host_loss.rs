@@ -36,7 +36,7 @@ use burn_flex::FlexTensor;
 
 use flexi_burn::host::contiguous;
 
-use crate::host_softmax::exp;
+use crate::host_softmax::{exp, row_max};
 use crate::host_train::{AdTensor, cast, flex, values};
 
 /// Rows of one chunk of logits (`CHUNK x vocab` f32 at a time: 25 MB for a 49k vocabulary).
@@ -149,17 +149,7 @@ fn for_chunks(
 /// `log(sum(exp(row)))`, shifted by the row's maximum.
 fn logsumexp(row: &[f32]) -> f32 {
     const LANES: usize = 16;
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let mut chunks = row.chunks_exact(LANES);
-    for c in &mut chunks {
-        for i in 0..LANES {
-            lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
-        }
-    }
-    let mut max = f32::NEG_INFINITY;
-    for &x in lanes.iter().chain(chunks.remainder()) {
-        max = if x > max { x } else { max };
-    }
+    let max = row_max(row);
     let mut sums = [0f32; LANES];
     let mut chunks = row.chunks_exact(LANES);
     for c in &mut chunks {

@@ -77,9 +77,10 @@ fn rows_portable(values: &mut [f32], n: usize) {
     }
 }
 
+/// The row's maximum, in LANES independent lanes (a compare-and-select the compiler
+/// vectorises).
 #[inline(always)]
-fn softmax_row(row: &mut [f32]) {
-    // Maximum, in LANES independent lanes (a compare-and-select the compiler vectorises).
+pub(crate) fn row_max(row: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let mut chunks = row.chunks_exact(LANES);
     for c in &mut chunks {
@@ -91,6 +92,12 @@ fn softmax_row(row: &mut [f32]) {
     for &x in lanes.iter().chain(chunks.remainder()) {
         max = if x > max { x } else { max };
     }
+    max
+}
+
+#[inline(always)]
+fn softmax_row(row: &mut [f32]) {
+    let max = row_max(row);
     // exp(x - max), summed per lane.
     let mut sums = [0f32; LANES];
     let mut chunks = row.chunks_exact_mut(LANES);

@@ -5,14 +5,11 @@
 //! penalty), and with adapter dropout a recomputed layer draws the masks its first forward
 //! drew.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, Flex};
-use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::Tensor;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use datasets::batch::{PadSide, collate};
 use datasets::prompt::Prompted;
 use datasets::tokenize::{EncodeOptions, HfTokenizer, TextTokenizer, encode_pair};
@@ -24,6 +21,9 @@ use train::lm::{CausalLm, IGNORE_INDEX, LmBatch, load_for_training};
 use train::params::trainable_tensors;
 use train::trainer::Objective;
 use train::{Method, TrainConfig, Trainer};
+
+mod common;
+use common::{by_path, compare};
 
 type B = Autodiff<Flex>;
 
@@ -100,48 +100,6 @@ fn trainer<'a>(
         parallel: None,
         recompute_layers: recompute,
     }
-}
-
-/// The gradient of every parameter that has one, by module path, as f32 on the host.
-struct Grads<'a>(&'a GradientsParams, BTreeMap<String, Vec<f32>>, Vec<String>);
-
-impl<Bk: AutodiffBackend> ModuleVisitor<Bk> for Grads<'_> {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.2.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.2.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Bk, D>>) {
-        if let Some(g) = self.0.get::<Bk::InnerBackend, D>(p.id) {
-            let v = g.into_data().convert::<f32>().to_vec::<f32>().unwrap();
-            self.1.insert(self.2.join("."), v);
-        }
-    }
-}
-
-fn by_path(model: &Llama<B>, grads: &GradientsParams) -> BTreeMap<String, Vec<f32>> {
-    let mut g = Grads(grads, BTreeMap::new(), Vec::new());
-    model.visit(&mut g);
-    g.1
-}
-
-/// `(max |a - b|, max |a|)` over two gradient sets with the same parameters.
-fn compare(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32>>) -> (f32, f32) {
-    assert_eq!(
-        a.keys().collect::<Vec<_>>(),
-        b.keys().collect::<Vec<_>>(),
-        "the same parameters have gradients"
-    );
-    let (mut diff, mut scale) = (0f32, 0f32);
-    for (k, x) in a {
-        for (p, q) in x.iter().zip(&b[k]) {
-            assert!(q.is_finite(), "{k}: {q}");
-            diff = diff.max((p - q).abs());
-            scale = scale.max(p.abs());
-        }
-    }
-    (diff, scale)
 }
 
 /// A model of `cfg`'s method whose adapters have trained two steps (LoRA's `B = 0` start

@@ -5,13 +5,11 @@
 //! trains the same weights with it over two shards, and with adapter dropout every recomputed
 //! layer draws the masks its first forward drew.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, Flex};
-use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use flexi_burn::SampleRanks;
 use flexi_burn::schedule::mix;
@@ -22,6 +20,9 @@ use train::asr::{AsrBatch, Seq2Seq, load_whisper_for_training, transcribe_prompt
 use train::lm::IGNORE_INDEX;
 use train::params::trainable_tensors;
 use train::{Method, Objective, TrainConfig, Trainer};
+
+mod common;
+use common::{by_path, compare};
 
 type B = Autodiff<Flex>;
 
@@ -98,48 +99,6 @@ fn trainer(cfg: &TrainConfig, out: PathBuf, shards: usize, recompute: bool) -> T
         parallel: None,
         recompute_layers: recompute,
     }
-}
-
-/// The gradient of every parameter that has one, by module path, as f32 on the host.
-struct Grads<'a>(&'a GradientsParams, BTreeMap<String, Vec<f32>>, Vec<String>);
-
-impl<Bk: AutodiffBackend> ModuleVisitor<Bk> for Grads<'_> {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.2.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.2.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Bk, D>>) {
-        if let Some(g) = self.0.get::<Bk::InnerBackend, D>(p.id) {
-            let v = g.into_data().convert::<f32>().to_vec::<f32>().unwrap();
-            self.1.insert(self.2.join("."), v);
-        }
-    }
-}
-
-fn by_path(model: &Whisper<B>, grads: &GradientsParams) -> BTreeMap<String, Vec<f32>> {
-    let mut g = Grads(grads, BTreeMap::new(), Vec::new());
-    model.visit(&mut g);
-    g.1
-}
-
-/// `(max |a - b|, max |a|)` over two gradient sets with the same parameters.
-fn compare(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32>>) -> (f32, f32) {
-    assert_eq!(
-        a.keys().collect::<Vec<_>>(),
-        b.keys().collect::<Vec<_>>(),
-        "the same parameters have gradients"
-    );
-    let (mut diff, mut scale) = (0f32, 0f32);
-    for (k, x) in a {
-        for (p, q) in x.iter().zip(&b[k]) {
-            assert!(q.is_finite(), "{k}: {q}");
-            diff = diff.max((p - q).abs());
-            scale = scale.max(p.abs());
-        }
-    }
-    (diff, scale)
 }
 
 /// A model of `cfg`'s method whose adapters have trained two steps (LoRA's `B = 0` start
